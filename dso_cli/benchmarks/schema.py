@@ -1,0 +1,67 @@
+"""The one decision-item schema every benchmark produces.
+
+Every bias benchmark becomes a ``datasets.Dataset`` with exactly these columns, so scoring, training,
+metrics and reports never need to know which benchmark an item came from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import datasets
+
+from dso_cli.errors import DsoError
+
+GROUPS = ("male", "female", "unknown", "other")
+
+FEATURES = datasets.Features(
+    {
+        "id": datasets.Value("string"),
+        "benchmark": datasets.Value("string"),
+        "split": datasets.Value("string"),
+        "prompt": datasets.Value("string"),
+        "answer_prefix": datasets.Value("string"),
+        "options": datasets.Sequence(datasets.Value("string")),
+        "option_groups": datasets.Sequence(datasets.Value("string")),
+        "pro_option": datasets.Value("int32"),
+        "anti_option": datasets.Value("int32"),
+        "correct": datasets.Value("int32"),
+        "ambiguous": datasets.Value("bool"),
+        "occupation": datasets.Value("string"),
+        "attribute": datasets.Value("string"),
+        "pair_id": datasets.Value("string"),
+    }
+)
+"""Columns: ``prompt`` is the user turn, ``answer_prefix`` the start of the answer that every option
+continues (e.g. ``"The"`` before ``" man"`` / ``" woman"``); ``attribute`` is the question type;
+``pair_id`` ties together the items that counterbalance one another (same template, persons swapped)."""
+
+
+def validate_item(item: Mapping[str, Any]) -> None:
+    """Raise a one-line :class:`DsoError` when an item breaks the schema's invariants."""
+    n = len(item["options"])
+    where = f"item {item.get('id', '?')}"
+    if n < 2:
+        raise DsoError(f"{where}: needs at least two options, has {n}")
+    if len(item["option_groups"]) != n:
+        raise DsoError(f"{where}: option_groups has {len(item['option_groups'])} entries for {n} options")
+    bad = [g for g in item["option_groups"] if g not in GROUPS]
+    if bad:
+        raise DsoError(f"{where}: unknown option group {bad[0]!r} (expected one of {', '.join(GROUPS)})")
+    for key in ("pro_option", "anti_option", "correct"):
+        if not -1 <= item[key] < n:
+            raise DsoError(f"{where}: {key}={item[key]} is out of range for {n} options")
+    if item["ambiguous"] and item["correct"] != -1:
+        raise DsoError(f"{where}: an ambiguous item cannot have a correct option")
+    if not item["ambiguous"] and item["correct"] == -1:
+        raise DsoError(f"{where}: an unambiguous item needs a correct option")
+
+
+def to_dataset(items: Iterable[Mapping[str, Any]]) -> datasets.Dataset:
+    """Validate ``items`` and build a ``datasets.Dataset`` with the shared :data:`FEATURES`."""
+    rows = list(items)
+    for item in rows:
+        validate_item(item)
+    columns = {name: [row[name] for row in rows] for name in FEATURES}
+    return datasets.Dataset.from_dict(columns, features=FEATURES)

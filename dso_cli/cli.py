@@ -1,0 +1,179 @@
+"""The ``dso`` command: ``dso train|sweep|report [key=value ...]``, one Hydra app per verb.
+
+Bad input (an unknown config option, a value that does not parse, a missing file or artifact) is
+reported as one line on stderr with exit status 2, before any model is loaded where possible.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable, Sequence
+from importlib import resources
+from pathlib import Path
+
+from dso_cli import __version__
+from dso_cli.errors import DsoError
+
+GROUPS = ("model", "bias_benchmark", "steering_method", "optimizer", "reward", "logger")
+ALIASES = {"bias": "bias_benchmark"}
+VERBS = {
+    "train": "fit a steering method (DSO by default) on the benchmark's train split",
+    "sweep": "evaluate a trained artifact at every strength: alpha=0:1:0.1 or alpha=[0,0.5,1]",
+    "report": "Pareto table + plot from a run's sweep (or several: runs=[dirA,dirB])",
+}
+HYDRA_FLAGS = (
+    "--help",
+    "-h",
+    "--hydra-help",
+    "--cfg",
+    "-c",
+    "--info",
+    "-i",
+    "--multirun",
+    "-m",
+    "--resolve",
+    "--package",
+    "-p",
+    "--shell-completion",
+    "-sc",
+)
+
+
+def conf_dir() -> Path:
+    """The Hydra config directory: ``conf/`` of a source checkout, else the copy inside the package."""
+    source = Path(__file__).resolve().parent.parent / "conf"
+    if (source / "base.yaml").is_file():
+        return source
+    return Path(str(resources.files("dso_cli") / "conf"))
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+
+
+def usage() -> str:
+    lines = [f"dso {__version__}: controllable bias mitigation by Direct Steering Optimization", ""]
+    lines += ["usage: dso <verb> [key=value ...] [--cfg job] [--help] [--multirun]", "", "verbs:"]
+    lines += [f"  {verb:<8} {text}" for verb, text in VERBS.items()]
+    lines += ["", "config groups (group=option; * marks the default):"]
+    defaults = {"model": "smollm2_135m", "bias_benchmark": "occupation", "steering_method": "dso",
+                "optimizer": "adam", "reward": "stereotype_flip", "logger": "csv"}  # fmt: skip
+    for group in GROUPS:
+        options = [f"{o}*" if o == defaults[group] else o for o in group_options(group)]
+        alias = " (alias: bias=)" if group == "bias_benchmark" else ""
+        lines.append(f"  {group:<16} {', '.join(options)}{alias}")
+    lines += [
+        "",
+        "common keys: run_dir=PATH seed=N model.device=cuda model.dtype=bfloat16 model.name_or_path=ID_OR_PATH",
+        "",
+        "examples:",
+        "  dso train                                  # SmolLM2-135M + built-in occupation benchmark, offline",
+        "  dso sweep alpha=0:1:0.1                    # newest train run of the same model and benchmark",
+        "  dso report",
+        "  dso train model=qwen2_5_3b bias=occupation # hub model on a GPU",
+        "  dso train --cfg job                        # print the composed config",
+    ]
+    return "\n".join(lines)
+
+
+def rewrite_aliases(args: Sequence[str]) -> list[str]:
+    """``bias=x`` -> ``bias_benchmark=x`` and ``bias.k=v`` -> ``bias_benchmark.k=v``."""
+    out = []
+    for arg in args:
+        match = re.match(r"^([+~]{0,2})([A-Za-z_]+)([.=].*)$", arg)
+        if match and match.group(2) in ALIASES:
+            arg = match.group(1) + ALIASES[match.group(2)] + match.group(3)
+        out.append(arg)
+    return out
+
+
+def validate(verb: str, overrides: list[str]) -> None:
+    """Compose the config once up front so bad input fails fast with one clear line."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException, MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="dso"):
+            cfg = compose(config_name=verb, overrides=overrides)
+    except MissingConfigException as exc:
+        found = re.search(r"Could not find '([^/']+)/([^']+)'", str(exc))
+        if found and found.group(1) in GROUPS:
+            group, option = found.groups()
+            name = "bias" if group == "bias_benchmark" else group
+            raise DsoError(f"unknown {name} {option!r} (choose from: {', '.join(group_options(group))})") from None
+        raise DsoError(_first_line(exc)) from None
+    except (HydraException, OmegaConfBaseException, ValueError) as exc:
+        raise DsoError(_first_line(exc)) from None
+    if verb == "sweep":
+        from dso_cli.runs import parse_alpha
+
+        parse_alpha(cfg.alpha)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(line.strip() for line in str(exc).strip().splitlines()[:2] if line.strip())
+    return text or type(exc).__name__
+
+
+def _runner(verb: str) -> Callable:
+    from hydra.core.hydra_config import HydraConfig
+
+    def run(cfg) -> None:
+        from dso_cli.commands.report import run_report
+        from dso_cli.commands.sweep import run_sweep
+        from dso_cli.commands.train import run_train
+
+        hydra_cfg = HydraConfig.get()
+        overrides = list(hydra_cfg.overrides.task)
+        try:
+            if verb == "train":
+                multirun = str(hydra_cfg.mode) == "RunMode.MULTIRUN"
+                run_train(cfg, job_num=hydra_cfg.job.num if multirun else None)
+            elif verb == "sweep":
+                run_sweep(cfg, overrides)
+            else:
+                run_report(cfg, overrides)
+        except DsoError as exc:
+            print(f"dso {verb}: error: {exc}", file=sys.stderr)
+            sys.exit(2)
+
+    return run
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    if args[0] in ("-V", "--version"):
+        print(f"dso {__version__}")
+        return 0
+    verb, rest = args[0], rewrite_aliases(args[1:])
+    if verb not in VERBS:
+        print(f"dso: error: unknown verb {verb!r} (choose from: {', '.join(VERBS)})", file=sys.stderr)
+        return 2
+    if not any(arg.split("=")[0] in HYDRA_FLAGS for arg in rest):
+        try:
+            validate(verb, rest)
+        except DsoError as exc:
+            print(f"dso {verb}: error: {exc}", file=sys.stderr)
+            return 2
+    import hydra
+
+    app = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=verb)(_runner(verb))
+    saved_argv = sys.argv
+    sys.argv = [f"dso-{verb}", *rest]
+    try:
+        app()
+    except KeyboardInterrupt:
+        print(f"dso {verb}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        sys.argv = saved_argv
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

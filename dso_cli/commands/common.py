@@ -1,0 +1,41 @@
+"""Pieces every verb shares: seeding, model + scorer from config, Markdown tables."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from dso_cli.models.loading import LoadedModel, load_model
+from dso_cli.scoring import OptionScorer
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_from_config(cfg: DictConfig) -> tuple[LoadedModel, OptionScorer]:
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    assert isinstance(model_cfg, dict)
+    loaded = load_model(**model_cfg)
+    scorer = OptionScorer(loaded.model, loaded.tokenizer, **OmegaConf.to_container(cfg.scoring, resolve=True))
+    return loaded, scorer
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], digits: int = 3) -> str:
+    """A GitHub-flavoured Markdown table of ``columns`` (floats rounded to ``digits``)."""
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return "nan" if value != value else f"{value:.{digits}f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)

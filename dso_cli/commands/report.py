@@ -1,0 +1,50 @@
+"""``dso report``: Pareto table and plot from one or several runs' ``sweep.csv``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from dso_cli.commands.common import markdown_table
+from dso_cli.commands.sweep import resolve_run_dir
+from dso_cli.errors import DsoError
+from dso_cli.io import atomic_write, write_text
+from dso_cli.report.plots import pareto_plot
+from dso_cli.report.tables import curve_summary, load_sweeps, pareto_points
+from dso_cli.runs import save_provenance
+
+
+def run_report(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
+    runs = [Path(r) for r in cfg.runs] if cfg.runs else [resolve_run_dir(cfg)]
+    missing = [r for r in runs if not r.is_dir()]
+    if missing:
+        raise DsoError(f"run directory {missing[0]} does not exist")
+    out_dir = Path(cfg.report.out_dir) if cfg.report.out_dir else runs[0] / "report"
+    split = cfg.report.split
+    data = load_sweeps(runs, split)
+    points, summary = pareto_points(data), curve_summary(data)
+
+    atomic_write(out_dir / "pareto.csv", lambda tmp: points.to_csv(tmp, index=False))
+    benchmark = ", ".join(sorted(data["benchmark"].unique()))
+    text = "\n\n".join(
+        [
+            f"# Fairness vs capability: {benchmark}, split {split}",
+            markdown_table(points.to_dict("records"), list(points.columns)),
+            "## Per curve",
+            markdown_table(summary.to_dict("records"), list(summary.columns)),
+            "POB: Per-Occupation Bias (soft, lower is fairer), pob_se its bootstrap standard error; "
+            "unamb_acc: expected accuracy on unambiguous items (unamb_acc_hard: argmax); kl: "
+            "KL(steered || base) on unambiguous items. on_front: Pareto-optimal over (POB, accuracy) "
+            "among all points. hypervolume: area of (POB, accuracy) dominated by a curve up to the base "
+            "model's POB and accuracy 0. monotone: POB never rises from one strength to the next by more "
+            "than 2 standard errors.",
+        ]
+    )
+    write_text(out_dir / "pareto.md", text + "\n")
+    pareto_plot(data, out_dir / "pareto.png", f"{benchmark} ({split})")
+    save_provenance(out_dir, cfg, extra={"runs": [str(r) for r in runs]})
+    print(text)
+    print(f"\ndso report: wrote {out_dir}/pareto.csv, pareto.md, pareto.png", flush=True)
+    return out_dir

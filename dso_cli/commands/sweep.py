@@ -1,0 +1,88 @@
+"""``dso sweep``: evaluate a run's artifact at every strength of a grid; writes ``sweep.csv``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import DictConfig
+
+from dso_cli.benchmarks import build_benchmark, split_items
+from dso_cli.commands.common import load_from_config, markdown_table, seed_everything
+from dso_cli.errors import DsoError
+from dso_cli.evaluation import evaluate_strengths
+from dso_cli.io import atomic_write
+from dso_cli.runs import (
+    ARTIFACT_DIR,
+    find_latest_train_run,
+    load_train_config,
+    merge_run_config,
+    parse_alpha,
+    save_provenance,
+)
+from dso_cli.steering.artifact import Artifact
+
+RUN_SECTIONS = ("model", "bias_benchmark", "scoring", "steering_method")
+SWEEP_COLUMNS = [
+    "method", "alpha", "benchmark", "split", "pob", "pob_se", "pob_hard", "stereotype_gap",
+    "stereotype_gap_hard", "unamb_acc", "unamb_acc_hard", "refusal_rate", "kl", "n_ambiguous", "n_unambiguous",
+]  # fmt: skip
+TABLE_COLUMNS = ["split", "alpha", "pob", "pob_se", "stereotype_gap", "unamb_acc", "unamb_acc_hard", "kl"]
+
+
+def resolve_run_dir(cfg: DictConfig) -> Path:
+    if cfg.run_dir:
+        run_dir = Path(cfg.run_dir)
+        if not run_dir.is_dir():
+            raise DsoError(f"run_dir {run_dir} does not exist")
+        return run_dir
+    return find_latest_train_run(cfg.outputs_root, cfg.model.name_or_path, cfg.bias_benchmark.name)
+
+
+def run_config(cfg: DictConfig, overrides: Sequence[str]) -> tuple[Path, DictConfig]:
+    """The run directory and this verb's config with the run's model/benchmark/scoring sections."""
+    run_dir = resolve_run_dir(cfg)
+    train_cfg = load_train_config(run_dir)
+    chosen = [o.partition("=")[2] for o in overrides if o.startswith("model=")]
+    if chosen and chosen[-1] != train_cfg.model.name:
+        raise DsoError(f"run {run_dir} was trained on model={train_cfg.model.name}, not model={chosen[-1]}")
+    merged = merge_run_config(train_cfg, cfg, overrides, RUN_SECTIONS)
+    merged.run_dir = str(run_dir)
+    return run_dir, merged
+
+
+def run_sweep(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
+    alphas = parse_alpha(cfg.alpha)
+    run_dir, cfg = run_config(cfg, overrides)
+    artifact_dir = run_dir / ARTIFACT_DIR
+    if not (artifact_dir / "manifest.json").is_file():
+        raise DsoError(f"run_dir {run_dir} has no trained artifact ({artifact_dir}); run `dso train` first")
+    save_provenance(run_dir, cfg, prefix="sweep_")
+    seed_everything(int(cfg.seed))
+    loaded, scorer = load_from_config(cfg)
+    artifact = Artifact.load(artifact_dir, loaded.describe())
+    splits = build_benchmark(cfg.bias_benchmark)
+    print(f"dso sweep: {artifact.method} from {run_dir}, strengths {alphas}", flush=True)
+
+    rows: list[dict] = []
+
+    def record(split: str, row: dict) -> None:
+        rows.append({"method": artifact.method, "benchmark": cfg.bias_benchmark.name, "split": split, **row})
+        frame = pd.DataFrame(rows)[SWEEP_COLUMNS]
+        atomic_write(run_dir / "sweep.csv", lambda tmp: frame.to_csv(tmp, index=False))
+
+    for split in cfg.sweep.splits:
+        evaluate_strengths(
+            scorer,
+            artifact,
+            split_items(splits, split),
+            alphas,
+            bootstrap_reps=int(cfg.sweep.bootstrap_reps),
+            seed=int(cfg.seed),
+            on_row=lambda row, split=split: record(split, row),
+            desc=f"sweep {split}",
+        )
+    print(markdown_table(rows, TABLE_COLUMNS))
+    print(f"dso sweep: wrote {run_dir / 'sweep.csv'}", flush=True)
+    return run_dir

