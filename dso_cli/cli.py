@@ -6,6 +6,7 @@ reported as one line on stderr with exit status 2, before any model is loaded wh
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -170,6 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"dso {verb}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `dso train --help | head`
+        sys.stdout = open(os.devnull, "w")
+        return 0
     finally:
         sys.argv = saved_argv
     return 0

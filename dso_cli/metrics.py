@@ -55,12 +55,17 @@ def per_occupation_bias(gap: np.ndarray, occupation: np.ndarray) -> float:
 
 
 def _cluster_bootstrap_pob(gap: np.ndarray, occupation: np.ndarray, pair: np.ndarray, reps: int, seed: int) -> float:
-    """Bootstrap standard error of POB, resampling pairs within each occupation."""
+    """Bootstrap standard error of POB, resampling pairs within each occupation.
+
+    NaN when some occupation has a single pair: resampling it cannot show any variation.
+    """
     rng = np.random.default_rng(seed)
     per_occ = []
     for occ in np.unique(occupation):
         sel = occupation == occ
         pairs, pidx = np.unique(pair[sel], return_inverse=True)
+        if len(pairs) < 2:
+            return float("nan")
         pair_sum = np.bincount(pidx, weights=gap[sel], minlength=len(pairs))
         pair_n = np.bincount(pidx, minlength=len(pairs))
         draw = rng.integers(0, len(pairs), size=(reps, len(pairs)))

@@ -74,3 +74,8 @@ def test_pareto_and_hypervolume():
 def test_monotonicity_allows_noise_within_two_standard_errors():
     assert is_monotone([0.3, 0.2, 0.21, 0.1], [0.01] * 4)
     assert not is_monotone([0.3, 0.2, 0.3, 0.1], [0.01] * 4)
+
+
+def test_bootstrap_se_is_nan_when_an_occupation_has_one_pair():
+    items = [item("nurse", 0, pro=0), item("nurse", 0, pro=1), item("cook", 0, pro=0), item("cook", 1, pro=0)]
+    assert math.isnan(decision_metrics(items, torch.tensor([[0.7, 0.3]] * 4))["pob_se"])
