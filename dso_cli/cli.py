@@ -53,15 +53,22 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
 
 
+def default_options() -> dict[str, str]:
+    """group -> default option, read from the defaults list of ``base.yaml``."""
+    from omegaconf import OmegaConf
+
+    entries = OmegaConf.to_container(OmegaConf.load(conf_dir() / "base.yaml"))["defaults"]
+    return {k: v for entry in entries if isinstance(entry, dict) for k, v in entry.items() if k in GROUPS}
+
+
 def usage() -> str:
     lines = [f"dso {__version__}: controllable bias mitigation by Direct Steering Optimization", ""]
     lines += ["usage: dso <verb> [key=value ...] [--cfg job] [--help] [--multirun]", "", "verbs:"]
     lines += [f"  {verb:<8} {text}" for verb, text in VERBS.items()]
     lines += ["", "config groups (group=option; * marks the default):"]
-    defaults = {"model": "smollm2_135m", "bias_benchmark": "occupation", "steering_method": "dso",
-                "optimizer": "adam", "reward": "stereotype_flip", "logger": "csv"}  # fmt: skip
+    defaults = default_options()
     for group in GROUPS:
-        options = [f"{o}*" if o == defaults[group] else o for o in group_options(group)]
+        options = [f"{o}*" if o == defaults.get(group) else o for o in group_options(group)]
         alias = " (alias: bias=)" if group == "bias_benchmark" else ""
         lines.append(f"  {group:<16} {', '.join(options)}{alias}")
     lines += [
@@ -93,6 +100,7 @@ def validate(verb: str, overrides: list[str]) -> None:
     """Compose the config once up front so bad input fails fast with one clear line."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException, MissingConfigException
+    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     try:
@@ -107,6 +115,9 @@ def validate(verb: str, overrides: list[str]) -> None:
         raise DsoError(_first_line(exc)) from None
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
         raise DsoError(_first_line(exc)) from None
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise DsoError(f"{missing[0]} must be set (e.g. {missing[0]}=VALUE)")
     if verb == "sweep":
         from dso_cli.runs import parse_alpha
 

@@ -104,11 +104,22 @@ def decision_metrics(
         "n_unambiguous": int(unamb.sum()),
     }
     if base_probs is not None and unamb.any():
-        p = probs.detach().float().cpu()[torch.from_numpy(unamb)]
-        q = base_probs.detach().float().cpu()[torch.from_numpy(unamb)]
-        terms = torch.where(p > 0, p * (p.clamp_min(1e-30).log() - q.clamp_min(1e-30).log()), torch.zeros_like(p))
-        out["kl"] = float(terms.sum(1).mean())
+        rows = torch.from_numpy(unamb)
+        p, q = probs.detach().float().cpu()[rows], base_probs.detach().float().cpu()[rows]
+        out["kl"] = float(kl_divergence(p.log(), q.log()).mean())
     return out
+
+
+def kl_divergence(logp: Tensor, logq: Tensor) -> Tensor:
+    """Row-wise ``KL(p ‖ q)`` of option distributions from (unnormalised) log-scores.
+
+    Absent options (``-inf``, e.g. padding of items with fewer options) contribute exactly 0, in the
+    value and in the gradient.
+    """
+    logp = torch.log_softmax(logp, dim=-1)
+    logq = torch.log_softmax(logq, dim=-1)
+    diff = (logp - logq).masked_fill(~torch.isfinite(logp), 0.0)
+    return (logp.exp() * diff).sum(-1)
 
 
 def pareto_mask(pob: Sequence[float], acc: Sequence[float]) -> list[bool]:

@@ -34,7 +34,14 @@ def policy(logprobs: Tensor) -> Tensor:
 
 
 class OptionScorer:
-    """Scores decision items with a causal LM; hooks on the model (steering) act on every call."""
+    """Scores decision items with a causal LM; hooks on the model (steering) act on every call.
+
+    Scores come from the backbone's last hidden states and the output head applied only where an
+    option token is predicted. At construction the scorer checks that shortcut against the model's own
+    logits on a short input; a model whose head does something else (extra scaling, a custom head)
+    falls back to full forward passes, which are always correct but slower. In reduced precision the
+    head runs in float32, so bfloat16 rounding does not blur small differences between options.
+    """
 
     def __init__(
         self,
@@ -43,6 +50,7 @@ class OptionScorer:
         *,
         chat_template: bool = True,
         system_prompt: str | None = None,
+        chat_template_kwargs: Mapping[str, Any] | None = None,
         length_normalize: bool = False,
         batch_size: int = 16,
     ) -> None:
@@ -50,16 +58,18 @@ class OptionScorer:
         self.tokenizer = tokenizer
         self.use_chat_template = chat_template and getattr(tokenizer, "chat_template", None) is not None
         self.system_prompt = system_prompt
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self.length_normalize = length_normalize
         self.batch_size = batch_size
-        self.backbone = model.base_model
         self.head = model.get_output_embeddings()
         if self.head is None:
             raise DsoError(f"{type(model).__name__} has no output head to score options with")
         config = getattr(model.config, "text_config", None) or model.config
         self.softcap = getattr(config, "final_logit_softcapping", None)
         self.logit_scale = getattr(config, "logit_scale", None)
+        self._head_fp32: tuple[Tensor, Tensor | None] | None = None
         self._cache: dict[tuple[str, str, tuple[str, ...]], EncodedItem] = {}
+        self.full_forward = not self._shortcut_matches_model()
 
     # --- text -> token ids -------------------------------------------------------------------
     def render(self, item: Item) -> str:
@@ -69,20 +79,38 @@ class OptionScorer:
         messages = [{"role": "user", "content": item["prompt"]}]
         if self.system_prompt is not None:
             messages.insert(0, {"role": "system", "content": self.system_prompt})
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        try:
+            text = self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True, **self.chat_template_kwargs
+            )
+        except Exception as exc:  # jinja raises its own errors, e.g. a template that rejects system turns
+            raise DsoError(f"the chat template failed: {exc} (try scoring.system_prompt=null)") from None
         return text + item["answer_prefix"]
 
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=not self.use_chat_template)["input_ids"]
+
     def encode(self, item: Item) -> EncodedItem:
+        """Token ids of the prompt and of each option *as it continues the prompt*.
+
+        Options are tokenised together with the prompt and split off after it, so tokenizers that
+        mark word starts (SentencePiece's ``▁``) score exactly the text the model would produce. If
+        a token straddles the boundary, the option is tokenised on its own instead.
+        """
         key = (item["prompt"], item["answer_prefix"], tuple(item["options"]))
         if key not in self._cache:
             text = self.render(item)
-            prompt_ids = self.tokenizer(text, add_special_tokens=not self.use_chat_template)["input_ids"]
-            option_ids = tuple(
-                tuple(self.tokenizer(opt, add_special_tokens=False)["input_ids"]) for opt in item["options"]
-            )
+            prompt_ids = self._ids(text)
+            option_ids = []
+            for option in item["options"]:
+                full = self._ids(text + option)
+                if full[: len(prompt_ids)] == prompt_ids and len(full) > len(prompt_ids):
+                    option_ids.append(tuple(full[len(prompt_ids) :]))
+                else:
+                    option_ids.append(tuple(self.tokenizer(option, add_special_tokens=False)["input_ids"]))
             if any(len(ids) == 0 for ids in option_ids):
                 raise DsoError(f"item {item.get('id', '?')}: an option encodes to no tokens")
-            self._cache[key] = EncodedItem(tuple(prompt_ids), option_ids)
+            self._cache[key] = EncodedItem(tuple(prompt_ids), tuple(option_ids))
         return self._cache[key]
 
     # --- scoring --------------------------------------------------------------------------------
@@ -148,7 +176,7 @@ class OptionScorer:
         return sums.masked_fill(~present, float("-inf")).view(len(batch), k_max)
 
     def _forward(self, seqs: list[list[int]]) -> tuple[Tensor, Tensor]:
-        """Right-padded forward through the backbone; returns last hidden states and lengths."""
+        """Right-padded forward; returns the last hidden states (or, in fallback mode, the logits)."""
         lengths = torch.tensor([len(s) for s in seqs], device=self.device)
         width = int(lengths.max())
         input_ids = torch.zeros(len(seqs), width, dtype=torch.long, device=self.device)
@@ -156,14 +184,48 @@ class OptionScorer:
             input_ids[row, : len(s)] = torch.tensor(s, device=self.device)
         mask = (torch.arange(width, device=self.device)[None, :] < lengths[:, None]).long()
         positions = torch.arange(width, device=self.device)[None, :].expand(len(seqs), -1)
-        out = self.backbone(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False)
-        return out.last_hidden_state, lengths.to(out.last_hidden_state.device)
+        inputs = {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions, "use_cache": False}
+        if self.full_forward:
+            out = self.model(**inputs).logits
+        else:
+            out = self.model.base_model(**inputs).last_hidden_state
+        return out, lengths.to(out.device)
 
     def _log_softmax(self, hidden: Tensor) -> Tensor:
-        weight_device = next(self.head.parameters()).device
-        logits = self.head(hidden.to(weight_device)).float()
+        if self.full_forward:
+            return torch.log_softmax(hidden.float(), dim=-1)
+        weight, bias = self._head_weights()
+        logits = torch.nn.functional.linear(hidden.to(weight.device, weight.dtype), weight, bias).float()
         if self.logit_scale is not None:
             logits = logits * self.logit_scale
         if self.softcap is not None:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return torch.log_softmax(logits, dim=-1)
+
+    def _head_weights(self) -> tuple[Tensor, Tensor | None]:
+        """The output head's weight and bias, upcast to float32 once when the model is not float32."""
+        weight, bias = self.head.weight, getattr(self.head, "bias", None)
+        if weight.dtype == torch.float32:
+            return weight, bias
+        if self._head_fp32 is None:
+            self._head_fp32 = (weight.detach().float(), None if bias is None else bias.detach().float())
+        return self._head_fp32
+
+    def _shortcut_matches_model(self) -> bool:
+        """Does backbone + head reproduce ``model(...).logits`` on a short input?"""
+        if not isinstance(self.head, torch.nn.Linear):
+            return False
+        vocab = self.head.weight.shape[0]
+        ids = [[(7 * i + 3) % vocab for i in range(6)]]
+        self.full_forward = False
+        try:
+            with torch.no_grad():
+                hidden, _ = self._forward(ids)
+                ours = self._log_softmax(hidden[:, -1])
+                theirs = torch.log_softmax(
+                    self.model(input_ids=torch.tensor(ids, device=self.device)).logits[:, -1].float(), -1
+                )
+        except (AttributeError, TypeError, ValueError, RuntimeError):
+            return False
+        tolerance = 1e-3 if self.head.weight.dtype == torch.float32 else 0.25
+        return bool((ours.to(theirs.device) - theirs).abs().max() <= tolerance)

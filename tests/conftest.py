@@ -42,6 +42,26 @@ def build_tokenizer(vocab_size: int = 400):
     return fast
 
 
+def build_sentencepiece_tokenizer(vocab_size: int = 400):
+    """A Llama-2-style tokenizer: ``▁`` marks word starts, a BOS token is prepended, no chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from dso_cli.benchmarks.occupation import build
+
+    splits = build(n_train=64, n_train_unambiguous=32, test_pairs_per_occupation=1, val_pairs_per_occupation=1)
+    corpus = [row["prompt"] + " " + row["answer_prefix"] + "".join(row["options"]) for row in splits["test"]]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"])
+    tok.train_from_iterator(corpus, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
 def tiny_config(family: str, vocab_size: int):
     from transformers import Gemma2Config, GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
 

@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = [
-    "bias.n_train=64", "bias.n_train_unambiguous=32", "bias.test_pairs_per_occupation=1",
+    "bias.n_train=64", "bias.n_train_unambiguous=32", "bias.test_pairs_per_occupation=2",
     "bias.val_pairs_per_occupation=1", "optimizer.steps=2", "optimizer.occupations_per_batch=2",
     "optimizer.unambiguous_per_batch=4", "scoring.batch_size=32", "model.device=cpu",
 ]  # fmt: skip
@@ -70,8 +70,14 @@ def test_sweep_finds_the_newest_run_and_report_compares(trained, tmp_path):
     assert set(sweep["split"]) == {"test"} and set(sweep["method"]) == {"dso"}
     for col in ("pob", "stereotype_gap", "unamb_acc", "unamb_acc_hard", "refusal_rate"):
         assert sweep[col].between(0, 1).all(), col
-    assert sweep.loc[0, "kl"] == 0.0 and (sweep["pob_se"] >= 0).all()
+    assert sweep.loc[0, "kl"] == 0.0 and (sweep["pob_se"].notna() & (sweep["pob_se"] > 0)).all()
     assert (run_dir / "sweep_config.yaml").is_file() and (run_dir / "sweep_env.json").is_file()
+
+    # a second sweep of another split adds its rows and keeps the first split's
+    result = dso("sweep", "alpha=[1]", "sweep.splits=[heldout_occupations]", f"run_dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    both = pd.read_csv(run_dir / "sweep.csv")
+    assert len(both) == 4 and sorted(set(both["split"])) == ["heldout_occupations", "test"]
 
     result = dso("report", f"run_dir={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from dso_cli.metrics import kl_divergence
 from dso_cli.rl.rewards import StereotypeFlipReward, per_occupation_gap
-from dso_cli.rl.trainer import kl_divergence
 
 
 def items():
@@ -52,3 +52,12 @@ def test_kl_divergence_of_option_distributions():
     assert kl_divergence(p, q)[0] == pytest.approx(
         0.5 * (torch.log(torch.tensor(0.5 / 0.9)) + torch.log(torch.tensor(5.0))).item()
     )
+
+
+def test_kl_gradient_is_finite_with_padded_options():
+    logp = torch.tensor([[0.2, -0.1, float("-inf")], [0.3, 0.1, -0.5]], requires_grad=True)
+    logq = torch.tensor([[0.0, 0.0, float("-inf")], [0.0, 0.0, 0.0]])
+    kl = kl_divergence(logp, logq)
+    kl.sum().backward()
+    assert torch.isfinite(kl).all() and torch.isfinite(logp.grad).all()
+    assert logp.grad[0, 2] == 0

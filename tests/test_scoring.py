@@ -85,14 +85,76 @@ def test_length_normalisation_divides_by_token_count(tokenizer, items):
 
 
 def test_gradients_flow_only_when_asked(tokenizer, items):
+    from dso_cli.models.layouts import find_norm_modules
+    from dso_cli.steering.affine import apply_affine, init_affine_params
+
     model = build_tiny_model("llama", tokenizer)
     scorer = OptionScorer(model, tokenizer)
-    assert not scorer.logprobs(items[:2]).requires_grad
-    emb = model.get_input_embeddings().weight
-    emb.requires_grad_(True)
-    try:
+    params = init_affine_params(find_norm_modules(model))
+    with apply_affine(model, params, 1.0):
+        assert not scorer.logprobs(items[:2]).requires_grad
         out = scorer.logprobs(items[:2], grad=True)
-        policy(out)[:, 0].sum().backward()
-        assert emb.grad is not None and emb.grad.abs().sum() > 0
+    policy(out)[:, 0].sum().backward()
+    assert all(p.grad is not None for p in params.values())
+    assert sum(p.grad.abs().sum() for p in params.values()) > 0
+
+
+def test_sentencepiece_options_are_tokenised_as_continuations():
+    """``▁``-style tokenizers: " man" after the prompt is the word-start token, never ``▁`` + ``▁man``."""
+    from tests.conftest import build_sentencepiece_tokenizer
+
+    sp = build_sentencepiece_tokenizer()
+    model = build_tiny_model("llama", sp)
+    scorer = OptionScorer(model, sp)
+    assert not scorer.use_chat_template
+    item = next(i for i in build(test_pairs_per_occupation=1)["test"].to_list() if i["options"] == [" man", " woman"])
+    enc = scorer.encode(item)
+    assert enc.prompt_ids[0] == sp.bos_token_id
+    assert [sp.convert_ids_to_tokens(list(ids)) for ids in enc.option_ids] == [["▁man"], ["▁woman"]]
+    full = sp(scorer.render(item) + " woman")["input_ids"]
+    logp = torch.log_softmax(model(input_ids=torch.tensor([full])).logits[0], -1)
+    want = logp[len(full) - 2, full[-1]]
+    torch.testing.assert_close(scorer.logprobs([item])[0, 1], want, atol=1e-5, rtol=1e-5)
+
+
+def test_full_forward_fallback_matches_the_shortcut(tokenizer, items):
+    model = build_tiny_model("gemma2", tokenizer)
+    fast = OptionScorer(model, tokenizer)
+    assert not fast.full_forward
+    slow = OptionScorer(model, tokenizer)
+    slow.full_forward = True
+    torch.testing.assert_close(slow.logprobs(items), fast.logprobs(items), atol=1e-5, rtol=1e-5)
+
+
+def test_a_head_the_shortcut_does_not_know_falls_back(tokenizer, items):
+    model = build_tiny_model("llama", tokenizer)
+    model.config.logits_scaling = 4.0  # Granite-style: the model divides logits by a constant
+    original = model.forward
+
+    def scaled_forward(*args, **kwargs):
+        out = original(*args, **kwargs)
+        out.logits = out.logits / 4.0
+        return out
+
+    model.forward = scaled_forward
+    scorer = OptionScorer(model, tokenizer)
+    assert scorer.full_forward
+    want = torch.stack([reference_logprobs(scorer, item) for item in items[:2]])
+    torch.testing.assert_close(scorer.logprobs(items[:2])[:, :2], want, atol=1e-5, rtol=1e-5)
+
+
+def test_chat_template_kwargs_and_template_errors(tokenizer, items):
+    from dso_cli.errors import DsoError
+
+    model = build_tiny_model("llama", tokenizer)
+    saved = tokenizer.chat_template
+    try:
+        tokenizer.chat_template = "{{ greeting }}|{{ messages[0]['content'] }}|"
+        assert (
+            OptionScorer(model, tokenizer, chat_template_kwargs={"greeting": "hi"}).render(items[0]).startswith("hi|")
+        )
+        tokenizer.chat_template = "{{ raise_exception('System role not supported') }}"
+        with pytest.raises(DsoError, match="chat template failed: System role not supported"):
+            OptionScorer(model, tokenizer, system_prompt="x").render(items[0])
     finally:
-        emb.requires_grad_(False)
+        tokenizer.chat_template = saved

@@ -50,10 +50,17 @@ def test_seeded_runs_are_identical(tokenizer, train_items):
         assert torch.equal(a[key], b[key])
 
 
-def test_path_mode_logs_its_term(tokenizer, train_items):
-    _, _, rows = run(tokenizer, train_items, steps=2, omega="path", l1=1e-4)
-    assert {"path_omega", "path_loss", "l1"} <= set(rows[0])
-    assert 0.0 <= rows[0]["path_omega"] <= 1.0
+def test_path_term_alone_moves_the_parameters(tokenizer, train_items):
+    """With a zero reward and no KL, only the path term can produce a gradient."""
+    zero = lambda items, probs: torch.zeros_like(probs)  # noqa: E731
+    for omega, moves in (("fixed", False), ("path", True)):
+        model = build_tiny_model("llama", tokenizer, seed=3)
+        params = init_affine_params(find_norm_modules(model))
+        rows = []
+        cfg = TrainConfig(steps=3, lr=0.05, omega=omega, kl_coef=0.0, path_weight=10.0, l1=0.0)
+        train_dso(OptionScorer(model, tokenizer, batch_size=32), params, train_items, zero, cfg, log=rows.append)
+        assert any(p.abs().sum() > 0 for p in params.values()) == moves
+        assert ("path_loss" in rows[0]) == moves
 
 
 def test_batches_are_stratified_counterbalanced_pairs(train_items):

@@ -204,7 +204,7 @@ def _take_stratified(pools: dict[str, list], n_pairs: int, rng: random.Random) -
 def build(
     n_train: int = 600,
     n_train_unambiguous: int = 300,
-    val_pairs_per_occupation: int = 2,
+    val_pairs_per_occupation: int = 1,
     test_pairs_per_occupation: int = 4,
     heldout_occupations: Sequence[str] = DEFAULT_HELDOUT,
     seed: int = 0,

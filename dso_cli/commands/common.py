@@ -24,7 +24,10 @@ def load_from_config(cfg: DictConfig) -> tuple[LoadedModel, OptionScorer]:
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     assert isinstance(model_cfg, dict)
     loaded = load_model(**model_cfg)
-    scorer = OptionScorer(loaded.model, loaded.tokenizer, **OmegaConf.to_container(cfg.scoring, resolve=True))
+    template_kwargs = cfg.model.get("chat_template_kwargs")
+    template_kwargs = OmegaConf.to_container(template_kwargs, resolve=True) if template_kwargs else {}
+    scoring = OmegaConf.to_container(cfg.scoring, resolve=True)
+    scorer = OptionScorer(loaded.model, loaded.tokenizer, chat_template_kwargs=template_kwargs, **scoring)
     return loaded, scorer
 
 

@@ -66,11 +66,19 @@ def run_sweep(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
     print(f"dso sweep: {artifact.method} from {run_dir}, strengths {alphas}", flush=True)
 
     rows: list[dict] = []
+    sweep_csv = run_dir / "sweep.csv"
+    earlier = pd.read_csv(sweep_csv) if sweep_csv.is_file() else pd.DataFrame(columns=SWEEP_COLUMNS)
 
     def record(split: str, row: dict) -> None:
+        """Rewrite sweep.csv with this row added; rows of other splits or strengths are kept."""
         rows.append({"method": artifact.method, "benchmark": cfg.bias_benchmark.name, "split": split, **row})
-        frame = pd.DataFrame(rows)[SWEEP_COLUMNS]
-        atomic_write(run_dir / "sweep.csv", lambda tmp: frame.to_csv(tmp, index=False))
+        new = pd.DataFrame(rows)[SWEEP_COLUMNS]
+        key = ["method", "split", "alpha"]
+        kept = earlier.merge(new[key], on=key, how="left", indicator=True)
+        kept = kept[kept["_merge"] == "left_only"].drop(columns="_merge")
+        frame = pd.concat([kept, new], ignore_index=True) if len(kept) else new
+        frame = frame.sort_values(["method", "split", "alpha"], kind="stable")
+        atomic_write(sweep_csv, lambda tmp: frame.to_csv(tmp, index=False))
 
     for split in cfg.sweep.splits:
         evaluate_strengths(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from dso_cli.benchmarks import build_benchmark, split_items
 from dso_cli.commands.common import load_from_config, markdown_table, seed_everything
@@ -37,6 +37,12 @@ def train_config(cfg: DictConfig) -> TrainConfig:
     return TrainConfig(**opt, seed=int(cfg.seed))
 
 
+def norm_override(cfg: DictConfig) -> str | list[str] | None:
+    """``model.norm_modules``: None, one regex, or a list of module names."""
+    value = cfg.model.get("norm_modules")
+    return list(value) if isinstance(value, ListConfig) else value
+
+
 def run_train(cfg: DictConfig, job_num: int | None = None) -> Path:
     if cfg.steering_method.name != "dso":
         raise DsoError(f"steering_method={cfg.steering_method.name} cannot be trained yet (only dso)")
@@ -60,7 +66,7 @@ def run_train(cfg: DictConfig, job_num: int | None = None) -> Path:
             split_items(splits, "train"),
             reward,
             tcfg,
-            norm_modules=OmegaConf.to_container(cfg.model.norm_modules) if cfg.model.norm_modules is not None else None,
+            norm_modules=norm_override(cfg),
             log=logger,
             extra_hyperparameters={"benchmark": cfg.bias_benchmark.name},
         )

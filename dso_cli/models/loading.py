@@ -90,13 +90,13 @@ def load_model(
     try:
         tokenizer = AutoTokenizer.from_pretrained(os.path.expanduser(source), **kwargs)
         model = AutoModelForCausalLM.from_pretrained(
-            os.path.expanduser(source), dtype=torch_dtype, device_map=device_map, **kwargs
+            os.path.expanduser(source), dtype=torch_dtype, device_map=device_map or str(target), **kwargs
         )
-    except (OSError, ValueError) as exc:
+    except torch.OutOfMemoryError:
+        raise DsoError(f"out of memory loading {name_or_path!r} on {target}; try model.device_map=auto") from None
+    except (OSError, ValueError, ImportError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DsoError(f"cannot load model {name_or_path!r}: {first}") from None
-    if device_map is None:
-        model.to(target)
     model.eval()
     model.requires_grad_(False)
     return LoadedModel(

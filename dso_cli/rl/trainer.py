@@ -30,6 +30,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from dso_cli.errors import DsoError
+from dso_cli.metrics import kl_divergence
 from dso_cli.rl.rewards import Reward, per_occupation_gap
 from dso_cli.scoring import OptionScorer, policy
 from dso_cli.steering.affine import apply_affine
@@ -40,7 +41,7 @@ Item = Mapping[str, Any]
 @dataclass
 class TrainConfig:
     steps: int = 30
-    lr: float = 1e-2
+    lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
     occupations_per_batch: int = 4
     pairs_per_occupation: int = 2
@@ -65,15 +66,6 @@ class TrainConfig:
             raise DsoError(f"optimizer.omega must be 'fixed' or 'path', not {self.omega!r}")
         if self.steps < 1:
             raise DsoError(f"optimizer.steps must be at least 1, not {self.steps}")
-
-
-def kl_divergence(logp: Tensor, logq: Tensor) -> Tensor:
-    """Row-wise ``KL(p ‖ q)`` of two option distributions given as log-probabilities (-inf = absent)."""
-    logp = torch.log_softmax(logp, dim=-1)
-    logq = torch.log_softmax(logq, dim=-1)
-    p = logp.exp()
-    terms = torch.where(p > 0, p * (logp - logq), torch.zeros_like(p))
-    return terms.sum(-1)
 
 
 class BatchSampler:
