@@ -63,7 +63,16 @@ def build_sentencepiece_tokenizer(vocab_size: int = 400):
 
 
 def tiny_config(family: str, vocab_size: int):
-    from transformers import Gemma2Config, GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
+    from transformers import (
+        Gemma2Config,
+        Gemma3TextConfig,
+        GPT2Config,
+        LlamaConfig,
+        MistralConfig,
+        Phi3Config,
+        Qwen2Config,
+        Qwen3Config,
+    )
 
     common = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)  # fmt: skip
@@ -73,6 +82,12 @@ def tiny_config(family: str, vocab_size: int):
         return Qwen2Config(**common)
     if family == "mistral":
         return MistralConfig(**common)
+    if family == "qwen3":
+        return Qwen3Config(**common, head_dim=8)
+    if family == "phi3":
+        return Phi3Config(**common, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    if family == "gemma3_text":
+        return Gemma3TextConfig(**common, head_dim=8, sliding_window=16, final_logit_softcapping=30.0)
     if family == "gemma2":
         return Gemma2Config(**common, head_dim=8, final_logit_softcapping=30.0)
     if family == "gpt2":

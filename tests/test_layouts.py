@@ -16,11 +16,14 @@ EXPECTED = {
 }
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "gemma2", "gpt2"])
+FAMILIES = ["llama", "qwen2", "qwen3", "mistral", "phi3", "gemma2", "gemma3_text", "gpt2"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_registry_finds_every_backbone_norm(family, tokenizer):
     model = build_tiny_model(family, tokenizer)
     found = find_norm_modules(model)
-    expected = EXPECTED.get(family, EXPECTED["llama"])
+    expected = EXPECTED.get({"gemma3_text": "gemma2"}.get(family, family), EXPECTED["llama"])
     assert sorted(found) == sorted(expected)
     assert set(found.values()) == {32}
     modules = dict(model.named_modules())

@@ -7,7 +7,7 @@ from dso_cli.benchmarks.occupation import build
 from dso_cli.scoring import OptionScorer, policy
 from tests.conftest import build_tiny_model
 
-FAMILIES = ["llama", "qwen2", "mistral", "gemma2", "gpt2"]
+FAMILIES = ["llama", "qwen2", "qwen3", "mistral", "phi3", "gemma2", "gemma3_text", "gpt2"]
 
 
 @pytest.fixture(scope="module")

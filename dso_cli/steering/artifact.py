@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +108,3 @@ class Artifact:
                 f"{trained.get('fingerprint')}), not on {model_info.get('name_or_path')} "
                 f"(fingerprint {model_info.get('fingerprint')})"
             )
-
-    def modules(self) -> Iterator[str]:
-        return iter(self.manifest.get("modules", {}))
