@@ -31,9 +31,11 @@ def pro_anti_probs(items: Sequence[Mapping[str, Any]], probs: Tensor) -> tuple[T
     anti = torch.tensor([item["anti_option"] for item in items], device=probs.device)
     padded = torch.cat([probs, torch.zeros_like(probs[:, :1])], dim=1)  # index -1 -> the zero column
     last = padded.shape[1] - 1
-    return padded.gather(1, pro.where(pro >= 0, last)[:, None])[:, 0], padded.gather(
-        1, anti.where(anti >= 0, last)[:, None]
-    )[:, 0]
+
+    def take(index: Tensor) -> Tensor:
+        return padded.gather(1, index.where(index >= 0, last)[:, None])[:, 0]
+
+    return take(pro), take(anti)
 
 
 def per_occupation_gap(items: Sequence[Mapping[str, Any]], probs: Tensor) -> Tensor:
