@@ -27,14 +27,12 @@ class PolicyView:
         self.ambiguous = np.array([bool(it["ambiguous"]) for it in items], dtype=bool)
         self.occupation = np.array([it["occupation"] for it in items], dtype=object)
         self.pair = np.array([it["pair_id"] for it in items], dtype=object)
-        self.correct = np.array([it["correct"] for it in items])
-        rows = np.arange(n)
-        for name, p in (("soft", probs.numpy()), ("hard", hard.numpy())):
-            padded = np.concatenate([p, np.zeros((n, 1))], axis=1)  # index -1 -> 0 probability
-            pro = np.array([it["pro_option"] for it in items])
-            anti = np.array([it["anti_option"] for it in items])
-            setattr(self, f"gap_{name}", padded[rows, pro] - padded[rows, anti])
-            setattr(self, f"correct_{name}", padded[rows, self.correct])
+        pro, anti, correct = (
+            torch.tensor([it[k] for it in items], dtype=torch.long) for k in ("pro_option", "anti_option", "correct")
+        )
+        for name, p in (("soft", probs), ("hard", hard)):
+            setattr(self, f"gap_{name}", (option_prob(p, pro) - option_prob(p, anti)).numpy())
+            setattr(self, f"correct_{name}", option_prob(p, correct).numpy())
         unknown = np.array(
             [
                 [g == "unknown" for g in it["option_groups"]] + [False] * (probs.shape[1] - len(it["option_groups"]))
@@ -42,6 +40,13 @@ class PolicyView:
             ]
         )
         self.refusal = (probs.numpy() * unknown).sum(1) if n else np.zeros(0)
+
+
+def option_prob(probs: Tensor, index: Tensor) -> Tensor:
+    """Per row, the probability of option ``index[row]``; 0 where the index is -1 (no such option)."""
+    padded = torch.cat([probs, torch.zeros_like(probs[:, :1])], dim=1)
+    index = index.to(probs.device)
+    return padded.gather(1, index.where(index >= 0, padded.shape[1] - 1)[:, None])[:, 0]
 
 
 def per_occupation_bias(gap: np.ndarray, occupation: np.ndarray) -> float:

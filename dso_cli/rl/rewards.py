@@ -13,6 +13,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from dso_cli.metrics import option_prob
+
 
 class Reward(Protocol):
     def __call__(self, items: Sequence[Mapping[str, Any]], probs: Tensor) -> Tensor: ...
@@ -27,15 +29,9 @@ def occupation_index(items: Sequence[Mapping[str, Any]]) -> tuple[list[str], Ten
 
 def pro_anti_probs(items: Sequence[Mapping[str, Any]], probs: Tensor) -> tuple[Tensor, Tensor]:
     """Per item, the probability of the pro- and of the anti-stereotypical option (0 where absent)."""
-    pro = torch.tensor([item["pro_option"] for item in items], device=probs.device)
-    anti = torch.tensor([item["anti_option"] for item in items], device=probs.device)
-    padded = torch.cat([probs, torch.zeros_like(probs[:, :1])], dim=1)  # index -1 -> the zero column
-    last = padded.shape[1] - 1
-
-    def take(index: Tensor) -> Tensor:
-        return padded.gather(1, index.where(index >= 0, last)[:, None])[:, 0]
-
-    return take(pro), take(anti)
+    pro = torch.tensor([item["pro_option"] for item in items])
+    anti = torch.tensor([item["anti_option"] for item in items])
+    return option_prob(probs, pro), option_prob(probs, anti)
 
 
 def per_occupation_gap(items: Sequence[Mapping[str, Any]], probs: Tensor) -> Tensor:
