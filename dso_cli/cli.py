@@ -22,7 +22,11 @@ VERBS = {
     "train": "fit a steering method (DSO by default) on the benchmark's train split",
     "sweep": "evaluate a trained artifact at every strength: alpha=0:1:0.1 or alpha=[0,0.5,1]",
     "report": "Pareto table + plot from a run's sweep (or several: runs=[dirA,dirB])",
+    "eval": "one table over bias + capability benchmarks at a few strengths: eval.benchmarks=[...] alpha=[0,1]",
 }
+OPEN_SECTIONS = {"eval": ("bias_benchmark", "capability")}
+"""Per verb, sections whose keys may be set even when the composed default lacks them (``eval`` passes
+``bias.path=`` on to whichever of its benchmarks has a ``path``)."""
 HYDRA_FLAGS = (
     "--help",
     "-h",
@@ -79,6 +83,7 @@ def usage() -> str:
         "  dso train                                  # SmolLM2-135M + built-in occupation benchmark, offline",
         "  dso sweep alpha=0:1:0.1                    # newest train run of the same model and benchmark",
         "  dso report",
+        "  dso eval eval.benchmarks=[occupation,winobias,bbq] alpha=[0,0.5,1]  # one table, many benchmarks",
         "  dso train model=qwen2_5_3b bias=occupation # hub model on a GPU",
         "  dso train --cfg job                        # print the composed config",
     ]
@@ -92,6 +97,16 @@ def rewrite_aliases(args: Sequence[str]) -> list[str]:
         match = re.match(r"^([+~]{0,2})([A-Za-z_]+)([.=].*)$", arg)
         if match and match.group(2) in ALIASES:
             arg = match.group(1) + ALIASES[match.group(2)] + match.group(3)
+        out.append(arg)
+    return out
+
+
+def open_sections(verb: str, args: Sequence[str]) -> list[str]:
+    """``section.key=v`` -> ``++section.key=v`` for the verb's open sections."""
+    out = []
+    for arg in args:
+        if any(arg.startswith(f"{section}.") for section in OPEN_SECTIONS.get(verb, ())):
+            arg = "++" + arg
         out.append(arg)
     return out
 
@@ -118,10 +133,16 @@ def validate(verb: str, overrides: list[str]) -> None:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise DsoError(f"{missing[0]} must be set (e.g. {missing[0]}=VALUE)")
-    if verb == "sweep":
+    if verb in ("sweep", "eval"):
         from dso_cli.runs import parse_alpha
 
         parse_alpha(cfg.alpha)
+    if verb == "eval":
+        for group, names in (("bias_benchmark", cfg.eval.benchmarks), ("capability", cfg.eval.capability)):
+            for name in names or []:
+                if name not in group_options(group):
+                    what = "bias benchmark" if group == "bias_benchmark" else "capability set"
+                    raise DsoError(f"unknown {what} {name!r} (choose from: {', '.join(group_options(group))})")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -133,6 +154,7 @@ def _runner(verb: str) -> Callable:
     from hydra.core.hydra_config import HydraConfig
 
     def run(cfg) -> None:
+        from dso_cli.commands.eval import run_eval
         from dso_cli.commands.report import run_report
         from dso_cli.commands.sweep import run_sweep
         from dso_cli.commands.train import run_train
@@ -145,6 +167,8 @@ def _runner(verb: str) -> Callable:
                 run_train(cfg, job_num=hydra_cfg.job.num if multirun else None)
             elif verb == "sweep":
                 run_sweep(cfg, overrides)
+            elif verb == "eval":
+                run_eval(cfg, overrides)
             else:
                 run_report(cfg, overrides)
         except DsoError as exc:
@@ -162,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[0] in ("-V", "--version"):
         print(f"dso {__version__}")
         return 0
-    verb, rest = args[0], rewrite_aliases(args[1:])
+    verb, rest = args[0], open_sections(args[0], rewrite_aliases(args[1:]))
     if verb not in VERBS:
         print(f"dso: error: unknown verb {verb!r} (choose from: {', '.join(VERBS)})", file=sys.stderr)
         return 2

@@ -2,13 +2,16 @@
 
 ``score(o | x) = Σ_t log p(o_t | x, o_<t)`` for every option of every item. When every option in a
 batch is a single token, one forward over the prompts gives them all (the next-token distribution at
-the last prompt position); otherwise each option is appended to its prompt and all options of the
-batch run together. Only the positions that predict option tokens go through the output head, so the
-vocabulary projection costs one row per option token, not one per prompt token.
+the last prompt position); otherwise the prompts run once and every option continues from its
+prompt's key/value cache (``share_prompt``; or, for models whose cache cannot be shared, each option
+is appended to its own copy of the prompt). Only the positions that predict option tokens go through
+the output head, so the vocabulary projection costs one row per option token, not one per prompt
+token.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +56,7 @@ class OptionScorer:
         chat_template_kwargs: Mapping[str, Any] | None = None,
         length_normalize: bool = False,
         batch_size: int = 16,
+        share_prompt: bool = True,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -61,6 +65,7 @@ class OptionScorer:
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self.length_normalize = length_normalize
         self.batch_size = batch_size
+        self.share_prompt = share_prompt
         self.head = model.get_output_embeddings()
         if self.head is None:
             raise DsoError(f"{type(model).__name__} has no output head to score options with")
@@ -139,6 +144,12 @@ class OptionScorer:
                 out = out.index_copy(0, index, torch.cat(rows))
         return out
 
+    def token_logprobs(self, seqs: list[list[int]]) -> tuple[Tensor, Tensor]:
+        """Next-token log-probabilities ``[batch, width, vocab]`` (float32) of right-padded ``seqs``, and
+        their lengths: the language-modelling view of the same forward pass, for perplexity and KL."""
+        hidden, lengths = self._forward(seqs)
+        return self._log_softmax(hidden), lengths
+
     def _score_batch(self, batch: list[EncodedItem], k_max: int) -> Tensor:
         if all(len(ids) == 1 for e in batch for ids in e.option_ids):
             return self._score_single_token(batch, k_max)
@@ -155,6 +166,71 @@ class OptionScorer:
         return out
 
     def _score_multi_token(self, batch: list[EncodedItem], k_max: int) -> Tensor:
+        if self.share_prompt and not self.full_forward and self._fits_window(batch):
+            try:
+                return self._score_shared_prompt(batch, k_max)
+            except (TypeError, AttributeError, NotImplementedError):  # a model whose cache cannot be re-indexed
+                self.share_prompt = False
+        return self._score_packed(batch, k_max)
+
+    def _fits_window(self, batch: list[EncodedItem]) -> bool:
+        """Sliding-window caches drop old positions, which breaks right-padded prompts that exceed the window."""
+        config = getattr(self.model.config, "text_config", None) or self.model.config
+        window = getattr(config, "sliding_window", None)
+        longest = max(len(e.prompt_ids) + max(len(o) for o in e.option_ids) for e in batch)
+        return window is None or longest < window
+
+    def _score_shared_prompt(self, batch: list[EncodedItem], k_max: int) -> Tensor:
+        """Run each prompt once; every option continues from the prompt's key/value cache.
+
+        The last prompt position predicts every option's first token; only the tokens after the
+        first go through a second, short forward pass over (item, option) rows that re-use the cache.
+        """
+        hidden, lengths, cache, mask = self._forward([list(e.prompt_ids) for e in batch], use_cache=True)
+        rows = [(i, k) for i, e in enumerate(batch) for k in range(len(e.option_ids))]
+        item = torch.tensor([i for i, _ in rows], device=hidden.device)
+        first = torch.tensor([batch[i].option_ids[k][0] for i, k in rows], device=hidden.device)
+        last = hidden[torch.arange(len(batch), device=hidden.device), lengths - 1]
+        token_lp = [self._log_softmax(last)[item, first]]
+        owner = [torch.arange(len(rows), device=hidden.device)]
+        cont = [r for r, (i, k) in enumerate(rows) if len(batch[i].option_ids[k]) > 1]
+        if cont:
+            tails = [batch[rows[r][0]].option_ids[rows[r][1]] for r in cont]
+            width = max(len(t) for t in tails) - 1
+            ids = torch.zeros(len(cont), width, dtype=torch.long, device=self.device)
+            tail_mask = torch.zeros(len(cont), width, dtype=torch.long, device=self.device)
+            for c, tail in enumerate(tails):
+                ids[c, : len(tail) - 1] = torch.tensor(tail[:-1], device=self.device)
+                tail_mask[c, : len(tail) - 1] = 1
+            source = item[cont].to(self.device)
+            cache.reorder_cache(source)
+            out = self.model.base_model(
+                input_ids=ids,
+                attention_mask=torch.cat([mask[source], tail_mask], dim=1),
+                position_ids=lengths.to(self.device)[source][:, None] + torch.arange(width, device=self.device),
+                use_cache=True,
+                **{self._cache_argument(): cache},
+            ).last_hidden_state
+            targets = [(c, t, tok) for c, tail in enumerate(tails) for t, tok in enumerate(tail[1:])]
+            t = torch.tensor(targets, device=out.device)
+            token_lp.append(self._log_softmax(out[t[:, 0], t[:, 1]]).gather(1, t[:, 2:3])[:, 0])
+            owner.append(torch.tensor([cont[c] for c, _, _ in targets], device=out.device))
+        lp = torch.cat([x.to(self.device) for x in token_lp])
+        who = torch.cat([x.to(self.device) for x in owner])
+        sums = torch.zeros(len(rows), device=self.device).index_add(0, who, lp)
+        if self.length_normalize:
+            sums = sums / torch.tensor([len(batch[i].option_ids[k]) for i, k in rows], device=self.device)
+        out_rows = torch.full((len(batch), k_max), float("-inf"), device=self.device)
+        flat = torch.tensor([i * k_max + k for i, k in rows], device=self.device)
+        return out_rows.view(-1).index_copy(0, flat, sums).view(len(batch), k_max)
+
+    def _cache_argument(self) -> str:
+        """``cache`` (transformers >= 5.2x) or the older ``past_key_values``."""
+        parameters = inspect.signature(self.model.base_model.forward).parameters
+        return "cache" if "cache" in parameters else "past_key_values"
+
+    def _score_packed(self, batch: list[EncodedItem], k_max: int) -> Tensor:
+        """Every option appended to its own copy of the prompt: one forward over all of them."""
         seqs, targets = [], []  # targets: (seq index, position predicting the token, token id, item, option)
         for i, e in enumerate(batch):
             for k, opt in enumerate(e.option_ids):
@@ -175,8 +251,9 @@ class OptionScorer:
         present[flat] = True
         return sums.masked_fill(~present, float("-inf")).view(len(batch), k_max)
 
-    def _forward(self, seqs: list[list[int]]) -> tuple[Tensor, Tensor]:
-        """Right-padded forward; returns the last hidden states (or, in fallback mode, the logits)."""
+    def _forward(self, seqs: list[list[int]], use_cache: bool = False) -> Any:
+        """Right-padded forward; returns the last hidden states (or, in fallback mode, the logits) and the
+        lengths, plus the key/value cache and the attention mask with ``use_cache``."""
         lengths = torch.tensor([len(s) for s in seqs], device=self.device)
         width = int(lengths.max())
         input_ids = torch.zeros(len(seqs), width, dtype=torch.long, device=self.device)
@@ -184,11 +261,15 @@ class OptionScorer:
             input_ids[row, : len(s)] = torch.tensor(s, device=self.device)
         mask = (torch.arange(width, device=self.device)[None, :] < lengths[:, None]).long()
         positions = torch.arange(width, device=self.device)[None, :].expand(len(seqs), -1)
-        inputs = {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions, "use_cache": False}
+        inputs = {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions, "use_cache": use_cache}
         if self.full_forward:
             out = self.model(**inputs).logits
-        else:
-            out = self.model.base_model(**inputs).last_hidden_state
+            return out, lengths.to(out.device)
+        result = self.model.base_model(**inputs)
+        out = result.last_hidden_state
+        if use_cache:
+            cache = result.cache if "cache" in result else result.past_key_values
+            return out, lengths.to(out.device), cache, mask
         return out, lengths.to(out.device)
 
     def _log_softmax(self, hidden: Tensor) -> Tensor:

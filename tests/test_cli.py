@@ -17,8 +17,8 @@ SMALL = [
 ]  # fmt: skip
 
 
-def dso(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="offline", PYTHONWARNINGS="ignore")
+def dso(*args: str, cwd: Path = ROOT, **env_vars: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="offline", PYTHONWARNINGS="ignore", **env_vars)
     return subprocess.run(
         [sys.executable, "-m", "dso_cli.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600
     )
@@ -92,6 +92,55 @@ def test_sweep_finds_the_newest_run_and_report_compares(trained, tmp_path):
     assert len(pd.read_csv(out / "pareto.csv")["curve"].unique()) == 1  # same run twice, same curve name
 
 
+def test_eval_fills_one_table_across_benchmarks(trained, tmp_path):
+    run_dir, _ = trained
+    result = dso(
+        "eval", f"run_dir={run_dir}", "eval.benchmarks=[occupation,winobias,bbq]",
+        "eval.capability=[mmlu_dev,neutral_text]", "alpha=[0,1]", "bias.test_pairs_per_type=3",
+        "capability.max_per_subject=1", "capability.max_passages=4", "eval.bootstrap_reps=20",
+        "scoring.batch_size=32", "model.device=cpu",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = pd.read_csv(run_dir / "eval.csv")
+    assert len(table) == 10 and set(table["method"]) == {"dso"}
+    assert set(table["benchmark"]) == {"occupation", "winobias", "bbq", "mmlu_dev", "neutral_text"}
+    assert {"capability_acc", "ppl", "acc_pro_anti_gap", "s_dis", "s_amb", "acc_amb"} <= set(table.columns)
+    rows = {(r.benchmark, r.alpha): r for r in table.itertuples()}
+    assert all(rows[(b, 0.0)].kl == 0.0 for b in ("occupation", "winobias", "bbq", "mmlu_dev", "neutral_text"))
+    assert rows[("occupation", 1.0)].kl > 0 and rows[("neutral_text", 1.0)].kl > 0
+    assert rows[("winobias", 0.0)].n_unambiguous == 12 and pd.notna(rows[("winobias", 0.0)].acc_pro_anti_gap)
+    assert pd.notna(rows[("bbq", 1.0)].s_dis) and pd.isna(rows[("occupation", 1.0)].s_dis)
+    assert rows[("mmlu_dev", 0.0)].n_unambiguous == 57 and 0 <= rows[("mmlu_dev", 0.0)].capability_acc <= 1
+    assert pd.isna(rows[("mmlu_dev", 0.0)].pob) and pd.isna(rows[("occupation", 0.0)].capability_acc)
+    assert rows[("neutral_text", 0.0)].ppl > 1 and rows[("neutral_text", 0.0)].n_tokens > 0
+    assert "| benchmark | alpha |" in result.stdout
+    subjects = pd.read_csv(run_dir / "eval_subjects.csv")
+    assert len(subjects) == 2 * 57 and set(subjects["alpha"]) == {0.0, 1.0}
+    assert (run_dir / "eval_config.yaml").is_file()
+
+    # the base model alone, no artifact: method "none", one strength
+    base_dir = tmp_path / "base"
+    result = dso(
+        "eval", "eval.steer=false", "model=hf", f"model.name_or_path={run_dir_model(run_dir)}", f"run_dir={base_dir}",
+        "eval.benchmarks=[winobias]", "eval.capability=[]", "bias.test_pairs_per_type=2", "model.device=cpu",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    base = pd.read_csv(base_dir / "eval.csv")
+    assert base["method"].tolist() == ["none"] and base["alpha"].tolist() == [0.0]
+
+
+def test_eval_bad_input(trained, tmp_path):
+    run_dir, _ = trained
+    assert_bad_input(dso("eval", f"run_dir={run_dir}", "eval.benchmarks=[nope]"), "unknown bias benchmark 'nope'")
+    assert_bad_input(dso("eval", f"run_dir={run_dir}", "eval.capability=[mmlx]"), "unknown capability set 'mmlx'")
+    # SynthBias with no path, offline, nothing cached: one line naming both ways to provide it
+    result = dso("eval", f"run_dir={run_dir}", "eval.benchmarks=[synthbias]", DSO_CACHE=str(tmp_path))
+    assert_bad_input(result, "bias.path=")
+    assert "https://raw.githubusercontent.com/apple/ml-synthbias" in result.stderr
+    result = dso("eval", f"run_dir={run_dir}", "eval.benchmarks=[synthbias]", f"bias.path={tmp_path / 'x.csv'}")
+    assert_bad_input(result, "x.csv does not exist")
+
+
 def run_dir_model(run_dir: Path) -> str:
     from omegaconf import OmegaConf
 
@@ -117,7 +166,7 @@ def test_help_and_composed_config():
     assert result.returncode == 0, result.stderr
     assert "name_or_path: Qwen/Qwen2.5-3B-Instruct" in result.stdout and "n_train: 600" in result.stdout
     result = dso("train", "--help")
-    assert result.returncode == 0 and "bias_benchmark: occupation" in result.stdout
+    assert result.returncode == 0 and "bias_benchmark: bbq, occupation, synthbias, winobias" in result.stdout
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path):

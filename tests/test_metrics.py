@@ -79,3 +79,68 @@ def test_monotonicity_allows_noise_within_two_standard_errors():
 def test_bootstrap_se_is_nan_when_an_occupation_has_one_pair():
     items = [item("nurse", 0, pro=0), item("nurse", 0, pro=1), item("cook", 0, pro=0), item("cook", 1, pro=0)]
     assert math.isnan(decision_metrics(items, torch.tensor([[0.7, 0.3]] * 4))["pob_se"])
+
+
+def bbq_item(ambiguous, pro, anti, correct, unknown=1):
+    groups = ["male", "female", "female"]
+    groups[unknown] = "unknown"
+    groups[anti] = "male" if groups[pro] == "female" else groups[anti]
+    return {"occupation": "q1", "pair_id": "p", "pro_option": pro, "anti_option": anti, "ambiguous": ambiguous,
+            "correct": correct, "option_groups": groups}  # fmt: skip
+
+
+def test_bbq_bias_scores_by_hand():
+    from dso_cli.metrics import bbq_bias_scores
+
+    # options: 0 = person X, 1 = unknown, 2 = person Y
+    amb = [bbq_item(True, 0, 2, 1), bbq_item(True, 2, 0, 1), bbq_item(True, 0, 2, 1), bbq_item(True, 0, 2, 1)]
+    dis = [bbq_item(False, 0, 2, 0), bbq_item(False, 0, 2, 2), bbq_item(False, 2, 0, 2), bbq_item(False, 0, 2, 1)]
+    # argmax answers: amb -> unknown, biased (2), biased (0), anti (2); dis -> biased, biased, biased, unknown
+    probs = torch.tensor([[0.2, 0.7, 0.1], [0.1, 0.2, 0.7], [0.6, 0.3, 0.1], [0.1, 0.3, 0.6],
+                          [0.8, 0.1, 0.1], [0.5, 0.1, 0.4], [0.1, 0.1, 0.8], [0.2, 0.5, 0.3]])  # fmt: skip
+    s = bbq_bias_scores(amb + dis, probs)
+    assert s["acc_amb"] == pytest.approx(1 / 4)  # only the first ambiguous item answered "unknown"
+    assert s["s_dis"] == pytest.approx(2 * (3 / 3) - 1)  # 3 non-unknown answers, all biased
+    assert s["s_amb"] == pytest.approx((1 - 1 / 4) * (2 * (2 / 3) - 1))  # 2 of 3 non-unknown answers biased
+    assert bbq_bias_scores([item("nurse", 0)], torch.tensor([[0.5, 0.5]])) == {}  # no unknown option
+
+
+def test_accuracy_with_an_unknown_option_and_refusal():
+    # an ambiguous BBQ item is answered correctly only by "unknown"; its mass is the refusal rate
+    items = [bbq_item(True, 0, 2, 1), bbq_item(False, 0, 2, 2)]
+    probs = torch.tensor([[0.3, 0.6, 0.1], [0.2, 0.2, 0.6]])
+    m = decision_metrics(items, probs)
+    assert m["unamb_acc"] == pytest.approx(0.6) and m["unamb_acc_hard"] == 1.0  # disambiguated item only
+    assert m["refusal_rate"] == pytest.approx((0.6 + 0.2) / 2)
+    assert m["pob"] == pytest.approx(abs(0.3 - 0.1))
+
+
+def test_pro_anti_accuracy_by_hand():
+    from dso_cli.metrics import pro_anti_accuracy
+
+    pro_items = [item("nurse", i, pro=0, ambiguous=False, correct=0) for i in range(3)]
+    anti_items = [item("nurse", i, pro=1, ambiguous=False, correct=0) for i in range(2)]
+    probs = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.4, 0.6], [0.3, 0.7], [0.6, 0.4]])
+    acc = pro_anti_accuracy(pro_items + anti_items, probs)
+    assert acc["acc_pro"] == pytest.approx(2 / 3) and acc["acc_anti"] == pytest.approx(1 / 2)
+    assert acc["acc_pro_anti_gap"] == pytest.approx(2 / 3 - 1 / 2)
+    assert pro_anti_accuracy(pro_items, probs[:3]) == {}  # no anti-stereotypical items: no contrast
+
+
+def test_schema_allows_unknown_as_the_answer_of_an_ambiguous_item():
+    from dso_cli.benchmarks.schema import validate_item
+    from dso_cli.errors import DsoError
+
+    base = {"id": "x", "options": [" A", " B", " C"], "option_groups": ["male", "unknown", "female"],
+            "pro_option": 0, "anti_option": 2, "ambiguous": True}  # fmt: skip
+    validate_item({**base, "correct": 1})
+    validate_item({**base, "correct": -1})
+    with pytest.raises(DsoError, match="only correct option is an 'unknown'"):
+        validate_item({**base, "correct": 0})
+
+
+def test_mean_se():
+    from dso_cli.metrics import mean_se
+
+    assert mean_se(np.array([1.0, 0.0, 1.0, 0.0])) == pytest.approx(np.std([1, 0, 1, 0], ddof=1) / 2)
+    assert math.isnan(mean_se(np.array([1.0])))

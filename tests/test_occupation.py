@@ -88,7 +88,7 @@ def test_deterministic_and_seeded():
 def test_bad_sizes_are_one_line_errors():
     with pytest.raises(DsoError, match="even"):
         build(n_train=601)
-    with pytest.raises(DsoError, match="has only"):
+    with pytest.raises(DsoError, match="n_train: asked for 5000 pairs but only"):
         build(n_train=10_000)
     with pytest.raises(DsoError, match="unknown held-out"):
         build(heldout_occupations=["astronaut"])

@@ -158,3 +158,36 @@ def test_chat_template_kwargs_and_template_errors(tokenizer, items):
             OptionScorer(model, tokenizer, system_prompt="x").render(items[0])
     finally:
         tokenizer.chat_template = saved
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_shared_prompt_cache_equals_packed_options(family, tokenizer, items):
+    model = build_tiny_model(family, tokenizer)
+    shared = OptionScorer(model, tokenizer, batch_size=4)
+    packed = OptionScorer(model, tokenizer, batch_size=4, share_prompt=False)
+    encoded = [shared.encode(i) for i in items]
+    multi = [e for e in encoded if any(len(o) > 1 for o in e.option_ids)]
+    assert multi, "the items should have multi-token options"
+    if shared._fits_window(multi):  # sliding-window models fall back to packing for long prompts
+        torch.testing.assert_close(
+            shared._score_shared_prompt(multi, 3), packed._score_packed(multi, 3), atol=1e-5, rtol=1e-5
+        )
+    torch.testing.assert_close(shared.logprobs(items), packed.logprobs(items), atol=1e-5, rtol=1e-5)
+    assert shared.share_prompt, "the shared-prompt path fell back for this family"
+
+
+def test_shared_prompt_gradients_match_packed(tokenizer, items):
+    from dso_cli.models.layouts import find_norm_modules
+    from dso_cli.steering.affine import apply_affine, init_affine_params
+
+    model = build_tiny_model("llama", tokenizer)
+    grads = []
+    for share in (True, False):
+        params = init_affine_params(find_norm_modules(model))
+        scorer = OptionScorer(model, tokenizer, batch_size=4, share_prompt=share)
+        with apply_affine(model, params, 1.0):
+            lp = scorer.logprobs(items, grad=True)
+            lp[torch.isfinite(lp)].sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in params.values()]))
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-4, rtol=1e-4)

@@ -6,16 +6,30 @@ from collections.abc import Mapping
 from typing import Any
 
 import datasets
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 from dso_cli.errors import DsoError
 
 
+def instantiate_builder(cfg: Mapping[str, Any]) -> Any:
+    """``instantiate`` a builder config; a :class:`DsoError` inside it surfaces as itself (one line)."""
+    if "_target_" not in cfg:
+        raise DsoError(f"benchmark {cfg.get('name')!r} has no _target_ builder")
+    try:
+        return instantiate(cfg, _convert_="all")
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        while cause is not None and not isinstance(cause, DsoError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise
+
+
 def build_benchmark(cfg: Mapping[str, Any]) -> datasets.DatasetDict:
     """Instantiate a ``bias_benchmark`` config (its ``_target_`` builds the splits)."""
-    if "_target_" not in cfg:
-        raise DsoError(f"bias_benchmark {cfg.get('name')!r} has no _target_ builder")
-    splits = instantiate(cfg, _convert_="all")
+    splits = instantiate_builder(cfg)
     if not isinstance(splits, datasets.DatasetDict) or "train" not in splits:
         raise DsoError(f"bias_benchmark {cfg.get('name')!r} did not build a DatasetDict with a train split")
     return splits

@@ -18,6 +18,7 @@ from importlib import resources
 import datasets
 
 from dso_cli.benchmarks.schema import to_dataset
+from dso_cli.benchmarks.splits import take_stratified
 from dso_cli.errors import DsoError
 
 BENCHMARK = "occupation"
@@ -184,23 +185,6 @@ def _pairs(occ: Occupation, contrast: Sequence[Occupation], ambiguous: bool, rng
     return pairs
 
 
-def _take_stratified(pools: dict[str, list], n_pairs: int, rng: random.Random) -> list:
-    """``n_pairs`` pairs spread as evenly as possible over the occupations (pools are pre-shuffled)."""
-    names = sorted(pools)
-    base, extra = divmod(n_pairs, len(names))
-    lucky = set(rng.sample(names, extra))
-    taken = []
-    for name in names:
-        want = base + (name in lucky)
-        if want > len(pools[name]):
-            raise DsoError(
-                f"occupation benchmark: asked for {n_pairs} pairs but {name!r} has only "
-                f"{len(pools[name])} left; lower n_train/n_train_unambiguous"
-            )
-        taken.extend(pools[name][:want])
-    return taken
-
-
 def build(
     n_train: int = 600,
     n_train_unambiguous: int = 300,
@@ -240,8 +224,10 @@ def build(
             splits["test"] += pairs[:n_test]
             splits["val"] += pairs[n_test : n_test + n_val]
             pools[ambiguous][occ.name] = pairs[n_test + n_val :]
-    splits["train"] = _take_stratified(pools[True], n_train // 2, rng)
-    splits["train"] += _take_stratified(pools[False], n_train_unambiguous // 2, rng)
+    splits["train"] = take_stratified(pools[True], n_train // 2, rng, what="occupation benchmark n_train")
+    splits["train"] += take_stratified(
+        pools[False], n_train_unambiguous // 2, rng, what="occupation benchmark n_train_unambiguous"
+    )
     out = {}
     for split, pairs in splits.items():
         items = [dict(item, split=split) for pair in pairs for item in pair]

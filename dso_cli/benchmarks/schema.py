@@ -35,7 +35,12 @@ FEATURES = datasets.Features(
 )
 """Columns: ``prompt`` is the user turn, ``answer_prefix`` the start of the answer that every option
 continues (e.g. ``"The"`` before ``" man"`` / ``" woman"``); ``attribute`` is the question type;
-``pair_id`` ties together the items that counterbalance one another (same template, persons swapped)."""
+``pair_id`` ties together the items that counterbalance one another (same template, persons swapped);
+``occupation`` is the cluster that Per-Occupation Bias averages over (the occupation; for BBQ, the
+question template). ``option_groups`` name the group each option denotes: a gender, ``unknown``
+("cannot be determined"), or ``other``; an occupation-valued option denotes its occupation's BLS
+majority gender. Ambiguous items have no correct option, except an ``unknown`` one where offered
+(BBQ)."""
 
 
 def validate_item(item: Mapping[str, Any]) -> None:
@@ -52,8 +57,8 @@ def validate_item(item: Mapping[str, Any]) -> None:
     for key in ("pro_option", "anti_option", "correct"):
         if not -1 <= item[key] < n:
             raise DsoError(f"{where}: {key}={item[key]} is out of range for {n} options")
-    if item["ambiguous"] and item["correct"] != -1:
-        raise DsoError(f"{where}: an ambiguous item cannot have a correct option")
+    if item["ambiguous"] and item["correct"] != -1 and item["option_groups"][item["correct"]] != "unknown":
+        raise DsoError(f"{where}: an ambiguous item's only correct option is an 'unknown' one")
     if not item["ambiguous"] and item["correct"] == -1:
         raise DsoError(f"{where}: an unambiguous item needs a correct option")
 

