@@ -175,6 +175,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
     assert_bad_input(dso("sweep", "alpha=1:0:oops", f"run_dir={tmp_path}"), "does not parse")
     assert_bad_input(dso("frobnicate"), "unknown verb")
     assert_bad_input(dso("train", "optimizer.lr=fast"), "optimizer.lr")
+    assert_bad_input(dso("train", "bias=winobias", f"run_dir={tmp_path / 'w'}"), "no ambiguous training items")
     (tmp_path / "config.yaml").write_text("model: {name: x, name_or_path: y}\nbias_benchmark: {name: occupation}\n")
     assert_bad_input(dso("sweep", f"run_dir={tmp_path}"), "has no trained artifact")
     assert_bad_input(dso("sweep", f"run_dir={tmp_path / 'missing'}"), "does not exist")

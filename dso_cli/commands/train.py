@@ -54,6 +54,12 @@ def run_train(cfg: DictConfig, job_num: int | None = None) -> Path:
     tcfg = train_config(cfg)
     seed_everything(int(cfg.seed))
     splits = build_benchmark(cfg.bias_benchmark)
+    train_items = split_items(splits, "train")
+    if not any(item["ambiguous"] for item in train_items):
+        raise DsoError(
+            f"bias={cfg.bias_benchmark.name} has no ambiguous training items, so there is no bias to train away; "
+            "evaluate transfer to it with `dso eval` instead"
+        )
     reward = instantiate(cfg.reward)
     loaded, scorer = load_from_config(cfg)
     save_provenance(run_dir, cfg, extra={"device": str(loaded.device), "dtype": str(loaded.dtype)})
@@ -63,7 +69,7 @@ def run_train(cfg: DictConfig, job_num: int | None = None) -> Path:
         artifact = fit_dso(
             loaded,
             scorer,
-            split_items(splits, "train"),
+            train_items,
             reward,
             tcfg,
             norm_modules=norm_override(cfg),
