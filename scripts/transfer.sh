@@ -12,7 +12,8 @@ make setup >/dev/null
 export PATH="$PWD/.venv/bin:$PATH"
 for bench in occupation synthbias; do
   run="$out/$bench"
-  [ -f "$run/artifact/manifest.json" ] || dso train run_dir="$run" bias=$bench bias.path="$csv"
+  data=(); [ "$bench" = synthbias ] && data=(bias.path="$csv")
+  [ -f "$run/artifact/manifest.json" ] || dso train run_dir="$run" bias=$bench "${data[@]}"
   [ -f "$run/eval.csv" ] || dso eval run_dir="$run" "eval.benchmarks=[occupation,synthbias,winobias,bbq]" \
     "eval.capability=[mmlu_dev,neutral_text]" "alpha=[0,0.5,1]" bias.path="$csv"
 done

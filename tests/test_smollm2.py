@@ -54,3 +54,14 @@ def test_train_sweep_report_on_smollm2(tmp_path):
     sweep = pd.read_csv(run_dir / "sweep.csv").set_index("alpha")
     assert sweep.loc[1.0, "pob"] < sweep.loc[0.0, "pob"], sweep[["pob", "pob_se", "unamb_acc"]]
     assert (run_dir / "report/pareto.png").stat().st_size > 0
+    # one table across the offline benchmarks and capability sets (small sizes)
+    result = dso(
+        "eval", f"run_dir={run_dir}", "eval.benchmarks=[occupation,winobias,bbq]",
+        "eval.capability=[mmlu_dev,neutral_text]", "alpha=[0,1]", "bias.test_pairs_per_type=10",
+        "capability.max_per_subject=1", "capability.max_passages=8", "eval.bootstrap_reps=100",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = pd.read_csv(run_dir / "eval.csv").set_index(["benchmark", "alpha"])
+    assert table.loc[("occupation", 1.0), "pob"] == pytest.approx(sweep.loc[1.0, "pob"])  # same test split
+    assert table.loc[("neutral_text", 1.0), "kl"] > 0 and table.loc[("neutral_text", 0.0), "ppl"] < 200
+    assert 0 <= table.loc[("mmlu_dev", 0.0), "capability_acc"] <= 1

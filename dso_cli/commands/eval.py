@@ -136,7 +136,6 @@ def run_eval(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
     eval_csv = run_dir / "eval.csv"
     earlier = pd.read_csv(eval_csv) if eval_csv.is_file() else pd.DataFrame(columns=EVAL_COLUMNS)
     rows: list[dict] = []
-
     subjects: list[dict] = []
 
     def record(name: str, split: str, row: dict) -> None:
@@ -160,7 +159,7 @@ def run_eval(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
             continue
         split = cfg.eval.split if kind == "bias" else "test"
 
-        def extras(items, probs, kind=kind, name=name) -> dict:
+        def extras(items: Sequence[dict], probs: Tensor, kind: str = kind) -> dict:
             if kind == "capability":
                 return capability_columns(items, probs)
             return {**pro_anti_accuracy(items, probs), **bbq_bias_scores(items, probs)}
