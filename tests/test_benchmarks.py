@@ -237,3 +237,23 @@ def test_splits_fill_short_clusters_from_others():
     for t in take_stratified(pools, 6, random.Random(0), what="x"):
         per_cluster["a" if t == 1 else "b" if t < 6 else "c"] += 1
     assert dict(per_cluster) == {"a": 1, "b": 3, "c": 2} or dict(per_cluster) == {"a": 1, "b": 2, "c": 3}
+
+
+def test_download_once_into_the_cache_with_checksum(tmp_path, monkeypatch):
+    import hashlib
+
+    from dso_cli.benchmarks.assets import local_or_download
+
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "DSO_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("DSO_CACHE", str(tmp_path / "cache"))
+    source = tmp_path / "remote" / "data.csv"
+    source.parent.mkdir()
+    source.write_bytes(b"type,sample\n")
+    digest = hashlib.sha256(b"type,sample\n").hexdigest()
+    with pytest.raises(DsoError, match="does not match the expected checksum"):
+        local_or_download(None, source.as_uri(), "0" * 64, what="x", option="bias.path")
+    got = local_or_download(None, source.as_uri(), digest, what="x", option="bias.path")
+    assert got == tmp_path / "cache" / "data" / "data.csv" and got.read_bytes() == b"type,sample\n"
+    source.unlink()  # later calls read the cache, never the network
+    assert local_or_download(None, source.as_uri(), digest, what="x", option="bias.path") == got
