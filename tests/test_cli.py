@@ -129,6 +129,24 @@ def test_eval_fills_one_table_across_benchmarks(trained, tmp_path):
     assert base["method"].tolist() == ["none"] and base["alpha"].tolist() == [0.0]
 
 
+@pytest.mark.parametrize("method", ["none", "caa", "mean_match"])
+def test_baselines_train_and_sweep_through_the_cli(method, tiny_llama_dir, tmp_path):
+    run_dir = tmp_path / method
+    result = dso(
+        "train", f"steering_method={method}", "model=hf", f"model.name_or_path={tiny_llama_dir}", f"run_dir={run_dir}",
+        *SMALL,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((run_dir / "artifact/manifest.json").read_text())
+    assert manifest["method"] == method and set(manifest["train_metrics"]["val"]) == {"alpha=0", "alpha=1"}
+    result = dso("sweep", "alpha=[0,1]", f"run_dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = pd.read_csv(run_dir / "sweep.csv")
+    assert set(sweep["method"]) == {method} and sweep["alpha"].tolist() == [0.0, 1.0]
+    if method == "none":
+        assert sweep["pob"].nunique() == 1
+
+
 def test_eval_bad_input(trained, tmp_path):
     run_dir, _ = trained
     assert_bad_input(dso("eval", f"run_dir={run_dir}", "eval.benchmarks=[nope]"), "unknown bias benchmark 'nope'")

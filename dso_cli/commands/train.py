@@ -11,11 +11,15 @@ from dso_cli.benchmarks import build_benchmark, split_items
 from dso_cli.commands.common import load_from_config, markdown_table, seed_everything
 from dso_cli.errors import DsoError
 from dso_cli.evaluation import evaluate_strengths
+from dso_cli.models.loading import LoadedModel
 from dso_cli.rl.loggers import make_logger
+from dso_cli.rl.rewards import Reward
 from dso_cli.rl.trainer import TrainConfig
 from dso_cli.runs import ARTIFACT_DIR, new_train_dir, save_provenance
-from dso_cli.steering.artifact import MANIFEST
+from dso_cli.scoring import OptionScorer
+from dso_cli.steering.artifact import MANIFEST, Artifact
 from dso_cli.steering.dso import fit_dso
+from dso_cli.steering.methods import CLOSED_FORM, fit_closed_form
 
 SUPPORTED_ESTIMATORS = ("exact",)
 
@@ -44,14 +48,15 @@ def norm_override(cfg: DictConfig) -> str | list[str] | None:
 
 
 def run_train(cfg: DictConfig, job_num: int | None = None) -> Path:
-    if cfg.steering_method.name != "dso":
-        raise DsoError(f"steering_method={cfg.steering_method.name} cannot be trained yet (only dso)")
+    method = cfg.steering_method.name
+    if method != "dso" and method not in CLOSED_FORM:
+        raise DsoError(f"steering_method={method} cannot be trained (choose from: dso, {', '.join(CLOSED_FORM)})")
     run_dir = Path(cfg.run_dir) if cfg.run_dir else new_train_dir(cfg, job_num)
     if (run_dir / ARTIFACT_DIR / MANIFEST).exists():
         raise DsoError(f"{run_dir} already holds a trained artifact; pass a new run_dir")
     cfg = cfg.copy()
     cfg.run_dir = str(run_dir)
-    tcfg = train_config(cfg)
+    tcfg = train_config(cfg) if method == "dso" else None
     seed_everything(int(cfg.seed))
     splits = build_benchmark(cfg.bias_benchmark)
     train_items = split_items(splits, "train")
@@ -64,9 +69,33 @@ def run_train(cfg: DictConfig, job_num: int | None = None) -> Path:
     loaded, scorer = load_from_config(cfg)
     save_provenance(run_dir, cfg, extra={"device": str(loaded.device), "dtype": str(loaded.dtype)})
     print(f"dso train: run directory {run_dir}", flush=True)
+    if tcfg is None:
+        options = OmegaConf.to_container(cfg.steering_method, resolve=True)
+        artifact = fit_closed_form(method, loaded, scorer, train_items, options, norm_modules=norm_override(cfg))
+    else:
+        artifact = _fit_dso(cfg, run_dir, loaded, scorer, train_items, reward, tcfg)
+    if cfg.train.eval_val and "val" in splits:
+        rows = evaluate_strengths(scorer, artifact, split_items(splits, "val"), [0.0, 1.0], desc="val")
+        artifact.manifest["train_metrics"]["val"] = {f"alpha={r['alpha']:g}": r for r in rows}
+        print(markdown_table(rows, ["alpha", "pob", "pob_se", "stereotype_gap", "unamb_acc", "kl"]))
+    artifact.save(run_dir / ARTIFACT_DIR)
+    print(f"dso train: saved {run_dir / ARTIFACT_DIR}", flush=True)
+    return run_dir
+
+
+def _fit_dso(
+    cfg: DictConfig,
+    run_dir: Path,
+    loaded: LoadedModel,
+    scorer: OptionScorer,
+    train_items: list[dict],
+    reward: Reward,
+    tcfg: TrainConfig,
+) -> Artifact:
+    """The RL trainer, logging to the configured tracker."""
     logger = make_logger(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True))
     try:
-        artifact = fit_dso(
+        return fit_dso(
             loaded,
             scorer,
             train_items,
@@ -78,11 +107,3 @@ def run_train(cfg: DictConfig, job_num: int | None = None) -> Path:
         )
     finally:
         logger.close()
-
-    if cfg.train.eval_val and "val" in splits:
-        rows = evaluate_strengths(scorer, artifact, split_items(splits, "val"), [0.0, 1.0], desc="val")
-        artifact.manifest["train_metrics"]["val"] = {f"alpha={r['alpha']:g}": r for r in rows}
-        print(markdown_table(rows, ["alpha", "pob", "pob_se", "stereotype_gap", "unamb_acc", "kl"]))
-    artifact.save(run_dir / ARTIFACT_DIR)
-    print(f"dso train: saved {run_dir / ARTIFACT_DIR}", flush=True)
-    return run_dir

@@ -81,3 +81,22 @@ def _hidden_size(model: nn.Module, name: str, module: nn.Module) -> int:
     if size is None:
         raise DsoError(f"cannot tell the output size of module {name!r}")
     return int(size)
+
+
+LAYER_LAYOUTS: dict[str, str] = {
+    **dict.fromkeys(("llama", "qwen2", "qwen3", "mistral", "phi3", "gemma2", "gemma3_text"), r"^model\.layers\.\d+$"),
+    "gpt2": r"^transformer\.h\.\d+$",
+}
+"""Per family, the decoder layers of the language backbone, whose outputs are the residual stream."""
+
+
+def find_decoder_layers(model: nn.Module) -> list[str]:
+    """Names of the backbone's decoder layers, in forward order (their outputs: the residual stream)."""
+    family = model_family(model)
+    if family not in LAYER_LAYOUTS:
+        raise DsoError(f"no decoder-layer layout is registered for model family {family!r}")
+    pattern = re.compile(LAYER_LAYOUTS[family])
+    names = [name for name, _ in model.named_modules() if pattern.search(name)]
+    if not names:
+        raise DsoError(f"the {family} layout matches no decoder layer of this model")
+    return names

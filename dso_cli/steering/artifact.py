@@ -8,6 +8,7 @@ meaning of its strength knob. Loading it onto a different model fails with a one
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import json
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
@@ -21,14 +22,14 @@ from torch import Tensor, nn
 from dso_cli import __version__
 from dso_cli.errors import DsoError
 from dso_cli.io import atomic_write, git_commit, write_json
-from dso_cli.steering.affine import SteeringHandle, apply_affine, module_names
+from dso_cli.steering.affine import SteeringHandle, apply_affine
 
 FORMAT_VERSION = 1
 TENSORS = "tensors.safetensors"
 MANIFEST = "manifest.json"
 
 Applier = Callable[[nn.Module, Mapping[str, Tensor], float], AbstractContextManager[SteeringHandle]]
-APPLIERS: dict[str, Applier] = {"dso": apply_affine}
+APPLIERS: dict[str, Applier] = {"dso": apply_affine, "mean_match": apply_affine}
 """How each method's tensors act on a model; every method shares the same artifact format."""
 
 
@@ -55,7 +56,7 @@ class Artifact:
             "format_version": FORMAT_VERSION,
             "method": method,
             "hyperparameters": dict(hyperparameters),
-            "modules": {name: list(detached[f"{name}.a"].shape) for name in module_names(detached)},
+            "modules": {name: list(detached[key].shape) for key in detached for name in [key.rsplit(".", 1)[0]]},
             "model": dict(model),
             "strength": dict(strength),
             "token_scope": "all",
@@ -68,6 +69,11 @@ class Artifact:
 
     def apply(self, model: nn.Module, strength: float = 1.0) -> AbstractContextManager[SteeringHandle]:
         """Context manager that steers ``model`` at ``strength`` and removes its hooks on exit."""
+        if self.method not in APPLIERS:  # each method's module registers its applier on import
+            try:
+                importlib.import_module(f"dso_cli.steering.{self.method}")
+            except ImportError:
+                pass
         if self.method not in APPLIERS:
             raise DsoError(f"no way to apply steering method {self.method!r} (known: {', '.join(APPLIERS)})")
         device = next(model.parameters()).device

@@ -1,0 +1,124 @@
+"""Closed-form baselines (CAA, mean matching, none): their fits by hand, exact identity at strength 0,
+save -> load round trips, and clear failures on a model of another size."""
+
+import pytest
+import torch
+
+from dso_cli.benchmarks.occupation import build
+from dso_cli.errors import DsoError
+from dso_cli.models.layouts import find_decoder_layers, find_norm_modules
+from dso_cli.scoring import OptionScorer
+from dso_cli.steering.activations import completion_activations
+from dso_cli.steering.artifact import Artifact
+from dso_cli.steering.caa import fit_caa, mean_difference
+from dso_cli.steering.mean_match import fit_mean_match, match_moments
+from dso_cli.steering.none import fit_none
+from tests.conftest import build_tiny_model, tiny_config
+
+
+class Loaded:
+    """The slice of LoadedModel the fits use."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def describe(self):
+        return {"name_or_path": "tiny", "fingerprint": "tiny"}
+
+
+@pytest.fixture(scope="module")
+def items():
+    test = build(test_pairs_per_occupation=1)["test"].to_list()
+    return [i for i in test if i["ambiguous"]][:12]
+
+
+@pytest.fixture
+def setup(tokenizer):
+    model = build_tiny_model("llama", tokenizer)
+    return Loaded(model), OptionScorer(model, tokenizer, chat_template=False, batch_size=5)
+
+
+def test_mean_difference_and_moment_matching_by_hand():
+    pro = torch.tensor([[1.0, 0.0], [3.0, 2.0]])
+    anti = torch.tensor([[2.0, 5.0], [6.0, 5.0]])
+    torch.testing.assert_close(mean_difference(pro, anti), torch.tensor([2.0, 4.0]))
+    a, b = match_moments(pro, anti)
+    mapped = (1 + a) * pro + b
+    torch.testing.assert_close(mapped.mean(0), anti.mean(0))
+    torch.testing.assert_close(mapped.std(0, unbiased=False), anti.std(0, unbiased=False))
+
+
+def test_activations_batch_size_does_not_matter(setup, items):
+    loaded, scorer = setup
+    names = find_decoder_layers(loaded.model)[:2]
+    one = completion_activations(scorer, items, names, batch_size=1)
+    many = completion_activations(scorer, items, names, batch_size=7)
+    for kind in ("pro", "anti"):
+        for name in names:
+            torch.testing.assert_close(one[kind][name], many[kind][name], atol=1e-5, rtol=1e-5)
+
+
+def test_caa_vector_is_the_mean_difference_at_the_answer_position(setup, items):
+    loaded, scorer = setup
+    layer = find_decoder_layers(loaded.model)[1]
+    artifact = fit_caa(loaded, scorer, items, layers=[1])
+    # by hand: one unpadded forward per completion, the layer's output at the last token
+    captured = {}
+    hook = dict(loaded.model.named_modules())[layer].register_forward_hook(
+        lambda m, i, o: captured.__setitem__("h", (o[0] if isinstance(o, tuple) else o)[0, -1])
+    )
+    diffs = {"pro": [], "anti": []}
+    for item in items:
+        enc = scorer.encode(item)
+        for kind in diffs:
+            ids = list(enc.prompt_ids) + list(enc.option_ids[item[f"{kind}_option"]])
+            with torch.no_grad():
+                loaded.model(torch.tensor([ids]))
+            diffs[kind].append(captured["h"].clone())
+    hook.remove()
+    want = torch.stack(diffs["anti"]).mean(0) - torch.stack(diffs["pro"]).mean(0)
+    torch.testing.assert_close(artifact.tensors[f"{layer}.v"], want, atol=1e-5, rtol=1e-5)
+
+
+def test_mean_match_maps_pro_moments_onto_anti(setup, items):
+    loaded, scorer = setup
+    artifact = fit_mean_match(loaded, scorer, items)
+    name = next(iter(find_norm_modules(loaded.model)))
+    acts = completion_activations(scorer, items, [name])
+    a, b = artifact.tensors[f"{name}.a"], artifact.tensors[f"{name}.b"]
+    mapped = acts["pro"][name] * (1 + a) + b
+    torch.testing.assert_close(mapped.mean(0), acts["anti"][name].mean(0), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        mapped.std(0, unbiased=False), acts["anti"][name].std(0, unbiased=False), atol=1e-4, rtol=1e-4
+    )
+
+
+@pytest.mark.parametrize("method", ["none", "caa", "mean_match"])
+def test_zero_strength_identity_round_trip_and_wrong_model(method, setup, items, tokenizer, tmp_path):
+    loaded, scorer = setup
+    fit = {"none": lambda: fit_none(loaded), "caa": lambda: fit_caa(loaded, scorer, items),
+           "mean_match": lambda: fit_mean_match(loaded, scorer, items)}[method]  # fmt: skip
+    artifact = fit()
+    ids = torch.tensor([[5, 17, 42, 99, 7, 3]])
+    with torch.no_grad():
+        base = loaded.model(ids).logits
+        with artifact.apply(loaded.model, 0.0):
+            assert torch.equal(loaded.model(ids).logits, base)
+        with artifact.apply(loaded.model, 1.0):
+            steered = loaded.model(ids).logits
+        assert torch.equal(loaded.model(ids).logits, base)  # hooks removed
+        if method != "none":
+            assert not torch.allclose(steered, base)
+        reloaded = Artifact.load(artifact.save(tmp_path / method))
+        with reloaded.apply(loaded.model, 1.0):
+            torch.testing.assert_close(loaded.model(ids).logits, steered, atol=0, rtol=0)
+    if method == "none":
+        return
+    from transformers import AutoModelForCausalLM
+
+    config = tiny_config("llama", len(tokenizer))
+    config.hidden_size, config.intermediate_size = 2 * config.hidden_size, 2 * config.intermediate_size
+    wider = AutoModelForCausalLM.from_config(config).eval()
+    with pytest.raises(DsoError, match="does not fit"), torch.no_grad():
+        with reloaded.apply(wider, 1.0):
+            wider(ids)
