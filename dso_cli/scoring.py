@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,10 @@ from tqdm.auto import tqdm
 from dso_cli.errors import DsoError
 
 Item = Mapping[str, Any]
+
+
+ACTIVE_INSTRUCTION: ContextVar[str | None] = ContextVar("dso_active_instruction", default=None)
+"""An instruction prepended to every prompt while set (the ``prompting`` baseline sets it)."""
 
 
 @dataclass(frozen=True)
@@ -73,15 +78,17 @@ class OptionScorer:
         self.softcap = getattr(config, "final_logit_softcapping", None)
         self.logit_scale = getattr(config, "logit_scale", None)
         self._head_fp32: tuple[Tensor, Tensor | None] | None = None
-        self._cache: dict[tuple[str, str, tuple[str, ...]], EncodedItem] = {}
+        self._cache: dict[tuple[str, str, str, tuple[str, ...]], EncodedItem] = {}
         self.full_forward = not self._shortcut_matches_model()
 
     # --- text -> token ids -------------------------------------------------------------------
     def render(self, item: Item) -> str:
-        """The exact text the model sees before the options."""
+        """The exact text the model sees before the options (with the active instruction, if any)."""
+        instruction = ACTIVE_INSTRUCTION.get()
+        prompt = f"{instruction}\n\n{item['prompt']}" if instruction else item["prompt"]
         if not self.use_chat_template:
-            return f"{item['prompt']}\n\n{item['answer_prefix']}"
-        messages = [{"role": "user", "content": item["prompt"]}]
+            return f"{prompt}\n\n{item['answer_prefix']}"
+        messages = [{"role": "user", "content": prompt}]
         if self.system_prompt is not None:
             messages.insert(0, {"role": "system", "content": self.system_prompt})
         try:
@@ -102,7 +109,7 @@ class OptionScorer:
         mark word starts (SentencePiece's ``▁``) score exactly the text the model would produce. If
         a token straddles the boundary, the option is tokenised on its own instead.
         """
-        key = (item["prompt"], item["answer_prefix"], tuple(item["options"]))
+        key = (ACTIVE_INSTRUCTION.get() or "", item["prompt"], item["answer_prefix"], tuple(item["options"]))
         if key not in self._cache:
             text = self.render(item)
             prompt_ids = self._ids(text)

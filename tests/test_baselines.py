@@ -11,8 +11,10 @@ from dso_cli.scoring import OptionScorer
 from dso_cli.steering.activations import completion_activations
 from dso_cli.steering.artifact import Artifact
 from dso_cli.steering.caa import fit_caa, mean_difference
+from dso_cli.steering.leace import erase, fit_eraser, fit_leace, gender_labels
 from dso_cli.steering.mean_match import fit_mean_match, match_moments
 from dso_cli.steering.none import fit_none
+from dso_cli.steering.prompting import DEFAULT_INSTRUCTION, fit_prompting
 from tests.conftest import build_tiny_model, tiny_config
 
 
@@ -93,12 +95,27 @@ def test_mean_match_maps_pro_moments_onto_anti(setup, items):
     )
 
 
-@pytest.mark.parametrize("method", ["none", "caa", "mean_match"])
+@pytest.mark.parametrize("method", ["none", "prompting", "caa", "mean_match", "leace"])
 def test_zero_strength_identity_round_trip_and_wrong_model(method, setup, items, tokenizer, tmp_path):
     loaded, scorer = setup
     fit = {"none": lambda: fit_none(loaded), "caa": lambda: fit_caa(loaded, scorer, items),
-           "mean_match": lambda: fit_mean_match(loaded, scorer, items)}[method]  # fmt: skip
+           "mean_match": lambda: fit_mean_match(loaded, scorer, items),
+           "leace": lambda: fit_leace(loaded, scorer, items),
+           "prompting": lambda: fit_prompting(loaded)}[method]  # fmt: skip
     artifact = fit()
+    if method == "prompting":  # acts on the prompt, not on activations
+        base = scorer.logprobs(items[:4])
+        with artifact.apply(loaded.model, 0.0):
+            assert torch.equal(scorer.logprobs(items[:4]), base)
+        with artifact.apply(loaded.model, 1.0):
+            assert scorer.render(items[0]).startswith(DEFAULT_INSTRUCTION)
+            steered = scorer.logprobs(items[:4])
+        assert not torch.allclose(steered, base) and not scorer.render(items[0]).startswith(DEFAULT_INSTRUCTION)
+        reloaded = Artifact.load(artifact.save(tmp_path / method))
+        assert reloaded.manifest["hyperparameters"]["instruction"] == DEFAULT_INSTRUCTION
+        with reloaded.apply(loaded.model, 1.0):
+            torch.testing.assert_close(scorer.logprobs(items[:4]), steered, atol=0, rtol=0)
+        return
     ids = torch.tensor([[5, 17, 42, 99, 7, 3]])
     with torch.no_grad():
         base = loaded.model(ids).logits
@@ -122,3 +139,36 @@ def test_zero_strength_identity_round_trip_and_wrong_model(method, setup, items,
     with pytest.raises(DsoError, match="does not fit"), torch.no_grad():
         with reloaded.apply(wider, 1.0):
             wider(ids)
+
+
+def probe_accuracy(x: torch.Tensor, z: torch.Tensor, steps: int = 300) -> float:
+    """In-sample accuracy of a logistic-regression probe (the strongest linear probe we can fit)."""
+    x = (x - x.mean(0)) / x.std(0).clamp(min=1e-6)
+    w = torch.zeros(x.shape[1], requires_grad=True)
+    b = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=steps)
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b, z) + 1e-4 * w.square().sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return float(((x @ w + b > 0).float() == z).float().mean())
+
+
+def test_leace_leaves_no_linear_gender_signal(setup, items):
+    loaded, scorer = setup
+    name = find_decoder_layers(loaded.model)[1]
+    many = [i for i in build(test_pairs_per_occupation=2)["test"].to_list() if i["ambiguous"]][:48]
+    acts = completion_activations(scorer, many, [name])
+    x = torch.cat([acts["pro"][name], acts["anti"][name]])
+    z = gender_labels(many)
+    assert z.mean() == 0.5
+    assert probe_accuracy(x, z) > 0.95  # the completion's gender is plainly linear before erasure
+    erased = erase(x, **fit_eraser(x, z))
+    assert probe_accuracy(erased, z) <= 0.6  # chance is 0.5
+    # the erased class means coincide: LEACE's guarantee
+    torch.testing.assert_close(erased[z == 1].mean(0), erased[z == 0].mean(0), atol=1e-3, rtol=0)

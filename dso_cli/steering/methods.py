@@ -14,7 +14,7 @@ from dso_cli.models.loading import LoadedModel
 from dso_cli.scoring import OptionScorer
 from dso_cli.steering.artifact import Artifact
 
-CLOSED_FORM = ("none", "caa", "mean_match")
+CLOSED_FORM = ("none", "prompting", "caa", "mean_match", "leace")
 
 
 def fit_closed_form(
@@ -30,6 +30,10 @@ def fit_closed_form(
         from dso_cli.steering.none import fit_none
 
         return fit_none(loaded)
+    if name == "prompting":
+        from dso_cli.steering.prompting import fit_prompting
+
+        return fit_prompting(loaded, options.get("instruction"))
     if name == "caa":
         from dso_cli.steering.caa import fit_caa
 
@@ -38,4 +42,8 @@ def fit_closed_form(
         from dso_cli.steering.mean_match import fit_mean_match
 
         return fit_mean_match(loaded, scorer, items, norm_modules=norm_modules)
+    if name == "leace":
+        from dso_cli.steering.leace import fit_leace
+
+        return fit_leace(loaded, scorer, items, layers=options.get("layers"))
     raise DsoError(f"steering_method={name!r} cannot be fitted (choose from: dso, {', '.join(CLOSED_FORM)})")

@@ -1,0 +1,108 @@
+"""LEACE concept erasure (Belrose et al. 2023) of gender, through the ``concept-erasure`` package.
+
+The eraser is fitted on a decoder layer's output at the answer position of the ambiguous training
+items' completions, labelled with the gender their option denotes. After erasure no linear probe can
+predict that gender better than a constant (on the fitted distribution). Strength ``α`` interpolates:
+``h + α · (erase(h) − h)``; 1 is full erasure, applied at every token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dso_cli.errors import DsoError
+from dso_cli.models.loading import LoadedModel
+from dso_cli.scoring import OptionScorer
+from dso_cli.steering.activations import completion_activations
+from dso_cli.steering.affine import SteeringHandle
+from dso_cli.steering.artifact import APPLIERS, Artifact
+from dso_cli.steering.caa import resolve_layers
+
+STRENGTH = {
+    "semantics": "h + alpha * (erase(h) - h) at the chosen layers' outputs; 0 = base, 1 = gender erased",
+    "range": [0.0, 1.0],
+    "default_grid": "0:1:0.25",
+}
+PARTS = ("proj_left", "proj_right", "bias")
+
+
+def gender_labels(items: Sequence[Mapping[str, Any]]) -> Tensor:
+    """1 for a female option, 0 for a male one: pro completions first, then anti (as the activations)."""
+    usable = [it for it in items if it["ambiguous"] and it["pro_option"] >= 0 and it["anti_option"] >= 0]
+    labels = [it["option_groups"][it[f"{kind}_option"]] == "female" for kind in ("pro", "anti") for it in usable]
+    return torch.tensor(labels, dtype=torch.float32)
+
+
+def fit_eraser(x: Tensor, z: Tensor) -> dict[str, Tensor]:
+    """LEACE projection ``(proj_left, proj_right, bias)`` erasing ``z`` from ``x``."""
+    from concept_erasure import LeaceEraser
+
+    if z.min() == z.max():
+        raise DsoError("leace needs completions of both genders to erase gender")
+    eraser = LeaceEraser.fit(x.double(), z.double())
+    return {part: getattr(eraser, part).float().contiguous() for part in PARTS}
+
+
+def erase(h: Tensor, proj_left: Tensor, proj_right: Tensor, bias: Tensor) -> Tensor:
+    return h - ((h - bias) @ proj_right.mH) @ proj_left.mH
+
+
+def fit_leace(
+    loaded: LoadedModel, scorer: OptionScorer, items: Sequence[Mapping[str, Any]], layers: Sequence[int] | None = None
+) -> Artifact:
+    names = resolve_layers(loaded.model, layers)
+    acts = completion_activations(scorer, items, names)
+    z = gender_labels(items)
+    tensors = {}
+    for name in names:
+        x = torch.cat([acts["pro"][name], acts["anti"][name]])
+        for part, value in fit_eraser(x, z).items():
+            tensors[f"{name}.{part}"] = value
+    return Artifact.create(
+        "leace",
+        tensors,
+        model=loaded.describe(),
+        hyperparameters={"layers": list(layers) if layers else None, "modules": names, "n_items": len(z) // 2},
+        strength=STRENGTH,
+    )
+
+
+@contextmanager
+def apply_leace(model: nn.Module, tensors: Mapping[str, Tensor], strength: float = 1.0) -> Iterator[SteeringHandle]:
+    handle = SteeringHandle(strength)
+    modules = dict(model.named_modules())
+    names = list(dict.fromkeys(key.rsplit(".", 1)[0] for key in tensors))
+    hooks = []
+    try:
+        for name in names:
+            if name not in modules:
+                raise DsoError(f"the model has no module {name!r} that this steering artifact targets")
+            parts = [tensors[f"{name}.{part}"] for part in PARTS]
+            hooks.append(modules[name].register_forward_hook(_make_hook(handle, parts)))
+        yield handle
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def _make_hook(handle: SteeringHandle, parts: list[Tensor]):
+    def hook(module: nn.Module, inputs: tuple, output: Any) -> Any:
+        if handle.strength == 0.0:
+            return None
+        hidden = output[0] if isinstance(output, tuple) else output
+        if hidden.shape[-1] != parts[2].shape[-1]:
+            raise DsoError(f"eraser of size {parts[2].shape[-1]} does not fit an output of {hidden.shape[-1]}")
+        left, right, bias = (p.to(hidden.device, torch.float32) for p in parts)
+        h32 = hidden.float()
+        steered = (h32 + handle.strength * (erase(h32, left, right, bias) - h32)).to(hidden.dtype)
+        return (steered, *output[1:]) if isinstance(output, tuple) else steered
+
+    return hook
+
+
+APPLIERS["leace"] = apply_leace
