@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from dso_cli.scoring import OptionScorer
 
@@ -53,19 +54,18 @@ def completion_activations(
     usable = [it for it in items if it["ambiguous"] and it["pro_option"] >= 0 and it["anti_option"] >= 0]
     out: dict[str, dict[str, list[Tensor]]] = {"pro": {n: [] for n in names}, "anti": {n: [] for n in names}}
     step = batch_size or scorer.batch_size
+    starts = [(kind, start) for kind in ("pro", "anti") for start in range(0, len(usable), step)]
+    bar = tqdm(starts, desc="activations", unit="batch", leave=False, disable=len(starts) < 4)
     with torch.no_grad(), recording(scorer.model, names) as seen:
-        for kind in ("pro", "anti"):
-            for start in range(0, len(usable), step):
-                chunk = usable[start : start + step]
-                seqs = []
-                for item in chunk:
-                    enc = scorer.encode(item)
-                    seqs.append(list(enc.prompt_ids) + list(enc.option_ids[item[f"{kind}_option"]]))
-                _, lengths = scorer._forward(seqs)
-                rows = torch.arange(len(seqs))
-                for name in names:
-                    hidden = seen[name]
-                    out[kind][name].append(
-                        hidden[rows.to(hidden.device), (lengths - 1).to(hidden.device)].float().cpu()
-                    )
+        for kind, start in bar:
+            seqs = []
+            for item in usable[start : start + step]:
+                enc = scorer.encode(item)
+                seqs.append(list(enc.prompt_ids) + list(enc.option_ids[item[f"{kind}_option"]]))
+            _, lengths = scorer._forward(seqs)
+            rows = torch.arange(len(seqs))
+            for name in names:
+                hidden = seen[name]
+                last = hidden[rows.to(hidden.device), (lengths - 1).to(hidden.device)]
+                out[kind][name].append(last.float().cpu())
     return {kind: {n: torch.cat(v) for n, v in per.items()} for kind, per in out.items()}
