@@ -11,6 +11,7 @@ from dso_cli.scoring import OptionScorer
 from dso_cli.steering.activations import completion_activations
 from dso_cli.steering.artifact import Artifact
 from dso_cli.steering.caa import fit_caa, mean_difference
+from dso_cli.steering.iti import fit_iti
 from dso_cli.steering.leace import erase, fit_eraser, fit_leace, gender_labels
 from dso_cli.steering.mean_match import fit_mean_match, match_moments
 from dso_cli.steering.none import fit_none
@@ -95,12 +96,12 @@ def test_mean_match_maps_pro_moments_onto_anti(setup, items):
     )
 
 
-@pytest.mark.parametrize("method", ["none", "prompting", "caa", "mean_match", "leace"])
+@pytest.mark.parametrize("method", ["none", "prompting", "caa", "iti", "mean_match", "leace"])
 def test_zero_strength_identity_round_trip_and_wrong_model(method, setup, items, tokenizer, tmp_path):
     loaded, scorer = setup
     fit = {"none": lambda: fit_none(loaded), "caa": lambda: fit_caa(loaded, scorer, items),
            "mean_match": lambda: fit_mean_match(loaded, scorer, items),
-           "leace": lambda: fit_leace(loaded, scorer, items),
+           "leace": lambda: fit_leace(loaded, scorer, items), "iti": lambda: fit_iti(loaded, scorer, items),
            "prompting": lambda: fit_prompting(loaded)}[method]  # fmt: skip
     artifact = fit()
     if method == "prompting":  # acts on the prompt, not on activations
@@ -135,6 +136,7 @@ def test_zero_strength_identity_round_trip_and_wrong_model(method, setup, items,
 
     config = tiny_config("llama", len(tokenizer))
     config.hidden_size, config.intermediate_size = 2 * config.hidden_size, 2 * config.intermediate_size
+    config.head_dim = 2 * config.head_dim  # wider heads too, so attention outputs change size as well
     wider = AutoModelForCausalLM.from_config(config).eval()
     with pytest.raises(DsoError, match="does not fit"), torch.no_grad():
         with reloaded.apply(wider, 1.0):
@@ -172,3 +174,53 @@ def test_leace_leaves_no_linear_gender_signal(setup, items):
     assert probe_accuracy(erased, z) <= 0.6  # chance is 0.5
     # the erased class means coincide: LEACE's guarantee
     torch.testing.assert_close(erased[z == 1].mean(0), erased[z == 0].mean(0), atol=1e-3, rtol=0)
+
+
+def test_iti_probes_rank_the_head_with_a_planted_signal():
+    from dso_cli.steering.iti import probe_accuracies, shift_vectors
+
+    g = torch.Generator().manual_seed(0)
+    pro, anti = torch.randn(60, 5, 4, generator=g), torch.randn(60, 5, 4, generator=g)
+    anti[:, 3, 0] += 3.0  # head 3 separates the labels
+    acc = probe_accuracies(pro, anti)
+    assert int(acc.argmax()) == 3 and acc[3] > 0.9 and acc[[0, 1, 2, 4]].max() < 0.8
+    shift = shift_vectors(pro, anti)
+    assert shift.shape == (5, 4) and shift[3, 0] > 0.9 * shift[3].norm()  # along the planted axis
+
+
+def test_iti_picks_the_head_with_a_planted_signal_in_a_tiny_model(setup, items, tmp_path):
+    loaded, scorer = setup
+    test = build(test_pairs_per_occupation=4)["test"].to_list()
+    # female-majority occupations only: the stereotype label is then the gender of the answer token
+    many = [i for i in test if i["ambiguous"] and i["option_groups"][i["pro_option"]] == "female"][:40]
+    female_tokens = {scorer.encode(i).option_ids[i["pro_option"]][-1] for i in many}
+    seen = {}
+    # plant: head 2 of layer 1 carries "the current token is a female answer" along its first axis
+    embed_hook = loaded.model.model.embed_tokens.register_forward_pre_hook(lambda m, a: seen.update(ids=a[0]))
+
+    def plant(module, args):
+        x = args[0].clone()
+        flag = torch.isin(seen["ids"], torch.tensor(sorted(female_tokens))).to(x.dtype)
+        x[..., 16] += 5.0 * flag
+        return (x,)
+
+    plant_hook = loaded.model.model.layers[1].self_attn.o_proj.register_forward_pre_hook(plant)
+    try:
+        artifact = fit_iti(loaded, scorer, many, top_k=1)
+    finally:
+        embed_hook.remove()
+        plant_hook.remove()
+    heads = artifact.manifest["hyperparameters"]["heads"]
+    assert [(h["module"], h["head"]) for h in heads] == [("model.layers.1.self_attn.o_proj", 2)]
+    assert heads[0]["probe_accuracy"] > 0.9
+    vector = artifact.tensors["model.layers.1.self_attn.o_proj.v"]
+    # mass-mean direction anti - pro: away from the (pro-stereotypical) female answer, along the planted axis
+    assert vector[16] < 0 and vector[16].abs() > 0.9 * vector[16:24].norm()
+    assert vector[:16].abs().sum() == 0 and vector[24:].abs().sum() == 0
+    ids = torch.tensor([[5, 17, 42, 99, 7, 3]])
+    with torch.no_grad():
+        base = loaded.model(ids).logits
+        with artifact.apply(loaded.model, 0.0):
+            assert torch.equal(loaded.model(ids).logits, base)
+        with Artifact.load(artifact.save(tmp_path / "iti")).apply(loaded.model, 5.0):
+            assert not torch.allclose(loaded.model(ids).logits, base)

@@ -129,7 +129,7 @@ def test_eval_fills_one_table_across_benchmarks(trained, tmp_path):
     assert base["method"].tolist() == ["none"] and base["alpha"].tolist() == [0.0]
 
 
-@pytest.mark.parametrize("method", ["none", "prompting", "caa", "mean_match", "leace"])
+@pytest.mark.parametrize("method", ["none", "prompting", "caa", "iti", "mean_match", "leace"])
 def test_baselines_train_and_sweep_through_the_cli(method, tiny_llama_dir, tmp_path):
     run_dir = tmp_path / method
     result = dso(

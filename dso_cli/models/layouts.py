@@ -100,3 +100,27 @@ def find_decoder_layers(model: nn.Module) -> list[str]:
     if not names:
         raise DsoError(f"the {family} layout matches no decoder layer of this model")
     return names
+
+
+HEAD_LAYOUTS: dict[str, str] = {
+    **dict.fromkeys(
+        ("llama", "qwen2", "qwen3", "mistral", "phi3", "gemma2", "gemma3_text"),
+        r"^model\.layers\.\d+\.self_attn\.o_proj$",
+    ),
+    "gpt2": r"^transformer\.h\.\d+\.attn\.c_proj$",
+}
+"""Per family, each attention block's output projection: its input is the concatenated head outputs."""
+
+
+def find_head_projections(model: nn.Module) -> tuple[list[str], int]:
+    """Names of the attention output projections in forward order, and the number of heads per layer."""
+    family = model_family(model)
+    if family not in HEAD_LAYOUTS:
+        raise DsoError(f"no attention-head layout is registered for model family {family!r}")
+    pattern = re.compile(HEAD_LAYOUTS[family])
+    names = [name for name, _ in model.named_modules() if pattern.search(name)]
+    config = getattr(model.config, "text_config", None) or model.config
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
+    if not names or not heads:
+        raise DsoError(f"the {family} layout matches no attention output projection of this model")
+    return names, int(heads)

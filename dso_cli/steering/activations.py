@@ -26,29 +26,44 @@ def output_tensor(output: Any) -> Tensor:
 
 
 @contextmanager
-def recording(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, Tensor]]:
-    """Record the output of each named module on every forward pass inside the block (last one wins)."""
+def recording(model: nn.Module, names: Sequence[str], inputs: bool = False) -> Iterator[dict[str, Tensor]]:
+    """Record the output (or, with ``inputs``, the first input) of each named module on every forward
+    pass inside the block (the last pass wins)."""
     modules = dict(model.named_modules())
     seen: dict[str, Tensor] = {}
     hooks = []
 
     def make(name: str):
-        def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
-            seen[name] = output_tensor(output).detach()
+        def hook(module: nn.Module, args: tuple, output: Any = None) -> None:
+            seen[name] = (args[0] if inputs else output_tensor(output)).detach()
 
         return hook
 
     try:
         for name in names:
-            hooks.append(modules[name].register_forward_hook(make(name)))
+            module = modules[name]
+            register = module.register_forward_pre_hook if inputs else module.register_forward_hook
+            hooks.append(register(make(name)))
         yield seen
     finally:
         for hook in hooks:
             hook.remove()
 
 
-def completion_activations(
+def completion_inputs(
     scorer: OptionScorer, items: Sequence[Item], names: Sequence[str], *, batch_size: int | None = None
+) -> dict[str, dict[str, Tensor]]:
+    """As :func:`completion_activations`, for the modules' inputs (e.g. concatenated attention heads)."""
+    return completion_activations(scorer, items, names, batch_size=batch_size, inputs=True)
+
+
+def completion_activations(
+    scorer: OptionScorer,
+    items: Sequence[Item],
+    names: Sequence[str],
+    *,
+    batch_size: int | None = None,
+    inputs: bool = False,
 ) -> dict[str, dict[str, Tensor]]:
     """``{"pro"|"anti": {module: [n_items, hidden]}}`` at the last token of each completion (float32)."""
     usable = [it for it in items if it["ambiguous"] and it["pro_option"] >= 0 and it["anti_option"] >= 0]
@@ -56,7 +71,7 @@ def completion_activations(
     step = batch_size or scorer.batch_size
     starts = [(kind, start) for kind in ("pro", "anti") for start in range(0, len(usable), step)]
     bar = tqdm(starts, desc="activations", unit="batch", leave=False, disable=len(starts) < 4)
-    with torch.no_grad(), recording(scorer.model, names) as seen:
+    with torch.no_grad(), recording(scorer.model, names, inputs=inputs) as seen:
         for kind, start in bar:
             seqs = []
             for item in usable[start : start + step]:

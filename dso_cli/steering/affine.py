@@ -20,7 +20,8 @@ from dso_cli.errors import DsoError
 class SteeringHandle:
     """What the context manager yields: the live strength, changeable between forward passes."""
 
-    def __init__(self, strength: float) -> None:
+    def __init__(self, strength: float, limit: float = 1.0) -> None:
+        self.limit = limit  # strengths above it extrapolate beyond what the method was fitted for
         self.strength = strength
 
     @property
@@ -30,8 +31,10 @@ class SteeringHandle:
     @strength.setter
     def strength(self, value: float) -> None:
         value = float(value)
-        if value > 1.0:
-            warnings.warn(f"steering strength {value} > 1 extrapolates beyond the trained transform", stacklevel=3)
+        if value > self.limit:
+            warnings.warn(
+                f"steering strength {value} > {self.limit:g} extrapolates beyond the fitted transform", stacklevel=3
+            )
         self._strength = value
 
 

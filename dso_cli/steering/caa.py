@@ -21,6 +21,7 @@ from dso_cli.scoring import OptionScorer
 from dso_cli.steering.activations import completion_activations
 from dso_cli.steering.affine import SteeringHandle
 from dso_cli.steering.artifact import APPLIERS, Artifact
+from dso_cli.steering.hooks import hooks_on
 
 STRENGTH = {
     "semantics": "residual stream of each chosen layer + alpha * (mean anti - mean pro activation); 0 = base",
@@ -68,19 +69,10 @@ def fit_caa(
 @contextmanager
 def apply_additive(model: nn.Module, tensors: Mapping[str, Tensor], strength: float = 1.0) -> Iterator[SteeringHandle]:
     """Add ``strength · v`` to the output of every module named in ``tensors`` (keys ``<module>.v``)."""
-    handle = SteeringHandle(strength)
-    modules = dict(model.named_modules())
-    hooks = []
-    try:
-        for key, vector in tensors.items():
-            name = key.rsplit(".", 1)[0]
-            if name not in modules:
-                raise DsoError(f"the model has no module {name!r} that this steering artifact targets")
-            hooks.append(modules[name].register_forward_hook(_make_hook(handle, vector)))
+    handle = SteeringHandle(strength, limit=STRENGTH["range"][1])
+    per_module = {key.rsplit(".", 1)[0]: vector for key, vector in tensors.items()}
+    with hooks_on(model, per_module, lambda vector: _make_hook(handle, vector)):
         yield handle
-    finally:
-        for hook in hooks:
-            hook.remove()
 
 
 def _make_hook(handle: SteeringHandle, vector: Tensor):

@@ -22,6 +22,7 @@ from dso_cli.steering.activations import completion_activations
 from dso_cli.steering.affine import SteeringHandle
 from dso_cli.steering.artifact import APPLIERS, Artifact
 from dso_cli.steering.caa import resolve_layers
+from dso_cli.steering.hooks import hooks_on
 
 STRENGTH = {
     "semantics": "h + alpha * (erase(h) - h) at the chosen layers' outputs; 0 = base, 1 = gender erased",
@@ -75,19 +76,10 @@ def fit_leace(
 @contextmanager
 def apply_leace(model: nn.Module, tensors: Mapping[str, Tensor], strength: float = 1.0) -> Iterator[SteeringHandle]:
     handle = SteeringHandle(strength)
-    modules = dict(model.named_modules())
-    names = list(dict.fromkeys(key.rsplit(".", 1)[0] for key in tensors))
-    hooks = []
-    try:
-        for name in names:
-            if name not in modules:
-                raise DsoError(f"the model has no module {name!r} that this steering artifact targets")
-            parts = [tensors[f"{name}.{part}"] for part in PARTS]
-            hooks.append(modules[name].register_forward_hook(_make_hook(handle, parts)))
+    names = dict.fromkeys(key.rsplit(".", 1)[0] for key in tensors)
+    per_module = {name: [tensors[f"{name}.{part}"] for part in PARTS] for name in names}
+    with hooks_on(model, per_module, lambda parts: _make_hook(handle, parts)):
         yield handle
-    finally:
-        for hook in hooks:
-            hook.remove()
 
 
 def _make_hook(handle: SteeringHandle, parts: list[Tensor]):

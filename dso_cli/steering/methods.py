@@ -14,7 +14,7 @@ from dso_cli.models.loading import LoadedModel
 from dso_cli.scoring import OptionScorer
 from dso_cli.steering.artifact import Artifact
 
-CLOSED_FORM = ("none", "prompting", "caa", "mean_match", "leace")
+CLOSED_FORM = ("none", "prompting", "caa", "iti", "mean_match", "leace")
 
 
 def fit_closed_form(
@@ -38,6 +38,10 @@ def fit_closed_form(
         from dso_cli.steering.caa import fit_caa
 
         return fit_caa(loaded, scorer, items, layers=options.get("layers"))
+    if name == "iti":
+        from dso_cli.steering.iti import fit_iti
+
+        return fit_iti(loaded, scorer, items, top_k=int(options.get("top_k", 8)), seed=int(options.get("seed", 0)))
     if name == "mean_match":
         from dso_cli.steering.mean_match import fit_mean_match
 
