@@ -107,6 +107,8 @@ def parse_alpha(value: Any) -> list[float]:
             raise DsoError(f"alpha={list(value)} must hold numbers only") from None
     elif isinstance(value, (int, float)):
         grid = [float(value)]
+    elif str(value).strip().startswith("[") and str(value).strip().endswith("]"):
+        return parse_alpha([v for v in str(value).strip()[1:-1].split(",") if v.strip()] or [float("nan")])
     else:
         text = str(value).strip()
         parts = text.split(":")

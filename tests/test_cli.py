@@ -139,6 +139,10 @@ def test_baselines_train_and_sweep_through_the_cli(method, tiny_llama_dir, tmp_p
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((run_dir / "artifact/manifest.json").read_text())
     assert manifest["method"] == method and set(manifest["train_metrics"]["val"]) == {"alpha=0", "alpha=1"}
+    if method == "none":  # no alpha given: the method's own default grid (just 0 for the base model)
+        result = dso("sweep", f"run_dir={run_dir}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert pd.read_csv(run_dir / "sweep.csv")["alpha"].tolist() == [0.0]
     result = dso("sweep", "alpha=[0,1]", f"run_dir={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     sweep = pd.read_csv(run_dir / "sweep.csv")

@@ -62,6 +62,8 @@ def run_sweep(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
     seed_everything(int(cfg.seed))
     loaded, scorer = load_from_config(cfg)
     artifact = Artifact.load(artifact_dir, loaded.describe())
+    if not any(o.lstrip("+").startswith("alpha=") for o in overrides):  # the method's own default grid
+        alphas = parse_alpha(artifact.manifest.get("strength", {}).get("default_grid", cfg.alpha))
     splits = build_benchmark(cfg.bias_benchmark)
     print(f"dso sweep: {artifact.method} from {run_dir}, strengths {alphas}", flush=True)
 

@@ -25,8 +25,8 @@ from dso_cli.steering.hooks import hooks_on
 
 STRENGTH = {
     "semantics": "residual stream of each chosen layer + alpha * (mean anti - mean pro activation); 0 = base",
-    "range": [0.0, 4.0],
-    "default_grid": "0:2:0.5",
+    "range": [0.0, 8.0],
+    "default_grid": "[0,1,2,4,8]",
 }
 
 
