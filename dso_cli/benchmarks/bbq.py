@@ -19,7 +19,7 @@ from pathlib import Path
 import datasets
 
 from dso_cli.benchmarks.assets import wheel_file
-from dso_cli.benchmarks.schema import to_dataset
+from dso_cli.benchmarks.schema import splits_to_datasets
 from dso_cli.benchmarks.splits import deal_per_cluster, take_stratified
 from dso_cli.errors import DsoError
 
@@ -138,6 +138,4 @@ def build(
         taken = take_stratified(pools, n_items // 2, rng, what=f"bbq {kind}")
         train += [it for g in taken for it in g]
     splits["train"] = train
-    return datasets.DatasetDict(
-        {name: to_dataset(dict(item, split=name) for item in items) for name, items in splits.items()}
-    )
+    return splits_to_datasets(splits)

@@ -17,7 +17,7 @@ from importlib import resources
 
 import datasets
 
-from dso_cli.benchmarks.schema import to_dataset
+from dso_cli.benchmarks.schema import splits_to_datasets
 from dso_cli.benchmarks.splits import take_stratified
 from dso_cli.errors import DsoError
 
@@ -228,8 +228,4 @@ def build(
     splits["train"] += take_stratified(
         pools[False], n_train_unambiguous // 2, rng, what="occupation benchmark n_train_unambiguous"
     )
-    out = {}
-    for split, pairs in splits.items():
-        items = [dict(item, split=split) for pair in pairs for item in pair]
-        out[split] = to_dataset(items)
-    return datasets.DatasetDict(out)
+    return splits_to_datasets({name: [item for pair in pairs for item in pair] for name, pairs in splits.items()})

@@ -70,3 +70,10 @@ def to_dataset(items: Iterable[Mapping[str, Any]]) -> datasets.Dataset:
         validate_item(item)
     columns = {name: [row[name] for row in rows] for name in FEATURES}
     return datasets.Dataset.from_dict(columns, features=FEATURES)
+
+
+def splits_to_datasets(splits: Mapping[str, Iterable[Mapping[str, Any]]]) -> datasets.DatasetDict:
+    """One validated ``Dataset`` per split, each item's ``split`` field set to its split's name."""
+    return datasets.DatasetDict(
+        {name: to_dataset(dict(item, split=name) for item in items) for name, items in splits.items()}
+    )

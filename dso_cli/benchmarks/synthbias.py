@@ -16,7 +16,7 @@ import datasets
 
 from dso_cli.benchmarks.assets import local_or_download
 from dso_cli.benchmarks.coreference import majority_gender, pronoun_gender, pronoun_prompt, read_csv
-from dso_cli.benchmarks.schema import to_dataset
+from dso_cli.benchmarks.schema import splits_to_datasets
 from dso_cli.benchmarks.splits import deal_per_cluster, take_stratified
 from dso_cli.errors import DsoError
 
@@ -111,6 +111,4 @@ def build(
         splits["val"] += dealt["val"]
         kind = "n_train" if ambiguous else "n_train_unambiguous"
         splits["train"] += take_stratified(left, n_items // 2, rng, what=f"synthbias {kind}")
-    return datasets.DatasetDict(
-        {name: to_dataset(dict(item, split=name) for pair in pairs for item in pair) for name, pairs in splits.items()}
-    )
+    return splits_to_datasets({name: [item for pair in pairs for item in pair] for name, pairs in splits.items()})

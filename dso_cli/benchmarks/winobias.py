@@ -18,7 +18,7 @@ import datasets
 
 from dso_cli.benchmarks.assets import wheel_file
 from dso_cli.benchmarks.coreference import majority_gender, pronoun_gender, pronoun_prompt
-from dso_cli.benchmarks.schema import to_dataset
+from dso_cli.benchmarks.schema import splits_to_datasets
 from dso_cli.errors import DsoError
 
 BENCHMARK = "winobias"
@@ -58,8 +58,9 @@ def parse_line(line: str, occupations: list[str], *, where: str) -> tuple[str, s
     return sentence, pronoun, referent, others[0]
 
 
-def _item(sentence: str, pronoun: str, referent: str, other: str, stereo: str, kind: str, pair_id: str) -> dict:
-    majority = majority_gender()
+def _item(
+    sentence: str, pronoun: str, referent: str, other: str, stereo: str, kind: str, pair_id: str, majority: dict
+) -> dict:
     lowered = sentence.lower()
     order = (referent, other) if lowered.find(referent.lower()) < lowered.find(other.lower()) else (other, referent)
     prompt, prefix, options = pronoun_prompt(sentence, pronoun, order)
@@ -86,7 +87,8 @@ def _item(sentence: str, pronoun: str, referent: str, other: str, stereo: str, k
 def load_pairs(part: str, path: str | None = None) -> list[list[dict]]:
     """The (pro, anti) pairs of the ``dev`` or ``test`` files, both types."""
     folder = locate(path)
-    occupations = list(majority_gender())
+    majority = majority_gender()
+    occupations = list(majority)
     pairs = []
     for kind in TYPES:
         files = {s: folder / f"{s}_stereotyped_{kind}.txt.{part}" for s in ("pro", "anti")}
@@ -104,7 +106,7 @@ def load_pairs(part: str, path: str | None = None) -> list[list[dict]]:
                 where = f"winobias: {files[stereo]} line {i + 1}"
                 sentence, pronoun, referent, other = parse_line(line, occupations, where=where)
                 pronoun_gender(pronoun, where=where)
-                pair.append(_item(sentence, pronoun, referent, other, stereo, kind, pair_id))
+                pair.append(_item(sentence, pronoun, referent, other, stereo, kind, pair_id, majority))
             pairs.append(pair)
     return pairs
 
@@ -130,6 +132,4 @@ def build(
         of_kind = [p for p in all_test if p[0]["attribute"].startswith(kind)]
         test += of_kind if test_pairs_per_type is None else rng.sample(of_kind, min(test_pairs_per_type, len(of_kind)))
     splits = {"train": dev[n_val:], "val": dev[:n_val], "test": test}
-    return datasets.DatasetDict(
-        {name: to_dataset(dict(item, split=name) for pair in pairs for item in pair) for name, pairs in splits.items()}
-    )
+    return splits_to_datasets({name: [item for pair in pairs for item in pair] for name, pairs in splits.items()})

@@ -1,15 +1,18 @@
-"""Pieces every verb shares: seeding, model + scorer from config, Markdown tables."""
+"""Pieces every verb shares: seeding, model + scorer from config, Markdown tables, result CSVs."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from dso_cli.io import atomic_write
 from dso_cli.models.loading import LoadedModel, load_model
 from dso_cli.scoring import OptionScorer
 
@@ -42,3 +45,17 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], di
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def merge_into_csv(
+    path: Path, earlier: pd.DataFrame, new: pd.DataFrame, key: Sequence[str], *, sort: bool = False
+) -> None:
+    """Rewrite ``path`` atomically: ``new`` rows replace the ``earlier`` rows with the same ``key``, the
+    other earlier rows (other splits, benchmarks or strengths) are kept."""
+    key = list(key)
+    kept = earlier.merge(new[key], on=key, how="left", indicator=True)
+    kept = kept[kept["_merge"] == "left_only"].drop(columns="_merge")
+    frame = pd.concat([kept, new], ignore_index=True) if len(kept) else new
+    if sort:
+        frame = frame.sort_values(key, kind="stable")
+    atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from dso_cli.benchmarks import build_benchmark, instantiate_builder, split_items
 from dso_cli.benchmarks.neutral_text import TextCorpus
-from dso_cli.commands.common import load_from_config, markdown_table, seed_everything
+from dso_cli.commands.common import load_from_config, markdown_table, merge_into_csv, seed_everything
 from dso_cli.commands.sweep import SWEEP_COLUMNS, run_config
 from dso_cli.errors import DsoError
 from dso_cli.evaluation import evaluate_strengths, evaluate_text
@@ -134,7 +134,8 @@ def run_eval(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
     print(f"dso eval: {method} from {run_dir}, strengths {alphas}; {sizes}", flush=True)
 
     eval_csv = run_dir / "eval.csv"
-    earlier = pd.read_csv(eval_csv) if eval_csv.is_file() else pd.DataFrame(columns=EVAL_COLUMNS)
+    earlier = pd.read_csv(eval_csv) if eval_csv.is_file() else pd.DataFrame()
+    earlier = earlier.reindex(columns=EVAL_COLUMNS)
     rows: list[dict] = []
     subjects: list[dict] = []
 
@@ -144,11 +145,7 @@ def run_eval(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
             subjects.append({"benchmark": name, "alpha": row["alpha"], **subject})
         rows.append({"method": method, "benchmark": name, "split": split, **row})
         new = pd.DataFrame(rows).reindex(columns=EVAL_COLUMNS)
-        key = ["method", "benchmark", "split", "alpha"]
-        kept = earlier.reindex(columns=EVAL_COLUMNS).merge(new[key], on=key, how="left", indicator=True)
-        kept = kept[kept["_merge"] == "left_only"].drop(columns="_merge")
-        frame = pd.concat([kept, new], ignore_index=True) if len(kept) else new
-        atomic_write(eval_csv, lambda tmp: frame.to_csv(tmp, index=False))
+        merge_into_csv(eval_csv, earlier, new, ["method", "benchmark", "split", "alpha"])
 
     for kind, name, data in sets:
         if kind == "text":

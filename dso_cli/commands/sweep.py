@@ -9,10 +9,9 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from dso_cli.benchmarks import build_benchmark, split_items
-from dso_cli.commands.common import load_from_config, markdown_table, seed_everything
+from dso_cli.commands.common import load_from_config, markdown_table, merge_into_csv, seed_everything
 from dso_cli.errors import DsoError
 from dso_cli.evaluation import evaluate_strengths
-from dso_cli.io import atomic_write
 from dso_cli.runs import (
     ARTIFACT_DIR,
     find_latest_train_run,
@@ -74,13 +73,7 @@ def run_sweep(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
     def record(split: str, row: dict) -> None:
         """Rewrite sweep.csv with this row added; rows of other splits or strengths are kept."""
         rows.append({"method": artifact.method, "benchmark": cfg.bias_benchmark.name, "split": split, **row})
-        new = pd.DataFrame(rows)[SWEEP_COLUMNS]
-        key = ["method", "split", "alpha"]
-        kept = earlier.merge(new[key], on=key, how="left", indicator=True)
-        kept = kept[kept["_merge"] == "left_only"].drop(columns="_merge")
-        frame = pd.concat([kept, new], ignore_index=True) if len(kept) else new
-        frame = frame.sort_values(["method", "split", "alpha"], kind="stable")
-        atomic_write(sweep_csv, lambda tmp: frame.to_csv(tmp, index=False))
+        merge_into_csv(sweep_csv, earlier, pd.DataFrame(rows)[SWEEP_COLUMNS], ["method", "split", "alpha"], sort=True)
 
     for split in cfg.sweep.splits:
         evaluate_strengths(
