@@ -23,10 +23,11 @@ VERBS = {
     "sweep": "evaluate a trained artifact at every strength: alpha=0:1:0.1 or alpha=[0,0.5,1]",
     "report": "Pareto table + plot from a run's sweep (or several: runs=[dirA,dirB])",
     "eval": "one table over bias + capability benchmarks at a few strengths: eval.benchmarks=[...] alpha=[0,1]",
+    "compare": "every steering method (none, prompting, caa, iti, mean_match, leace, dso): one table + plot",
 }
-OPEN_SECTIONS = {"eval": ("bias_benchmark", "capability")}
+OPEN_SECTIONS = {"eval": ("bias_benchmark", "capability"), "compare": ("compare.options",)}
 """Per verb, sections whose keys may be set even when the composed default lacks them (``eval`` passes
-``bias.path=`` on to whichever of its benchmarks has a ``path``)."""
+``bias.path=`` on to whichever of its benchmarks has a ``path``; ``compare.options.<method>.<key>=``)."""
 HYDRA_FLAGS = (
     "--help",
     "-h",
@@ -84,6 +85,7 @@ def usage() -> str:
         "  dso sweep alpha=0:1:0.1                    # newest train run of the same model and benchmark",
         "  dso report",
         "  dso eval eval.benchmarks=[occupation,winobias,bbq] alpha=[0,0.5,1]  # one table, many benchmarks",
+        "  dso compare                                # all methods on one model and benchmark, ~30 min on CPU",
         "  dso train model=qwen2_5_3b bias=occupation # hub model on a GPU",
         "  dso train --cfg job                        # print the composed config",
     ]
@@ -133,10 +135,17 @@ def validate(verb: str, overrides: list[str]) -> None:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise DsoError(f"{missing[0]} must be set (e.g. {missing[0]}=VALUE)")
-    if verb in ("sweep", "eval"):
-        from dso_cli.runs import parse_alpha
+    from dso_cli.runs import parse_alpha
 
+    if verb in ("sweep", "eval"):
         parse_alpha(cfg.alpha)
+    if verb == "compare":
+        from dso_cli.commands.compare import check_methods
+
+        check_methods(list(cfg.compare.methods))
+        for grid in cfg.compare.grids.values():
+            if grid is not None:
+                parse_alpha(grid)
     if verb == "eval":
         for group, names in (("bias_benchmark", cfg.eval.benchmarks), ("capability", cfg.eval.capability)):
             for name in names or []:
@@ -154,6 +163,7 @@ def _runner(verb: str) -> Callable:
     from hydra.core.hydra_config import HydraConfig
 
     def run(cfg) -> None:
+        from dso_cli.commands.compare import run_compare
         from dso_cli.commands.eval import run_eval
         from dso_cli.commands.report import run_report
         from dso_cli.commands.sweep import run_sweep
@@ -169,6 +179,8 @@ def _runner(verb: str) -> Callable:
                 run_sweep(cfg, overrides)
             elif verb == "eval":
                 run_eval(cfg, overrides)
+            elif verb == "compare":
+                run_compare(cfg, overrides)
             else:
                 run_report(cfg, overrides)
         except DsoError as exc:

@@ -34,12 +34,15 @@ def evaluate_strengths(
     on_row: Callable[[dict[str, Any]], None] = lambda row: None,
     desc: str = "eval",
     extra_metrics: Callable[[Sequence[Item], Tensor], dict[str, Any]] | None = None,
+    base: Tensor | None = None,
 ) -> list[dict[str, Any]]:
     """Metrics at every ω in ``alphas`` (the base model, ω = 0, is scored once for the KL column).
 
-    ``extra_metrics(items, probs)`` adds benchmark-specific columns to each row.
+    ``extra_metrics(items, probs)`` adds benchmark-specific columns to each row. ``base``: the base
+    model's option probabilities on ``items`` when already known (see :func:`base_policy`).
     """
-    base = policy(scorer.logprobs(items, progress=f"{desc} base")).cpu()
+    if base is None:
+        base = base_policy(scorer, items, desc)
     rows = []
     for alpha in tqdm(alphas, desc=desc, unit="strength"):
         if alpha == 0.0 or artifact is None:
@@ -53,6 +56,11 @@ def evaluate_strengths(
         rows.append(row)
         on_row(row)
     return rows
+
+
+def base_policy(scorer: OptionScorer, items: Sequence[Item], desc: str = "eval") -> Tensor:
+    """The unsteered model's option probabilities on ``items`` (shared by every method's ω = 0)."""
+    return policy(scorer.logprobs(items, progress=f"{desc} base")).cpu()
 
 
 def evaluate_text(

@@ -192,3 +192,59 @@ def hypervolume(pob: Sequence[float], acc: Sequence[float], ref_pob: float, ref_
 def is_monotone(pob: Sequence[float], se: Sequence[float], tolerance: float = 2.0) -> bool:
     """POB (ordered by strength) never rises from one strength to the next beyond ``tolerance`` SEs."""
     return all(pob[i + 1] <= pob[i] + tolerance * max(se[i], se[i + 1]) for i in range(len(pob) - 1))
+
+
+def bootstrap_hypervolumes(
+    items: Sequence[Item],
+    curves: Mapping[str, Sequence[Tensor]],
+    base_probs: Tensor,
+    *,
+    reps: int = 500,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Per curve (the option probabilities at each of its strengths), its hypervolume under ``reps``
+    resamples of the items: pairs within occupations for POB, unambiguous items for accuracy.
+
+    One draw is shared by every curve and by the reference point (the base model's POB), so the
+    difference of two curves' hypervolumes is a paired statistic and its spread is its standard error.
+    """
+    base = PolicyView(items, base_probs)
+    amb, unamb = base.ambiguous, ~base.ambiguous
+    occupation, pair = base.occupation[amb], base.pair[amb]
+    rng = np.random.default_rng(seed)
+    groups = []  # per occupation: its items, their pair index, and how often each pair is drawn
+    for occ in np.unique(occupation):
+        sel = np.flatnonzero(occupation == occ)
+        pairs, pidx = np.unique(pair[sel], return_inverse=True)
+        draws = rng.integers(0, len(pairs), size=(reps, len(pairs)))
+        groups.append((sel, pidx, len(pairs), _multiplicities(draws, len(pairs))))
+    n_unamb = int(unamb.sum())
+    unamb_counts = _multiplicities(rng.integers(0, n_unamb, size=(reps, n_unamb)), n_unamb) if n_unamb else None
+
+    def resampled(probs: Tensor) -> tuple[np.ndarray, np.ndarray]:
+        view = PolicyView(items, probs)
+        gap = view.gap_soft[amb]
+        per_occ = []
+        for sel, pidx, n_pairs, counts in groups:
+            pair_sum = np.bincount(pidx, weights=gap[sel], minlength=n_pairs)
+            pair_n = np.bincount(pidx, minlength=n_pairs)
+            per_occ.append(np.abs((counts @ pair_sum) / (counts @ pair_n)))
+        pob = np.mean(per_occ, axis=0)
+        acc = unamb_counts @ view.correct_soft[unamb] / n_unamb if n_unamb else np.zeros(reps)
+        return pob, acc
+
+    ref_pob, _ = resampled(base_probs)
+    out = {}
+    for name, points in curves.items():
+        stats = [resampled(p) for p in points]
+        out[name] = np.array(
+            [hypervolume([s[0][r] for s in stats], [s[1][r] for s in stats], float(ref_pob[r])) for r in range(reps)]
+        )
+    return out
+
+
+def _multiplicities(draws: np.ndarray, n: int) -> np.ndarray:
+    """``[reps, n]``: how many times each index appears in each row of ``draws``."""
+    counts = np.zeros((draws.shape[0], n))
+    np.add.at(counts, (np.repeat(np.arange(draws.shape[0]), draws.shape[1]), draws.ravel()), 1.0)
+    return counts

@@ -23,6 +23,7 @@ from dso_cli.steering.artifact import MANIFEST
 
 TRAIN_CONFIG = "config.yaml"
 ARTIFACT_DIR = "artifact"
+COMPARE_CONFIG = "compare_config.yaml"
 
 
 def _slug(text: str) -> str:
@@ -47,8 +48,8 @@ def find_latest_train_run(outputs_root: str | Path, name_or_path: str, benchmark
     candidates = []
     for config_path in Path(outputs_root).glob(f"**/{TRAIN_CONFIG}"):
         run = config_path.parent
-        if not (run / ARTIFACT_DIR / MANIFEST).is_file():
-            continue
+        if not (run / ARTIFACT_DIR / MANIFEST).is_file() or (run.parent / COMPARE_CONFIG).is_file():
+            continue  # untrained, or one method inside a `dso compare` directory
         cfg = OmegaConf.load(config_path)
         if (
             OmegaConf.select(cfg, "model.name_or_path") == name_or_path

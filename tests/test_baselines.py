@@ -8,7 +8,7 @@ from dso_cli.benchmarks.occupation import build
 from dso_cli.errors import DsoError
 from dso_cli.models.layouts import find_decoder_layers, find_norm_modules
 from dso_cli.scoring import OptionScorer
-from dso_cli.steering.activations import completion_activations
+from dso_cli.steering.activations import ActivationStore, completion_activations
 from dso_cli.steering.artifact import Artifact
 from dso_cli.steering.caa import fit_caa, mean_difference
 from dso_cli.steering.iti import fit_iti
@@ -64,7 +64,7 @@ def test_activations_batch_size_does_not_matter(setup, items):
 def test_caa_vector_is_the_mean_difference_at_the_answer_position(setup, items):
     loaded, scorer = setup
     layer = find_decoder_layers(loaded.model)[1]
-    artifact = fit_caa(loaded, scorer, items, layers=[1])
+    artifact = fit_caa(loaded, ActivationStore(scorer, items), layers=[1])
     # by hand: one unpadded forward per completion, the layer's output at the last token
     captured = {}
     hook = dict(loaded.model.named_modules())[layer].register_forward_hook(
@@ -85,7 +85,7 @@ def test_caa_vector_is_the_mean_difference_at_the_answer_position(setup, items):
 
 def test_mean_match_maps_pro_moments_onto_anti(setup, items):
     loaded, scorer = setup
-    artifact = fit_mean_match(loaded, scorer, items)
+    artifact = fit_mean_match(loaded, ActivationStore(scorer, items))
     name = next(iter(find_norm_modules(loaded.model)))
     acts = completion_activations(scorer, items, [name])
     a, b = artifact.tensors[f"{name}.a"], artifact.tensors[f"{name}.b"]
@@ -99,10 +99,10 @@ def test_mean_match_maps_pro_moments_onto_anti(setup, items):
 @pytest.mark.parametrize("method", ["none", "prompting", "caa", "iti", "mean_match", "leace"])
 def test_zero_strength_identity_round_trip_and_wrong_model(method, setup, items, tokenizer, tmp_path):
     loaded, scorer = setup
-    fit = {"none": lambda: fit_none(loaded), "caa": lambda: fit_caa(loaded, scorer, items),
-           "mean_match": lambda: fit_mean_match(loaded, scorer, items),
-           "leace": lambda: fit_leace(loaded, scorer, items), "iti": lambda: fit_iti(loaded, scorer, items),
-           "prompting": lambda: fit_prompting(loaded)}[method]  # fmt: skip
+    store = ActivationStore(scorer, items)
+    fit = {"none": lambda: fit_none(loaded), "caa": lambda: fit_caa(loaded, store),
+           "mean_match": lambda: fit_mean_match(loaded, store), "leace": lambda: fit_leace(loaded, store),
+           "iti": lambda: fit_iti(loaded, store), "prompting": lambda: fit_prompting(loaded)}[method]  # fmt: skip
     artifact = fit()
     if method == "prompting":  # acts on the prompt, not on activations
         base = scorer.logprobs(items[:4])
@@ -206,7 +206,7 @@ def test_iti_picks_the_head_with_a_planted_signal_in_a_tiny_model(setup, items, 
 
     plant_hook = loaded.model.model.layers[1].self_attn.o_proj.register_forward_pre_hook(plant)
     try:
-        artifact = fit_iti(loaded, scorer, many, top_k=1)
+        artifact = fit_iti(loaded, ActivationStore(scorer, many), top_k=1)
     finally:
         embed_hook.remove()
         plant_hook.remove()
@@ -224,3 +224,44 @@ def test_iti_picks_the_head_with_a_planted_signal_in_a_tiny_model(setup, items, 
             assert torch.equal(loaded.model(ids).logits, base)
         with Artifact.load(artifact.save(tmp_path / "iti")).apply(loaded.model, 5.0):
             assert not torch.allclose(loaded.model(ids).logits, base)
+
+
+def test_one_run_over_the_items_serves_every_activation_fit(setup, items):
+    from dso_cli.steering.methods import fit_closed_form, prefetch_for
+
+    loaded, scorer = setup
+    methods = ["caa", "iti", "mean_match", "leace"]
+    options = {"caa": {"layers": [1]}, "leace": {"layers": [0]}}
+    shared = ActivationStore(scorer, items)
+    prefetch_for(methods, loaded, shared, options)
+    assert shared.passes == 1
+    for method in methods:
+        together = fit_closed_form(method, loaded, shared, options.get(method, {}))
+        alone = fit_closed_form(method, loaded, ActivationStore(scorer, items), options.get(method, {}))
+        assert together.tensors.keys() == alone.tensors.keys()
+        for key in alone.tensors:  # batching is the same, so the recorded activations are bit-identical
+            assert torch.equal(together.tensors[key], alone.tensors[key]), (method, key)
+    assert shared.passes == 1  # nothing was recomputed
+
+
+def test_caa_chooses_its_layer_by_val_pob(setup, items):
+    from dso_cli.metrics import decision_metrics
+    from dso_cli.scoring import policy
+
+    loaded, scorer = setup
+    val = [i for i in build(val_pairs_per_occupation=1)["val"].to_list()][:24]
+    store = ActivationStore(scorer, items)
+    artifact = fit_caa(loaded, store, val_items=val, candidate_layers=[0, 1], select_alpha=4.0)
+    selection = artifact.manifest["hyperparameters"]["layer_selection"]
+    layers = find_decoder_layers(loaded.model)
+    assert [c["module"] for c in selection["candidates"]] == layers[:2] and selection["alpha"] == 4.0
+    best = min(selection["candidates"], key=lambda c: c["val_pob"])
+    assert artifact.manifest["hyperparameters"]["modules"] == [best["module"]]
+    assert list(artifact.tensors) == [f"{best['module']}.v"]
+    ambiguous = [i for i in val if i["ambiguous"]]
+    with artifact.apply(loaded.model, 4.0):  # the recorded val POB is the artifact's own
+        probs = policy(scorer.logprobs(ambiguous))
+    assert decision_metrics(ambiguous, probs, bootstrap_reps=0)["pob"] == pytest.approx(best["val_pob"], abs=1e-6)
+    configured = fit_caa(loaded, store, layers=[0], val_items=val)  # configured layers skip the selection
+    assert configured.manifest["hyperparameters"]["layer_selection"] is None
+    assert list(configured.tensors) == [f"{layers[0]}.v"]

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
+
+from dso_cli.steering.artifact import Artifact
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = [
@@ -149,6 +152,58 @@ def test_baselines_train_and_sweep_through_the_cli(method, tiny_llama_dir, tmp_p
     assert set(sweep["method"]) == {method} and sweep["alpha"].tolist() == [0.0, 1.0]
     if method == "none":
         assert sweep["pob"].nunique() == 1
+
+
+def test_compare_runs_every_method_once_resumes_and_reports(tiny_llama_dir, tmp_path):
+    run_dir = tmp_path / "compare"
+    args = ["model=hf", f"model.name_or_path={tiny_llama_dir}", f"run_dir={run_dir}", "compare.grids.caa=[0,1]",
+            "compare.options.caa.candidate_layers=[0,1]", *SMALL]  # fmt: skip
+    result = dso("compare", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "one run over them for all baselines" in result.stdout
+    data = pd.read_csv(run_dir / "compare.csv")
+    methods = ["none", "prompting", "caa", "iti", "mean_match", "leace", "dso"]
+    assert set(data["method"]) == set(methods) and set(data["split"]) == {"val", "test"}
+    test = data[data["split"] == "test"]
+    assert test[test["method"] == "caa"]["alpha"].tolist() == [0.0, 1.0]
+    assert test[test["method"] == "dso"]["alpha"].tolist() == [0.0, 0.25, 0.5, 1.0]
+    base = test[test["alpha"] == 0.0]
+    assert len(base) == len(methods) and base["pob"].nunique() == 1 and (base["kl"] == 0).all()
+    summary = pd.read_csv(run_dir / "report/summary.csv")
+    assert summary["method"].tolist() == methods
+    assert summary["hypervolume"].notna().all() and summary["best_alpha"].notna().all()
+    for name in ("compare.md", "pareto.png", "pareto.csv"):
+        assert (run_dir / "report" / name).stat().st_size > 0
+    for method in methods:  # every method's directory is a run `dso sweep` can use
+        assert (run_dir / method / "artifact/manifest.json").is_file() and (run_dir / method / "config.yaml").is_file()
+    manifest = json.loads((run_dir / "caa/artifact/manifest.json").read_text())
+    assert len(manifest["hyperparameters"]["layer_selection"]["candidates"]) == 2
+
+    # interrupted after some rows: the rerun fits nothing again and measures only what is missing
+    fitted = {m: (run_dir / m / "artifact/tensors.safetensors").stat().st_mtime_ns for m in methods}
+    data[~((data["method"] == "dso") & (data["split"] == "test"))].to_csv(run_dir / "compare.csv", index=False)
+    result = dso("compare", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("already fitted") == len(methods)
+    assert fitted == {m: (run_dir / m / "artifact/tensors.safetensors").stat().st_mtime_ns for m in methods}
+    again = pd.read_csv(run_dir / "compare.csv").sort_values(["method", "split", "alpha"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(again, data.sort_values(["method", "split", "alpha"]).reset_index(drop=True))
+
+    result = dso("sweep", "alpha=[0,1]", f"run_dir={run_dir / 'leace'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    # a finished DSO run can be reused instead of trained again
+    reuse = dso("compare", *args[:2], f"run_dir={tmp_path / 'reuse'}", "compare.methods=[none,dso]",
+                f"compare.dso_run={run_dir / 'dso'}", *SMALL)  # fmt: skip
+    assert reuse.returncode == 0, reuse.stderr[-3000:]
+    reused, original = (Artifact.load(d / "dso/artifact") for d in (tmp_path / "reuse", run_dir))
+    assert all(torch.equal(reused.tensors[k], original.tensors[k]) for k in original.tensors)
+    assert set(pd.read_csv(tmp_path / "reuse/compare.csv")["method"]) == {"none", "dso"}
+    # a comparison's method directories are not "the newest train run" that sweep/report pick up
+    newest = dso("sweep", f"outputs_root={tmp_path}", "model=hf", f"model.name_or_path={tiny_llama_dir}")
+    assert_bad_input(newest, "no trained run of")
+    assert_bad_input(dso("compare", "compare.methods=[caa,magic]"), "unknown steering method 'magic'")
+    assert_bad_input(dso("compare", "compare.grids.caa=0:x"), "does not parse")
+    assert_bad_input(dso("compare", f"run_dir={run_dir}", "model=smollm2_135m"), "holds a comparison with")
 
 
 def test_eval_bad_input(trained, tmp_path):

@@ -144,3 +144,46 @@ def test_mean_se():
 
     assert mean_se(np.array([1.0, 0.0, 1.0, 0.0])) == pytest.approx(np.std([1, 0, 1, 0], ddof=1) / 2)
     assert math.isnan(mean_se(np.array([1.0])))
+
+
+def test_operating_point_is_chosen_on_val_and_reported_on_test():
+    import pandas as pd
+
+    from dso_cli.report.tables import operating_points
+
+    rows = []
+    #                        alpha: (val pob, val acc, test pob, test acc)
+    for alpha, (vp, va, tp, ta) in {0.0: (0.30, 0.60, 0.28, 0.61), 0.5: (0.20, 0.58, 0.25, 0.60),
+                                    1.0: (0.10, 0.50, 0.12, 0.52)}.items():  # fmt: skip
+        rows.append({"method": "m", "split": "val", "alpha": alpha, "pob": vp, "pob_se": 0.01, "unamb_acc": va,
+                     "unamb_acc_se": 0.02, "kl": alpha})  # fmt: skip
+        rows.append({"method": "m", "split": "test", "alpha": alpha, "pob": tp, "pob_se": 0.02, "unamb_acc": ta,
+                     "unamb_acc_se": 0.03, "kl": alpha})  # fmt: skip
+    data = pd.DataFrame(rows)
+    best = operating_points(data, "val", "test", max_acc_drop=0.05).iloc[0]
+    # alpha=1 has the lowest val POB but costs 0.10 val accuracy: alpha=0.5 is chosen, reported on test
+    assert best["alpha"] == 0.5 and best["pob"] == 0.25 and best["unamb_acc"] == 0.60
+    assert best["select_pob"] == 0.20 and best["pob_change"] == pytest.approx(0.25 - 0.28)
+    assert operating_points(data, "val", "test", max_acc_drop=0.2).iloc[0]["alpha"] == 1.0
+
+
+def test_paired_hypervolume_bootstrap():
+    from dso_cli.benchmarks.occupation import build
+    from dso_cli.metrics import bootstrap_hypervolumes
+
+    items = build(test_pairs_per_occupation=4)["test"].to_list()
+    g = torch.Generator().manual_seed(0)
+    base = torch.softmax(torch.randn(len(items), 2, generator=g) * 2, dim=1)
+    # a "steered" policy halfway to uniform: less per-occupation bias, no accuracy change on average
+    fairer = 0.5 * base + 0.25
+    curves = {"a": [base, fairer], "same_as_a": [base, fairer], "base_only": [base]}
+    draws = bootstrap_hypervolumes(items, curves, base, reps=300, seed=1)
+    assert all(d.shape == (300,) for d in draws.values())
+    np.testing.assert_array_equal(draws["a"], draws["same_as_a"])  # one draw shared by every curve
+    assert (draws["base_only"] == 0).all()  # the base point bounds the area: it dominates nothing
+    view_base, view_fairer = (decision_metrics(items, p, bootstrap_reps=0) for p in (base, fairer))
+    full = hypervolume([view_base["pob"], view_fairer["pob"]], [view_base["unamb_acc"], view_fairer["unamb_acc"]],
+                       view_base["pob"])  # fmt: skip
+    assert full > 0 and draws["a"].std() > 0
+    assert abs(draws["a"].mean() - full) < 3 * draws["a"].std()
+    assert bootstrap_hypervolumes(items, curves, base, reps=300, seed=1)["a"].tolist() == draws["a"].tolist()

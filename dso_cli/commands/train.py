@@ -17,6 +17,7 @@ from dso_cli.rl.rewards import Reward
 from dso_cli.rl.trainer import TrainConfig
 from dso_cli.runs import ARTIFACT_DIR, new_train_dir, save_provenance
 from dso_cli.scoring import OptionScorer
+from dso_cli.steering.activations import ActivationStore
 from dso_cli.steering.artifact import MANIFEST, Artifact
 from dso_cli.steering.dso import fit_dso
 from dso_cli.steering.methods import CLOSED_FORM, fit_closed_form
@@ -71,7 +72,9 @@ def run_train(cfg: DictConfig, job_num: int | None = None) -> Path:
     print(f"dso train: run directory {run_dir}", flush=True)
     if tcfg is None:
         options = OmegaConf.to_container(cfg.steering_method, resolve=True)
-        artifact = fit_closed_form(method, loaded, scorer, train_items, options, norm_modules=norm_override(cfg))
+        val_items = split_items(splits, "val") if "val" in splits else None
+        store = ActivationStore(scorer, train_items)
+        artifact = fit_closed_form(method, loaded, store, options, norm_modules=norm_override(cfg), val_items=val_items)
     else:
         artifact = _fit_dso(cfg, run_dir, loaded, scorer, train_items, reward, tcfg)
     if cfg.train.eval_val and "val" in splits:

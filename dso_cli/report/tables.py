@@ -69,3 +69,51 @@ def curve_summary(data: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+OPERATING_COLUMNS = [
+    "method", "alpha", "pob", "pob_se", "unamb_acc", "unamb_acc_se", "kl", "pob_change", "select_pob",
+    "select_unamb_acc",
+]  # fmt: skip
+
+
+def operating_points(
+    data: pd.DataFrame, select_split: str, report_split: str, max_acc_drop: float = 0.05
+) -> pd.DataFrame:
+    """Per method, the strength chosen on ``select_split`` and its metrics on ``report_split``.
+
+    The choice: the lowest POB among the method's strengths whose unambiguous accuracy on
+    ``select_split`` is at most ``max_acc_drop`` below the base model's (ω = 0 always qualifies; ties go
+    to the smaller strength). Choosing on one split and reporting on another keeps the reported
+    numbers free of selection bias.
+    """
+    rows = []
+    for method, group in data.groupby("method", sort=False):
+        select = group[group["split"] == select_split].sort_values("alpha")
+        report = group[group["split"] == report_split].set_index("alpha")
+        if select.empty or report.empty:
+            continue
+        base = select[select["alpha"] == 0.0]
+        floor = float(base["unamb_acc"].iloc[0]) - max_acc_drop if len(base) else -float("inf")
+        eligible = select[(select["unamb_acc"] >= floor) | (select["alpha"] == 0.0)]
+        best = eligible.loc[eligible["pob"].idxmin()] if len(eligible) else select.iloc[0]
+        alpha = float(best["alpha"])
+        if alpha not in report.index:
+            continue
+        at = report.loc[alpha]
+        base_pob = float(report.loc[0.0, "pob"]) if 0.0 in report.index else float("nan")
+        rows.append(
+            {
+                "method": method,
+                "alpha": alpha,
+                "pob": float(at["pob"]),
+                "pob_se": float(at["pob_se"]),
+                "unamb_acc": float(at["unamb_acc"]),
+                "unamb_acc_se": float(at.get("unamb_acc_se", float("nan"))),
+                "kl": float(at["kl"]),
+                "pob_change": float(at["pob"]) - base_pob,
+                "select_pob": float(best["pob"]),
+                "select_unamb_acc": float(best["unamb_acc"]),
+            }
+        )
+    return pd.DataFrame(rows, columns=OPERATING_COLUMNS)

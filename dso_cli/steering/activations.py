@@ -2,7 +2,9 @@
 
 Each ambiguous item is run twice, once with its pro-stereotypical option appended to the prompt and
 once with its anti-stereotypical one; forward hooks record the chosen modules' outputs at the
-completion's last token. Closed-form methods (CAA, mean matching) fit their tensors from these.
+completion's last token. Closed-form methods (CAA, ITI, mean matching, LEACE) fit their tensors from
+these. :class:`ActivationStore` keeps what was recorded, so fitting several methods runs the model
+over the training items once.
 """
 
 from __future__ import annotations
@@ -26,52 +28,102 @@ def output_tensor(output: Any) -> Tensor:
 
 
 @contextmanager
-def recording(model: nn.Module, names: Sequence[str], inputs: bool = False) -> Iterator[dict[str, Tensor]]:
-    """Record the output (or, with ``inputs``, the first input) of each named module on every forward
-    pass inside the block (the last pass wins)."""
+def recording(
+    model: nn.Module, outputs: Sequence[str] = (), inputs: Sequence[str] = ()
+) -> Iterator[dict[tuple[str, str], Tensor]]:
+    """Record the output of each module in ``outputs`` and the first input of each in ``inputs`` on every
+    forward pass inside the block (the last pass wins), under keys ``("output"|"input", name)``."""
     modules = dict(model.named_modules())
-    seen: dict[str, Tensor] = {}
+    seen: dict[tuple[str, str], Tensor] = {}
     hooks = []
 
-    def make(name: str):
+    def make(key: tuple[str, str]):
         def hook(module: nn.Module, args: tuple, output: Any = None) -> None:
-            seen[name] = (args[0] if inputs else output_tensor(output)).detach()
+            seen[key] = (args[0] if key[0] == "input" else output_tensor(output)).detach()
 
         return hook
 
     try:
-        for name in names:
-            module = modules[name]
-            register = module.register_forward_pre_hook if inputs else module.register_forward_hook
-            hooks.append(register(make(name)))
+        for where, names in (("output", outputs), ("input", inputs)):
+            for name in names:
+                module = modules[name]
+                register = module.register_forward_pre_hook if where == "input" else module.register_forward_hook
+                hooks.append(register(make((where, name))))
         yield seen
     finally:
         for hook in hooks:
             hook.remove()
 
 
+def usable_items(items: Sequence[Item]) -> list[Item]:
+    """The ambiguous items with both a pro- and an anti-stereotypical option (the ones fits learn from)."""
+    return [it for it in items if it["ambiguous"] and it["pro_option"] >= 0 and it["anti_option"] >= 0]
+
+
+class ActivationStore:
+    """Answer-position activations of the training completions, recorded once per module.
+
+    Ask for everything several fits need with :meth:`prefetch` and the model runs over the items once;
+    later requests for modules already recorded cost nothing. ``passes`` counts the runs over the items.
+    """
+
+    def __init__(self, scorer: OptionScorer, items: Sequence[Item], *, batch_size: int | None = None) -> None:
+        self.scorer, self.items = scorer, usable_items(items)
+        self.batch_size = batch_size or scorer.batch_size
+        self.passes = 0
+        self._recorded: dict[tuple[str, str], dict[str, Tensor]] = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def prefetch(self, outputs: Sequence[str] = (), inputs: Sequence[str] = ()) -> None:
+        """Record every module not recorded yet, all in one run over the items."""
+        wanted = [("output", n) for n in outputs] + [("input", n) for n in inputs]
+        missing = list(dict.fromkeys(key for key in wanted if key not in self._recorded))
+        if not missing:
+            return
+        new = _collect(self.scorer, self.items, missing, self.batch_size)
+        self.passes += 1
+        for key in missing:
+            self._recorded[key] = {kind: new[kind][key] for kind in ("pro", "anti")}
+
+    def outputs(self, names: Sequence[str]) -> dict[str, dict[str, Tensor]]:
+        """``{"pro"|"anti": {module: [n_items, hidden]}}`` of the modules' outputs."""
+        return self._get("output", names)
+
+    def inputs(self, names: Sequence[str]) -> dict[str, dict[str, Tensor]]:
+        """As :meth:`outputs`, for the modules' first inputs (e.g. concatenated attention heads)."""
+        return self._get("input", names)
+
+    def _get(self, where: str, names: Sequence[str]) -> dict[str, dict[str, Tensor]]:
+        self.prefetch(**{f"{where}s": names})
+        return {kind: {n: self._recorded[(where, n)][kind] for n in names} for kind in ("pro", "anti")}
+
+
 def completion_inputs(
     scorer: OptionScorer, items: Sequence[Item], names: Sequence[str], *, batch_size: int | None = None
 ) -> dict[str, dict[str, Tensor]]:
     """As :func:`completion_activations`, for the modules' inputs (e.g. concatenated attention heads)."""
-    return completion_activations(scorer, items, names, batch_size=batch_size, inputs=True)
+    return ActivationStore(scorer, items, batch_size=batch_size).inputs(names)
 
 
 def completion_activations(
-    scorer: OptionScorer,
-    items: Sequence[Item],
-    names: Sequence[str],
-    *,
-    batch_size: int | None = None,
-    inputs: bool = False,
+    scorer: OptionScorer, items: Sequence[Item], names: Sequence[str], *, batch_size: int | None = None
 ) -> dict[str, dict[str, Tensor]]:
     """``{"pro"|"anti": {module: [n_items, hidden]}}`` at the last token of each completion (float32)."""
-    usable = [it for it in items if it["ambiguous"] and it["pro_option"] >= 0 and it["anti_option"] >= 0]
-    out: dict[str, dict[str, list[Tensor]]] = {"pro": {n: [] for n in names}, "anti": {n: [] for n in names}}
-    step = batch_size or scorer.batch_size
+    return ActivationStore(scorer, items, batch_size=batch_size).outputs(names)
+
+
+def _collect(
+    scorer: OptionScorer, usable: Sequence[Item], keys: Sequence[tuple[str, str]], step: int
+) -> dict[str, dict[tuple[str, str], Tensor]]:
+    """One run over ``usable`` (pro completions, then anti) recording every ``(where, module)`` key."""
+    out: dict[str, dict[tuple[str, str], list[Tensor]]] = {kind: {k: [] for k in keys} for kind in ("pro", "anti")}
     starts = [(kind, start) for kind in ("pro", "anti") for start in range(0, len(usable), step)]
     bar = tqdm(starts, desc="activations", unit="batch", leave=False, disable=len(starts) < 4)
-    with torch.no_grad(), recording(scorer.model, names, inputs=inputs) as seen:
+    outputs = [name for where, name in keys if where == "output"]
+    inputs = [name for where, name in keys if where == "input"]
+    with torch.no_grad(), recording(scorer.model, outputs, inputs) as seen:
         for kind, start in bar:
             seqs = []
             for item in usable[start : start + step]:
@@ -79,8 +131,8 @@ def completion_activations(
                 seqs.append(list(enc.prompt_ids) + list(enc.option_ids[item[f"{kind}_option"]]))
             _, lengths = scorer._forward(seqs)
             rows = torch.arange(len(seqs))
-            for name in names:
-                hidden = seen[name]
+            for key in keys:
+                hidden = seen[key]
                 last = hidden[rows.to(hidden.device), (lengths - 1).to(hidden.device)]
-                out[kind][name].append(last.float().cpu())
-    return {kind: {n: torch.cat(v) for n, v in per.items()} for kind, per in out.items()}
+                out[kind][key].append(last.float().cpu())
+    return {kind: {k: torch.cat(v) if v else torch.empty(0) for k, v in per.items()} for kind, per in out.items()}

@@ -4,6 +4,10 @@ The steering vector of a decoder layer is the mean difference of its output (the
 the answer position between anti- and pro-stereotypical completions of the ambiguous training items;
 applying it adds ``α · v`` to that layer's output at every token. Strength α = 1 adds the mean
 difference once; unlike DSO, nothing makes bias fall monotonically in α.
+
+Without configured layers the layer is chosen on the ``val`` split: a vector is fitted at each
+candidate layer (one run over the training items records them all) and the candidate whose vector
+gives the lowest POB on val's ambiguous items at the selection strength wins.
 """
 
 from __future__ import annotations
@@ -13,12 +17,14 @@ from contextlib import contextmanager
 from typing import Any
 
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from dso_cli.errors import DsoError
+from dso_cli.metrics import decision_metrics
 from dso_cli.models.layouts import find_decoder_layers
 from dso_cli.models.loading import LoadedModel
-from dso_cli.scoring import OptionScorer
-from dso_cli.steering.activations import completion_activations
+from dso_cli.scoring import OptionScorer, policy
+from dso_cli.steering.activations import ActivationStore
 from dso_cli.steering.affine import SteeringHandle
 from dso_cli.steering.artifact import APPLIERS, Artifact
 from dso_cli.steering.hooks import hooks_on
@@ -45,25 +51,71 @@ def resolve_layers(model: nn.Module, layers: Sequence[int] | None) -> list[str]:
         raise DsoError(f"caa layers {chosen} out of range: the model has {len(names)} decoder layers") from None
 
 
+def default_candidates(n_layers: int, count: int = 5) -> list[int]:
+    """``count`` evenly spaced interior layers (1/6 … 5/6 of the depth for five)."""
+    return sorted({min(n_layers - 1, round(n_layers * k / (count + 1))) for k in range(1, count + 1)})
+
+
+def caa_modules(model: nn.Module, options: Mapping[str, Any], can_select: bool) -> list[str]:
+    """The decoder layers whose outputs a CAA fit with ``options`` records."""
+    if options.get("layers") or not can_select:
+        return resolve_layers(model, options.get("layers"))
+    candidates = options.get("candidate_layers") or default_candidates(len(find_decoder_layers(model)))
+    return resolve_layers(model, candidates)
+
+
 def fit_caa(
-    loaded: LoadedModel, scorer: OptionScorer, items: Sequence[Mapping[str, Any]], layers: Sequence[int] | None = None
+    loaded: LoadedModel,
+    acts: ActivationStore,
+    layers: Sequence[int] | None = None,
+    *,
+    val_items: Sequence[Mapping[str, Any]] | None = None,
+    candidate_layers: Sequence[int] | None = None,
+    select_alpha: float = 2.0,
 ) -> Artifact:
-    names = resolve_layers(loaded.model, layers)
-    acts = completion_activations(scorer, items, names)
-    if not len(next(iter(acts["pro"].values()))):
+    """Mean-difference vectors at ``layers``; with none given and ambiguous ``val_items``, one layer
+    chosen among ``candidate_layers`` (default: five evenly spaced) by val POB at ``select_alpha``."""
+    val_ambiguous = [it for it in val_items or [] if it["ambiguous"]]
+    options = {"layers": layers, "candidate_layers": candidate_layers}
+    names = caa_modules(loaded.model, options, can_select=bool(val_ambiguous))
+    recorded = acts.outputs(names)
+    if not len(recorded["pro"][names[0]]):
         raise DsoError("caa needs ambiguous training items with a pro- and an anti-stereotypical option")
-    tensors = {f"{name}.v": mean_difference(acts["pro"][name], acts["anti"][name]) for name in names}
+    vectors = {name: mean_difference(recorded["pro"][name], recorded["anti"][name]) for name in names}
+    selection = None
+    if not layers and val_ambiguous:
+        selection = select_layer(acts.scorer, vectors, val_ambiguous, select_alpha)
+        names = [min(selection["candidates"], key=lambda c: c["val_pob"])["module"]]
+    index = {name: i for i, name in enumerate(find_decoder_layers(loaded.model))}
     return Artifact.create(
         "caa",
-        tensors,
+        {f"{name}.v": vectors[name] for name in names},
         model=loaded.describe(),
         hyperparameters={
-            "layers": list(layers) if layers else None,
+            "layers": [index[name] for name in names],
+            "configured_layers": list(layers) if layers else None,
             "modules": names,
-            "n_items": len(acts["pro"][names[0]]),
+            "n_items": len(recorded["pro"][names[0]]),
+            "layer_selection": selection,
         },
         strength=STRENGTH,
     )
+
+
+def select_layer(
+    scorer: OptionScorer, vectors: Mapping[str, Tensor], val_ambiguous: Sequence[Mapping[str, Any]], alpha: float
+) -> dict[str, Any]:
+    """Val POB of each candidate layer's vector at strength ``alpha`` (and of the base model)."""
+    base = policy(scorer.logprobs(val_ambiguous)).cpu()
+    candidates = []
+    device = next(scorer.model.parameters()).device
+    for name, vector in tqdm(vectors.items(), desc="caa layer on val", unit="layer", leave=False):
+        with apply_additive(scorer.model, {f"{name}.v": vector.to(device)}, alpha):
+            probs = policy(scorer.logprobs(val_ambiguous)).cpu()
+        pob = decision_metrics(val_ambiguous, probs, bootstrap_reps=0)["pob"]
+        candidates.append({"module": name, "val_pob": pob})
+    base_pob = decision_metrics(val_ambiguous, base, bootstrap_reps=0)["pob"]
+    return {"alpha": alpha, "n_val_ambiguous": len(val_ambiguous), "val_pob_base": base_pob, "candidates": candidates}
 
 
 @contextmanager

@@ -10,9 +10,8 @@ projection, so one vector per layer (zero outside the chosen heads) is the whole
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -20,8 +19,7 @@ from torch import Tensor, nn
 from dso_cli.errors import DsoError
 from dso_cli.models.layouts import find_head_projections
 from dso_cli.models.loading import LoadedModel
-from dso_cli.scoring import OptionScorer
-from dso_cli.steering.activations import completion_inputs
+from dso_cli.steering.activations import ActivationStore
 from dso_cli.steering.affine import SteeringHandle
 from dso_cli.steering.artifact import APPLIERS, Artifact
 from dso_cli.steering.hooks import hooks_on
@@ -73,11 +71,9 @@ def shift_vectors(pro: Tensor, anti: Tensor) -> Tensor:
     return unit * projected.std(0)[:, None]
 
 
-def fit_iti(
-    loaded: LoadedModel, scorer: OptionScorer, items: Sequence[Mapping[str, Any]], top_k: int = 8, seed: int = 0
-) -> Artifact:
+def fit_iti(loaded: LoadedModel, store: ActivationStore, top_k: int = 8, seed: int = 0) -> Artifact:
     names, n_heads = find_head_projections(loaded.model)
-    acts = completion_inputs(scorer, items, names)
+    acts = store.inputs(names)
     if len(acts["pro"][names[0]]) < 4:
         raise DsoError("iti needs at least four ambiguous training items with pro and anti options")
     per_layer = {}

@@ -17,8 +17,7 @@ from torch import Tensor, nn
 
 from dso_cli.errors import DsoError
 from dso_cli.models.loading import LoadedModel
-from dso_cli.scoring import OptionScorer
-from dso_cli.steering.activations import completion_activations
+from dso_cli.steering.activations import ActivationStore, usable_items
 from dso_cli.steering.affine import SteeringHandle
 from dso_cli.steering.artifact import APPLIERS, Artifact
 from dso_cli.steering.caa import resolve_layers
@@ -34,7 +33,7 @@ PARTS = ("proj_left", "proj_right", "bias")
 
 def gender_labels(items: Sequence[Mapping[str, Any]]) -> Tensor:
     """1 for a female option, 0 for a male one: pro completions first, then anti (as the activations)."""
-    usable = [it for it in items if it["ambiguous"] and it["pro_option"] >= 0 and it["anti_option"] >= 0]
+    usable = usable_items(items)
     labels = [it["option_groups"][it[f"{kind}_option"]] == "female" for kind in ("pro", "anti") for it in usable]
     return torch.tensor(labels, dtype=torch.float32)
 
@@ -53,12 +52,10 @@ def erase(h: Tensor, proj_left: Tensor, proj_right: Tensor, bias: Tensor) -> Ten
     return h - ((h - bias) @ proj_right.mH) @ proj_left.mH
 
 
-def fit_leace(
-    loaded: LoadedModel, scorer: OptionScorer, items: Sequence[Mapping[str, Any]], layers: Sequence[int] | None = None
-) -> Artifact:
+def fit_leace(loaded: LoadedModel, store: ActivationStore, layers: Sequence[int] | None = None) -> Artifact:
     names = resolve_layers(loaded.model, layers)
-    acts = completion_activations(scorer, items, names)
-    z = gender_labels(items)
+    acts = store.outputs(names)
+    z = gender_labels(store.items)
     tensors = {}
     for name in names:
         x = torch.cat([acts["pro"][name], acts["anti"][name]])

@@ -9,7 +9,6 @@ isolates what reinforcement learning adds.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import Tensor
@@ -17,8 +16,7 @@ from torch import Tensor
 from dso_cli.errors import DsoError
 from dso_cli.models.layouts import find_norm_modules
 from dso_cli.models.loading import LoadedModel
-from dso_cli.scoring import OptionScorer
-from dso_cli.steering.activations import completion_activations
+from dso_cli.steering.activations import ActivationStore
 from dso_cli.steering.artifact import Artifact
 
 STRENGTH = {
@@ -34,11 +32,9 @@ def match_moments(pro: Tensor, anti: Tensor, eps: float = 1e-6) -> tuple[Tensor,
     return scale - 1.0, anti.mean(0) - scale * pro.mean(0)
 
 
-def fit_mean_match(
-    loaded: LoadedModel, scorer: OptionScorer, items: Sequence[Mapping[str, Any]], norm_modules: Any = None
-) -> Artifact:
+def fit_mean_match(loaded: LoadedModel, store: ActivationStore, norm_modules: Any = None) -> Artifact:
     names = list(find_norm_modules(loaded.model, norm_modules))
-    acts = completion_activations(scorer, items, names)
+    acts = store.outputs(names)
     if len(acts["pro"][names[0]]) < 2:
         raise DsoError("mean_match needs at least two ambiguous training items with pro and anti options")
     tensors = {}
