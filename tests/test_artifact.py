@@ -62,3 +62,18 @@ def test_fingerprint_ignores_dtype_but_not_weights(tokenizer):
     model = build_tiny_model("llama", tokenizer)
     assert model_fingerprint(model) == model_fingerprint(build_tiny_model("llama", tokenizer).to(torch.bfloat16))
     assert model_fingerprint(model) != model_fingerprint(build_tiny_model("llama", tokenizer, seed=5))
+
+
+def test_atomic_writes_leave_ordinary_file_permissions(tmp_path):
+    import os
+    import stat
+
+    from dso_cli.io import write_text
+
+    mask = os.umask(0o022)
+    try:
+        path = write_text(tmp_path / "result.txt", "x")
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644 and path.read_text() == "x"
+        assert [p.name for p in tmp_path.iterdir()] == ["result.txt"]  # no temporary file left behind
+    finally:
+        os.umask(mask)

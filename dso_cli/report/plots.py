@@ -1,4 +1,4 @@
-"""The Pareto plot: POB (lower is fairer) against unambiguous accuracy, one curve per method, ω labels."""
+"""The Pareto plot: POB (lower is fairer) against unambiguous accuracy, one curve per method, strength labels."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ def pareto_plot(data: pd.DataFrame, path: Path, title: str) -> Path:
     for curve, group in data.groupby("curve", sort=True):
         group = group.sort_values("alpha")
         ax.errorbar(group["pob"], group["unamb_acc"], xerr=group["pob_se"], marker="o", capsize=2, label=curve)
-        for _, row in group.iterrows():
-            ax.annotate(f"ω={row['alpha']:g}", (row["pob"], row["unamb_acc"]), textcoords="offset points",
+        for _, row in group[group["alpha"] > 0].iterrows():  # strength 0 is the base model's star
+            knob = "ω" if row["method"] == "dso" else "α"
+            ax.annotate(f"{knob}={row['alpha']:g}", (row["pob"], row["unamb_acc"]), textcoords="offset points",
                         xytext=(4, 4), fontsize=7)  # fmt: skip
     base = base_point(data)
     if base is not None:
