@@ -174,7 +174,7 @@ def _runner(verb: str) -> Callable:
         try:
             if verb == "train":
                 multirun = str(hydra_cfg.mode) == "RunMode.MULTIRUN"
-                run_train(cfg, job_num=hydra_cfg.job.num if multirun else None)
+                run_train(cfg, job_num=hydra_cfg.job.num if multirun else None, overrides=overrides)
             elif verb == "sweep":
                 run_sweep(cfg, overrides)
             elif verb == "eval":

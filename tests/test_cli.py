@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -204,6 +205,30 @@ def test_compare_runs_every_method_once_resumes_and_reports(tiny_llama_dir, tmp_
     assert_bad_input(dso("compare", "compare.methods=[caa,magic]"), "unknown steering method 'magic'")
     assert_bad_input(dso("compare", "compare.grids.caa=0:x"), "does not parse")
     assert_bad_input(dso("compare", f"run_dir={run_dir}", "model=smollm2_135m"), "holds a comparison with")
+
+
+def test_train_resumes_to_the_same_parameters_and_takes_estimators_and_rewards(tiny_llama_dir, tmp_path):
+    model = ["model=hf", f"model.name_or_path={tiny_llama_dir}", "train.eval_val=false"]
+    small = [a for a in SMALL if not a.startswith("optimizer.steps")]
+    straight, part = tmp_path / "straight", tmp_path / "part"
+    for run_dir, steps in ((straight, 4), (part, 2)):
+        result = dso("train", *model, f"run_dir={run_dir}", f"optimizer.steps={steps}", "optimizer.checkpoint_every=1",
+                     *small)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+    shutil.rmtree(part / "artifact")  # as if stopped after step 2 (its checkpoint)
+    result = dso("train", "resume=true", f"run_dir={part}", "optimizer.steps=4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    a, b = (Artifact.load(d / "artifact") for d in (straight, part))
+    assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
+    assert pd.read_csv(part / "train_log.csv")["step"].tolist() == [1, 2, 3, 4]
+    assert_bad_input(dso("train", "resume=true", f"run_dir={part}"), "already finished")
+    assert_bad_input(dso("train", "resume=true", f"run_dir={tmp_path / 'new'}"), "no checkpoint.pt")
+    assert_bad_input(dso("train", "optimizer.estimator=a2c"), "optimizer.estimator must be one of")
+    result = dso("train", *model, f"run_dir={tmp_path / 'rloo'}", "optimizer.estimator=rloo", "reward=abs_gap",
+                 "optimizer.kl_mode=constraint", "optimizer.kl_text_passages=1", *SMALL)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = pd.read_csv(tmp_path / "rloo/train_log.csv")
+    assert {"kl_text", "dual_kl", "dual_kl_text"} <= set(log.columns)
 
 
 def test_eval_bad_input(trained, tmp_path):

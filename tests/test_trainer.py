@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from dso_cli.benchmarks.occupation import build
-from dso_cli.metrics import decision_metrics
+from dso_cli.metrics import decision_metrics, kl_divergence
 from dso_cli.models.layouts import find_norm_modules
-from dso_cli.rl.rewards import StereotypeFlipReward
+from dso_cli.rl.rewards import StereotypeFlipReward, per_occupation_gap
 from dso_cli.rl.trainer import BatchSampler, TrainConfig, train_dso
 from dso_cli.scoring import OptionScorer, policy
 from dso_cli.steering.affine import apply_affine, init_affine_params
@@ -83,3 +83,110 @@ def test_bad_trainer_settings():
         TrainConfig(omega="sometimes")
     with pytest.raises(DsoError, match="steps"):
         TrainConfig(steps=0)
+
+
+def fresh(tokenizer):
+    model = build_tiny_model("llama", tokenizer, seed=3)
+    return OptionScorer(model, tokenizer, batch_size=32), init_affine_params(find_norm_modules(model))
+
+
+BASE = {"lr": 0.05, "occupations_per_batch": 2, "pairs_per_occupation": 1, "unambiguous_per_batch": 4}
+
+
+@pytest.mark.parametrize("estimator", ["reinforce", "rloo", "ppo"])
+def test_every_estimator_trains_through_the_loop(tokenizer, train_items, estimator):
+    scorer, params = fresh(tokenizer)
+    rows = []
+    cfg = TrainConfig(steps=2, estimator=estimator, samples=3, ppo_epochs=2, **BASE)
+    train_dso(scorer, params, train_items, StereotypeFlipReward(), cfg, log=rows.append)
+    assert len(rows) == 2 and all(torch.isfinite(p).all() for p in params.values())
+    assert any(p.abs().sum() > 0 for p in params.values())
+
+
+def test_kl_constraint_is_met_by_dual_ascent(tokenizer, train_items):
+    """A large step size pushes KL far above the budget with a fixed small penalty; the constraint's
+    multiplier grows until the KL on the anchor items is back within the budget."""
+    settings = {**BASE, "steps": 40, "lr": 1.0, "unambiguous_per_batch": 16, "kl_budget": 0.02, "kl_coef": 0.0}
+    unamb = [i for i in train_items if not i["ambiguous"]]
+    kls = {}
+    for mode in ("penalty", "constraint"):
+        scorer, params = fresh(tokenizer)
+        rows = []
+        cfg = TrainConfig(kl_mode=mode, kl_dual_lr=20.0, **settings)
+        train_dso(scorer, params, train_items, StereotypeFlipReward(), cfg, log=rows.append)
+        with torch.no_grad():
+            base = scorer.logprobs(unamb)
+            with apply_affine(scorer.model, params, 1.0):
+                steered = scorer.logprobs(unamb)
+        kls[mode] = float(kl_divergence(steered, base).mean())
+        if mode == "constraint":
+            assert max(r["dual_kl"] for r in rows) > 1.0  # the multiplier had to grow
+    assert kls["penalty"] > 2 * 0.02  # unconstrained, the transform drifts far from the base model
+    assert kls["constraint"] <= 0.02 * 1.5  # within tolerance of the budget
+
+
+def test_interrupt_and_resume_equal_an_uninterrupted_run(tokenizer, train_items, tmp_path):
+    import os
+    import signal
+
+    cfg = TrainConfig(steps=6, checkpoint_every=4, **BASE)
+    scorer, straight = fresh(tokenizer)
+    train_dso(scorer, straight, train_items, StereotypeFlipReward(), cfg)
+
+    def interrupt_at_3(row):
+        if row["step"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C mid-run: the step finishes, a checkpoint is saved
+
+    scorer, params = fresh(tokenizer)
+    path = tmp_path / "checkpoint.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train_dso(scorer, params, train_items, StereotypeFlipReward(), cfg, log=interrupt_at_3, checkpoint_path=path)
+    assert torch.load(path, weights_only=False)["step"] == 3
+    scorer, resumed = fresh(tokenizer)  # a new process: fresh model and parameters
+    rows = []
+    train_dso(scorer, resumed, train_items, StereotypeFlipReward(), cfg, log=rows.append, checkpoint_path=path,
+              resume=True)  # fmt: skip
+    assert [r["step"] for r in rows] == [4, 5, 6]
+    for key in straight:
+        assert torch.equal(resumed[key], straight[key]), key
+
+
+def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tokenizer, train_items, tmp_path):
+    from dso_cli.rl.trainer import NonFiniteLoss
+
+    calls = {"n": 0}
+
+    def poisoned(items, probs):
+        calls["n"] += 1
+        reward = StereotypeFlipReward()(items, probs)
+        return reward * float("nan") if calls["n"] == 5 else reward
+
+    scorer, params = fresh(tokenizer)
+    path = tmp_path / "checkpoint.pt"
+    cfg = TrainConfig(steps=8, checkpoint_every=2, **BASE)
+    with pytest.raises(NonFiniteLoss, match="non-finite policy_loss at step 5"):
+        train_dso(scorer, params, train_items, poisoned, cfg, checkpoint_path=path)
+    saved = torch.load(path, weights_only=False)
+    assert saved["step"] == 4 and all(torch.isfinite(v).all() for v in saved["params"].values())
+    assert all(torch.isfinite(p).all() for p in params.values())  # the step with NaN was not applied
+
+
+def test_early_stopping_keeps_the_val_best_parameters(tokenizer, train_items):
+    val = [i for i in train_items if i["ambiguous"]][:16]
+    scorer, params = fresh(tokenizer)
+    rows = []
+    cfg = TrainConfig(steps=12, eval_every=2, patience=2, **{**BASE, "lr": 0.3})
+    metrics = train_dso(scorer, params, train_items, StereotypeFlipReward(), cfg, log=rows.append, val_items=val)
+    evals = {r["step"]: r["val_pob"] for r in rows if "val_pob" in r}
+    assert metrics["best_step"] == min(evals, key=evals.get) and metrics["best_val_pob"] == min(evals.values())
+    with torch.no_grad(), apply_affine(scorer.model, params, 1.0):
+        pob_now = per_occupation_gap(val, policy(scorer.logprobs(val))).abs().mean()
+    assert float(pob_now) == pytest.approx(metrics["best_val_pob"], abs=1e-6)
+
+
+def test_gradient_accumulation_runs_micro_batches(tokenizer, train_items):
+    scorer, params = fresh(tokenizer)
+    rows = []
+    train_dso(scorer, params, train_items, StereotypeFlipReward(), TrainConfig(steps=2, accumulate=3, **BASE),
+              log=rows.append)  # fmt: skip
+    assert len(rows) == 2 and rows[0]["kl"] > -1e-6 and all(torch.isfinite(p).all() for p in params.values())

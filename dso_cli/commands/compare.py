@@ -26,13 +26,14 @@ from torch import Tensor
 from dso_cli.benchmarks import build_benchmark, split_items
 from dso_cli.commands.common import load_from_config, markdown_table, merge_into_csv, seed_everything
 from dso_cli.commands.sweep import SWEEP_COLUMNS
-from dso_cli.commands.train import _fit_dso, norm_override, train_config
+from dso_cli.commands.train import _fit_dso, kl_text, norm_override, train_config
 from dso_cli.errors import DsoError
 from dso_cli.evaluation import base_policy, evaluate_strengths
 from dso_cli.io import atomic_write, write_text
 from dso_cli.metrics import bootstrap_hypervolumes
 from dso_cli.report.plots import pareto_plot
 from dso_cli.report.tables import curve_summary, operating_points, pareto_points
+from dso_cli.rl.checkpoint import CHECKPOINT
 from dso_cli.runs import ARTIFACT_DIR, TRAIN_CONFIG, load_train_config, parse_alpha, save_provenance
 from dso_cli.steering.activations import ActivationStore
 from dso_cli.steering.artifact import MANIFEST, Artifact
@@ -174,7 +175,11 @@ def fit_all(
         if reused:
             artifact = reuse_dso(cfg, loaded)
         elif method == "dso":
-            artifact = _fit_dso(method_cfg, method_dir, loaded, scorer, train_items, instantiate(cfg.reward), tcfg)
+            OmegaConf.set_struct(method_cfg, False)
+            method_cfg.resume = (method_dir / CHECKPOINT).is_file()  # an interrupted comparison continues DSO
+            text = kl_text(cfg) if tcfg.kl_text_passages > 0 else []
+            reward = instantiate(cfg.reward)
+            artifact = _fit_dso(method_cfg, method_dir, loaded, scorer, train_items, reward, tcfg, val_items, text)
         else:
             artifact = fit_closed_form(
                 method, loaded, store, options[method], norm_modules=norm_override(cfg), val_items=val_items

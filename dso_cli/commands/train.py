@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from hydra.utils import instantiate
@@ -12,28 +13,23 @@ from dso_cli.commands.common import load_from_config, markdown_table, seed_every
 from dso_cli.errors import DsoError
 from dso_cli.evaluation import evaluate_strengths
 from dso_cli.models.loading import LoadedModel
+from dso_cli.rl.checkpoint import CHECKPOINT, load_checkpoint
 from dso_cli.rl.loggers import make_logger
 from dso_cli.rl.rewards import Reward
 from dso_cli.rl.trainer import TrainConfig
-from dso_cli.runs import ARTIFACT_DIR, new_train_dir, save_provenance
+from dso_cli.runs import ARTIFACT_DIR, load_train_config, new_train_dir, save_provenance
 from dso_cli.scoring import OptionScorer
 from dso_cli.steering.activations import ActivationStore
 from dso_cli.steering.artifact import MANIFEST, Artifact
 from dso_cli.steering.dso import fit_dso
 from dso_cli.steering.methods import CLOSED_FORM, fit_closed_form
 
-SUPPORTED_ESTIMATORS = ("exact",)
-
 
 def train_config(cfg: DictConfig) -> TrainConfig:
     opt = OmegaConf.to_container(cfg.optimizer, resolve=True)
     assert isinstance(opt, dict)
-    estimator = opt.pop("estimator", "exact")
-    if estimator not in SUPPORTED_ESTIMATORS:
-        raise DsoError(
-            f"optimizer.estimator={estimator!r} is not available (choose from {', '.join(SUPPORTED_ESTIMATORS)})"
-        )
-    opt.pop("name", None)
+    for key in ("name", "kl_text_path"):  # not trainer settings
+        opt.pop(key, None)
     opt["betas"] = tuple(opt.get("betas", (0.9, 0.999)))
     known = set(TrainConfig.__dataclass_fields__)
     unknown = sorted(set(opt) - known)
@@ -48,7 +44,9 @@ def norm_override(cfg: DictConfig) -> str | list[str] | None:
     return list(value) if isinstance(value, ListConfig) else value
 
 
-def run_train(cfg: DictConfig, job_num: int | None = None) -> Path:
+def run_train(cfg: DictConfig, job_num: int | None = None, overrides: Sequence[str] = ()) -> Path:
+    if cfg.get("resume"):
+        cfg = resumed_config(cfg, overrides)
     method = cfg.steering_method.name
     if method != "dso" and method not in CLOSED_FORM:
         raise DsoError(f"steering_method={method} cannot be trained (choose from: dso, {', '.join(CLOSED_FORM)})")
@@ -67,23 +65,52 @@ def run_train(cfg: DictConfig, job_num: int | None = None) -> Path:
             "evaluate transfer to it with `dso eval` instead"
         )
     reward = instantiate(cfg.reward)
+    text = kl_text(cfg) if tcfg is not None and tcfg.kl_text_passages > 0 else []
     loaded, scorer = load_from_config(cfg)
-    save_provenance(run_dir, cfg, extra={"device": str(loaded.device), "dtype": str(loaded.dtype)})
+    if not cfg.get("resume"):
+        save_provenance(run_dir, cfg, extra={"device": str(loaded.device), "dtype": str(loaded.dtype)})
     print(f"dso train: run directory {run_dir}", flush=True)
+    val_items = split_items(splits, "val") if "val" in splits else None
     if tcfg is None:
         options = OmegaConf.to_container(cfg.steering_method, resolve=True)
-        val_items = split_items(splits, "val") if "val" in splits else None
         store = ActivationStore(scorer, train_items)
         artifact = fit_closed_form(method, loaded, store, options, norm_modules=norm_override(cfg), val_items=val_items)
     else:
-        artifact = _fit_dso(cfg, run_dir, loaded, scorer, train_items, reward, tcfg)
-    if cfg.train.eval_val and "val" in splits:
-        rows = evaluate_strengths(scorer, artifact, split_items(splits, "val"), [0.0, 1.0], desc="val")
+        artifact = _fit_dso(cfg, run_dir, loaded, scorer, train_items, reward, tcfg, val_items, text)
+    if cfg.train.eval_val and val_items:
+        rows = evaluate_strengths(scorer, artifact, val_items, [0.0, 1.0], desc="val")
         artifact.manifest["train_metrics"]["val"] = {f"alpha={r['alpha']:g}": r for r in rows}
         print(markdown_table(rows, ["alpha", "pob", "pob_se", "stereotype_gap", "unamb_acc", "kl"]))
     artifact.save(run_dir / ARTIFACT_DIR)
     print(f"dso train: saved {run_dir / ARTIFACT_DIR}", flush=True)
     return run_dir
+
+
+def resumed_config(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """``resume=true run_dir=D``: D's own config, with what this command line sets explicitly on top."""
+    if not cfg.run_dir:
+        raise DsoError("resume=true needs the run to continue: run_dir=PATH")
+    run_dir = Path(cfg.run_dir)
+    if not (run_dir / CHECKPOINT).is_file():
+        raise DsoError(f"{run_dir} has no {CHECKPOINT} to resume from")
+    if (run_dir / ARTIFACT_DIR / MANIFEST).exists():
+        raise DsoError(f"{run_dir} already finished training (its artifact is saved)")
+    resumed = load_train_config(run_dir)
+    OmegaConf.set_struct(resumed, False)
+    for override in overrides:
+        key, sep, _ = override.lstrip("+~").partition("=")
+        if sep and key not in ("resume", "run_dir"):
+            OmegaConf.update(resumed, key, OmegaConf.select(cfg, key), force_add=True)
+    resumed.resume = True
+    resumed.run_dir = str(run_dir)
+    return resumed
+
+
+def kl_text(cfg: DictConfig) -> list[str]:
+    """Neutral-text passages for the training KL (``optimizer.kl_text_path``, default the Lee corpus)."""
+    from dso_cli.benchmarks.neutral_text import build
+
+    return build(path=cfg.optimizer.get("kl_text_path"), max_passages=None, name="optimizer.kl_text_path").passages
 
 
 def _fit_dso(
@@ -94,9 +121,14 @@ def _fit_dso(
     train_items: list[dict],
     reward: Reward,
     tcfg: TrainConfig,
+    val_items: list[dict] | None = None,
+    text_passages: Sequence[str] = (),
 ) -> Artifact:
-    """The RL trainer, logging to the configured tracker."""
-    logger = make_logger(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True))
+    """The RL trainer, logging to the configured tracker and checkpointing into ``run_dir``."""
+    resume = bool(cfg.get("resume"))
+    checkpoint = run_dir / CHECKPOINT
+    resume_step = int(load_checkpoint(checkpoint)["step"]) if resume else None
+    logger = make_logger(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True), resume_step=resume_step)
     try:
         return fit_dso(
             loaded,
@@ -107,6 +139,10 @@ def _fit_dso(
             norm_modules=norm_override(cfg),
             log=logger,
             extra_hyperparameters={"benchmark": cfg.bias_benchmark.name},
+            val_items=val_items,
+            text_passages=text_passages,
+            checkpoint_path=checkpoint,
+            resume=resume,
         )
     finally:
         logger.close()

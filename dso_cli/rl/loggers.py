@@ -20,18 +20,36 @@ class NullLogger:
 
 
 class CsvLogger(NullLogger):
-    """Appends one flushed row per step, so an interrupted run keeps every step it finished."""
+    """Appends one flushed row per step, so an interrupted run keeps every step it finished.
 
-    def __init__(self, path: Path) -> None:
+    Resuming from a checkpoint of step ``resume_step`` drops the rows logged after it (they are
+    trained again) and appends to the rest.
+    """
+
+    def __init__(self, path: Path, resume_step: int | None = None) -> None:
         self.path = path
         self._file = None
         self._writer: csv.DictWriter | None = None
+        self._fields: list[str] | None = None
+        if resume_step is not None and path.is_file():
+            with path.open(newline="") as f:
+                reader = csv.DictReader(f)
+                self._fields = list(reader.fieldnames or [])
+                kept = [row for row in reader if float(row.get("step") or 0) <= resume_step]
+            with path.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=self._fields)
+                writer.writeheader()
+                writer.writerows(kept)
 
     def __call__(self, row: Mapping[str, float]) -> None:
         if self._writer is None:
-            self._file = self.path.open("w", newline="")
-            self._writer = csv.DictWriter(self._file, fieldnames=list(row), extrasaction="ignore")
-            self._writer.writeheader()
+            if self._fields:
+                self._file = self.path.open("a", newline="")
+                self._writer = csv.DictWriter(self._file, fieldnames=self._fields, extrasaction="ignore")
+            else:
+                self._file = self.path.open("w", newline="")
+                self._writer = csv.DictWriter(self._file, fieldnames=list(row), extrasaction="ignore")
+                self._writer.writeheader()
         self._writer.writerow(dict(row))
         self._file.flush()
 
@@ -61,10 +79,12 @@ class WandbLogger(NullLogger):
         self._run.finish()
 
 
-def make_logger(cfg: Mapping[str, Any], run_dir: Path, config: Mapping[str, Any]) -> NullLogger:
+def make_logger(
+    cfg: Mapping[str, Any], run_dir: Path, config: Mapping[str, Any], resume_step: int | None = None
+) -> NullLogger:
     name = cfg.get("name")
     if name == "csv":
-        return CsvLogger(run_dir / "train_log.csv")
+        return CsvLogger(run_dir / "train_log.csv", resume_step)
     if name == "wandb":
         return WandbLogger(run_dir, cfg.get("project", "dso"), cfg.get("mode", "offline"), config)
     if name == "none":

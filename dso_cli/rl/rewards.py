@@ -71,3 +71,29 @@ class StereotypeFlipReward:
                 if group == "unknown":
                     reward[i, k] = self.unknown_reward
         return reward
+
+
+class AbsGapReward:
+    """``J = −mean_o |P(pro|o) − P(anti|o)|`` over the batch's occupations, differentiated directly.
+
+    As a per-option reward it is ``r = n · ∂J/∂π`` at the current policy (``n`` items in the batch), so
+    ``mean_i Σ_k r_ik ∇π_ik = ∇J``: the exact estimator follows J's own gradient and the sampled ones
+    estimate it without bias. Per item that is ``−sign(G_o) · n / (n_occ · n_o)`` for the pro option
+    and the opposite for the anti one: with the same number of items per occupation (the trainer's
+    stratified batches) this is exactly the stereotype-flip reward; it differs when occupations are
+    unevenly represented (each occupation weighs the same here) and at a tie (no push at all).
+    """
+
+    def __init__(self, unknown_reward: float = 0.0) -> None:
+        self.unknown_reward = unknown_reward
+
+    def __call__(self, items: Sequence[Mapping[str, Any]], probs: Tensor) -> Tensor:
+        leaf = probs.detach().clone().requires_grad_(True)
+        objective = -per_occupation_gap(items, leaf).abs().mean()
+        (grad,) = torch.autograd.grad(objective, leaf)
+        reward = grad * len(items)
+        for i, item in enumerate(items):
+            for k, group in enumerate(item["option_groups"]):
+                if group == "unknown":
+                    reward[i, k] = self.unknown_reward
+        return reward

@@ -20,9 +20,15 @@ from __future__ import annotations
 
 import math
 import random
+import signal
+import sys
+import threading
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,6 +37,8 @@ from tqdm.auto import tqdm
 
 from dso_cli.errors import DsoError
 from dso_cli.metrics import kl_divergence
+from dso_cli.rl.checkpoint import load_checkpoint, save_checkpoint
+from dso_cli.rl.estimators import Estimator, make_estimator
 from dso_cli.rl.rewards import Reward, per_occupation_gap
 from dso_cli.scoring import OptionScorer, policy
 from dso_cli.steering.affine import apply_affine
@@ -46,11 +54,25 @@ class TrainConfig:
     occupations_per_batch: int = 4
     pairs_per_occupation: int = 2
     unambiguous_per_batch: int = 8
-    kl_coef: float = 1.0
+    accumulate: int = 1  # micro-batches per optimizer step
+    estimator: str = "exact"
+    samples: int = 4  # rloo / ppo: sampled options per item
+    ppo_epochs: int = 4
+    ppo_clip: float = 0.2
+    kl_mode: str = "penalty"  # penalty: fixed kl_coef; constraint: KL <= kl_budget by dual ascent
+    kl_coef: float = 1.0  # beta (penalty) or the initial Lagrange multiplier (constraint)
+    kl_budget: float = 0.05  # epsilon, per KL source
+    kl_dual_lr: float = 1.0
+    kl_text_passages: int = 0  # neutral-text passages per step in the KL (0: unambiguous items only)
+    kl_text_tokens: int = 64
     l1: float = 0.0
     omega: str = "fixed"
     path_weight: float = 1.0
     grad_clip: float = 1.0
+    eval_every: int = 0  # early stopping: val POB every N steps (0: off)
+    patience: int = 3  # evaluations without improvement before stopping
+    checkpoint_every: int = 10
+    autocast: bool = True  # bf16 autocast on CUDA
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -62,10 +84,15 @@ class TrainConfig:
                     setattr(self, name, kind(value))
                 except (TypeError, ValueError):
                     raise DsoError(f"optimizer.{name}={value!r} is not a number") from None
-        if self.omega not in ("fixed", "path"):
-            raise DsoError(f"optimizer.omega must be 'fixed' or 'path', not {self.omega!r}")
-        if self.steps < 1:
-            raise DsoError(f"optimizer.steps must be at least 1, not {self.steps}")
+        from dso_cli.rl.estimators import ESTIMATORS
+
+        choices = {"omega": ("fixed", "path"), "kl_mode": ("penalty", "constraint"), "estimator": ESTIMATORS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise DsoError(f"optimizer.{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
+        for name in ("steps", "accumulate"):
+            if getattr(self, name) < 1:
+                raise DsoError(f"optimizer.{name} must be at least 1, not {getattr(self, name)}")
 
 
 class BatchSampler:
@@ -120,6 +147,10 @@ class BaseCache:
         return torch.stack(rows)
 
 
+class NonFiniteLoss(DsoError):
+    """Training produced NaN/inf; the parameters of the last finite step are kept."""
+
+
 def train_dso(
     scorer: OptionScorer,
     params: dict[str, Tensor],
@@ -127,56 +158,252 @@ def train_dso(
     reward: Reward,
     cfg: TrainConfig,
     log: Callable[[dict[str, float]], None] = lambda row: None,
+    *,
+    val_items: Sequence[Item] | None = None,
+    text_passages: Sequence[str] = (),
+    checkpoint_path: Path | None = None,
+    resume: bool = False,
 ) -> dict[str, float]:
-    """Optimise ``params`` in place; returns the last step's metrics."""
-    torch.manual_seed(cfg.seed)
+    """Optimise ``params`` in place; returns the last step's metrics (plus early-stopping facts).
+
+    With ``checkpoint_path`` the state is saved every ``checkpoint_every`` steps and on Ctrl-C (at the
+    end of the running step); ``resume`` continues from it and ends with the same parameters as an
+    uninterrupted run.
+    """
+    generator = torch.Generator().manual_seed(cfg.seed)
+    estimator = make_estimator(
+        cfg.estimator, reward, generator, samples=cfg.samples, ppo_epochs=cfg.ppo_epochs, ppo_clip=cfg.ppo_clip
+    )
     rng = random.Random(cfg.seed)
     sampler = BatchSampler(items, cfg, rng)
-    omega_rng = random.Random(cfg.seed + 1)  # separate stream: both modes see the same batches
+    omega_rng = random.Random(cfg.seed + 1)  # separate streams: every mode sees the same batches
+    text_rng = random.Random(cfg.seed + 2)
+    texts = _tokenized(scorer, text_passages, cfg.kl_text_tokens) if cfg.kl_text_passages > 0 else []
+    val_ambiguous = [it for it in val_items or [] if it["ambiguous"]] if cfg.eval_every > 0 else []
     base = BaseCache(scorer)
-    leaves = list(params.values())
+    names = list(params)
+    leaves = [params[n] for n in names]
     optimizer = torch.optim.Adam(leaves, lr=cfg.lr, betas=cfg.betas)
+    state: dict[str, Any] = {"step": 0, "duals": {"unambiguous": cfg.kl_coef, "neutral_text": cfg.kl_coef},
+                             "best": {"pob": math.inf, "step": 0, "params": None}, "bad_evals": 0}  # fmt: skip
+
+    def snapshot() -> dict[str, Any]:
+        return {
+            "step": state["step"],
+            "params": {n: p.detach().cpu().clone() for n, p in params.items()},
+            "optimizer": optimizer.state_dict(),
+            "rng": {
+                "sampler": rng.getstate(),
+                "omega": omega_rng.getstate(),
+                "text": text_rng.getstate(),
+                "estimator": generator.get_state(),
+            },
+            "queue": list(sampler._queue),
+            "base_cache": dict(base._lp),  # batch composition changes float rounding: keep the exact values
+            "duals": dict(state["duals"]),
+            "best": state["best"],
+            "bad_evals": state["bad_evals"],
+            "config": asdict(cfg),
+        }
+
+    if resume:
+        if checkpoint_path is None:
+            raise DsoError("resuming needs a checkpoint path")
+        saved = load_checkpoint(checkpoint_path)
+        if set(saved["params"]) != set(names):
+            raise DsoError(f"{checkpoint_path} holds parameters of other modules than this model's")
+        with torch.no_grad():
+            for n in names:
+                params[n].copy_(saved["params"][n].to(params[n].device))
+        optimizer.load_state_dict(saved["optimizer"])
+        rng.setstate(saved["rng"]["sampler"])
+        omega_rng.setstate(saved["rng"]["omega"])
+        text_rng.setstate(saved["rng"]["text"])
+        generator.set_state(saved["rng"]["estimator"])
+        sampler._queue = list(saved["queue"])
+        base._lp.update({k: v.to(scorer.device) for k, v in saved["base_cache"].items()})
+        state.update(step=saved["step"], duals=saved["duals"], best=saved["best"], bad_evals=saved["bad_evals"])
+
     metrics: dict[str, float] = {}
-    bar = tqdm(range(1, cfg.steps + 1), desc="dso train", unit="step")
-    with apply_affine(scorer.model, params, 1.0) as steer:
+    bar = tqdm(range(state["step"] + 1, cfg.steps + 1), desc="dso train", unit="step", initial=state["step"],
+               total=cfg.steps)  # fmt: skip
+    precision = _autocast(scorer, cfg)
+    with apply_affine(scorer.model, params, 1.0) as steer, deferred_interrupt() as interrupt, precision:
         for step in bar:
-            amb, unamb = sampler.ambiguous_batch(), sampler.unambiguous_batch()
-            steer.strength = 0.0  # the base policy, for the path target and the KL anchor
-            base_amb = base(amb) if cfg.omega == "path" else None
-            base_unamb = base(unamb) if unamb and cfg.kl_coef > 0 else None
-            optimizer.zero_grad(set_to_none=True)
-
-            steer.strength = 1.0
-            probs = policy(scorer.logprobs(amb, grad=True))
-            expected_reward = (probs * reward(amb, probs)).sum(-1).mean()
-            (-expected_reward).backward()
-            gap1 = per_occupation_gap(amb, probs.detach())
-            metrics = {"step": step, "reward": expected_reward.item(), "batch_pob": gap1.abs().mean().item()}
-
-            if cfg.omega == "path":
-                omega = omega_rng.uniform(0.0, 1.0)
-                steer.strength = omega
-                gap = per_occupation_gap(amb, policy(scorer.logprobs(amb, grad=True)))
-                target = (1.0 - omega) * per_occupation_gap(amb, policy(base_amb))
-                path_loss = (gap - target).pow(2).mean()
-                (cfg.path_weight * path_loss).backward()
-                metrics |= {"path_omega": omega, "path_loss": path_loss.item()}
-
-            if unamb and cfg.kl_coef > 0:
-                steer.strength = 1.0
-                kl = kl_divergence(scorer.logprobs(unamb, grad=True), base_unamb).mean()
-                (cfg.kl_coef * kl).backward()
-                metrics["kl"] = kl.item()
-
-            if cfg.l1 > 0:
-                l1 = sum(p.abs().sum() for p in leaves)
-                (cfg.l1 * l1).backward()
-                metrics["l1"] = l1.item()
-            if cfg.grad_clip > 0:
-                metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(leaves, cfg.grad_clip))
-            optimizer.step()
+            metrics = _one_step(scorer, steer, estimator, sampler, base, cfg, state, optimizer, leaves, step,
+                                texts, text_rng, omega_rng)  # fmt: skip
+            state["step"] = step
+            stop = False
+            if val_ambiguous and (step % cfg.eval_every == 0 or step == cfg.steps):
+                metrics["val_pob"] = _val_pob(scorer, steer, val_ambiguous)
+                stop = _early_stop_update(state, metrics["val_pob"], step, params, cfg.patience)
             log(metrics)
-            bar.set_postfix(
-                reward=f"{metrics['reward']:.3f}", pob=f"{metrics['batch_pob']:.3f}", kl=f"{metrics.get('kl', 0):.4f}"
-            )
+            bar.set_postfix(reward=f"{metrics['reward']:.3f}", pob=f"{metrics['batch_pob']:.3f}",
+                            kl=f"{metrics.get('kl', 0):.4f}")  # fmt: skip
+            if checkpoint_path is not None and (step % cfg.checkpoint_every == 0 or interrupt["hit"]):
+                save_checkpoint(checkpoint_path, snapshot())
+            if interrupt["hit"]:
+                where = f"; checkpoint saved to {checkpoint_path}" if checkpoint_path else ""
+                print(f"dso train: stopped after step {step}{where}", file=sys.stderr, flush=True)
+                raise KeyboardInterrupt
+            if stop:
+                break
+    if state["best"]["params"] is not None:  # early stopping: keep the val-best parameters
+        with torch.no_grad():
+            for n in names:
+                params[n].copy_(state["best"]["params"][n].to(params[n].device))
+        metrics |= {"best_val_pob": state["best"]["pob"], "best_step": state["best"]["step"],
+                    "stopped_at": state["step"]}  # fmt: skip
     return metrics
+
+
+def _one_step(
+    scorer: OptionScorer,
+    steer: Any,
+    estimator: Estimator,
+    sampler: BatchSampler,
+    base: BaseCache,
+    cfg: TrainConfig,
+    state: dict[str, Any],
+    optimizer: torch.optim.Optimizer,
+    leaves: list[Tensor],
+    step: int,
+    texts: list[list[int]],
+    text_rng: random.Random,
+    omega_rng: random.Random,
+) -> dict[str, float]:
+    """One optimizer step (``ppo_epochs`` of them for PPO) over ``accumulate`` micro-batches."""
+    micro = []
+    for _ in range(cfg.accumulate):
+        amb, unamb = sampler.ambiguous_batch(), sampler.unambiguous_batch()
+        text = text_rng.sample(texts, min(cfg.kl_text_passages, len(texts))) if texts else []
+        omega = omega_rng.uniform(0.0, 1.0) if cfg.omega == "path" else None
+        micro.append({"amb": amb, "unamb": unamb, "text": text, "omega": omega, "plan": None})
+    duals = state["duals"]
+    metrics: dict[str, float] = {"step": step}
+    use_kl = cfg.kl_mode == "constraint" or cfg.kl_coef > 0
+    for _ in range(estimator.epochs):
+        optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = defaultdict(float)
+        backward = partial(_backward, sums=sums, scale=1.0 / cfg.accumulate, step=step, state=state)
+        for i, batch in enumerate(micro):
+            steer.strength = 0.0  # the base policy: KL anchor and path target
+            base_unamb = base(batch["unamb"]) if batch["unamb"] and use_kl else None
+            with torch.no_grad():
+                base_text = scorer.token_logprobs(batch["text"])[0] if batch["text"] and use_kl else None
+            steer.strength = 1.0
+            probs = policy(scorer.logprobs(batch["amb"], grad=True))
+            if batch["plan"] is None:
+                batch["plan"] = estimator.prepare(batch["amb"], probs.detach())
+            sums["reward"] += float(estimator.expected_reward(batch["plan"], probs))
+            sums["batch_pob"] += float(per_occupation_gap(batch["amb"], probs.detach()).abs().mean())
+            backward(estimator.loss(batch["plan"], probs), 1.0, "policy_loss")
+            if batch["omega"] is not None:
+                omega = batch["omega"]
+                target = (1.0 - omega) * per_occupation_gap(batch["amb"], policy(base(batch["amb"])))
+                steer.strength = omega
+                gap = per_occupation_gap(batch["amb"], policy(scorer.logprobs(batch["amb"], grad=True)))
+                steer.strength = 1.0
+                backward((gap - target).pow(2).mean(), cfg.path_weight, "path_loss")
+                sums["path_omega"] += omega
+            if base_unamb is not None:
+                kl = kl_divergence(scorer.logprobs(batch["unamb"], grad=True), base_unamb).mean()
+                backward(kl, duals["unambiguous"], "kl")
+            if base_text is not None:
+                logp, lengths = scorer.token_logprobs(batch["text"])
+                backward(_text_kl(logp, base_text, lengths), duals["neutral_text"], "kl_text")
+            if i == 0 and cfg.l1 > 0:
+                backward(sum(p.abs().sum() for p in leaves), cfg.l1 * cfg.accumulate, "l1")
+        if cfg.grad_clip > 0:
+            norm = float(torch.nn.utils.clip_grad_norm_(leaves, cfg.grad_clip))
+        else:
+            grads = [p.grad.norm() for p in leaves if p.grad is not None]
+            norm = float(torch.linalg.vector_norm(torch.stack(grads))) if grads else 0.0
+        if not math.isfinite(norm):
+            raise NonFiniteLoss(_non_finite_message(step, "gradient", state))
+        optimizer.step()
+        metrics |= {k: v / (1 if k == "l1" else cfg.accumulate) for k, v in sums.items()} | {"grad_norm": norm}
+    if cfg.kl_mode == "constraint":  # dual ascent on each KL source's multiplier
+        for source, key in (("unambiguous", "kl"), ("neutral_text", "kl_text")):
+            if key in metrics:
+                duals[source] = max(0.0, duals[source] + cfg.kl_dual_lr * (metrics[key] - cfg.kl_budget))
+        metrics |= {"dual_kl": duals["unambiguous"], "dual_kl_text": duals["neutral_text"]}
+    return metrics
+
+
+def _backward(
+    part: Tensor, weight: float, name: str, *, sums: dict[str, float], scale: float, step: int, state: dict
+) -> None:
+    """Accumulate one loss term's gradient right away (its graph is freed before the next forward)."""
+    value = float(part.detach())
+    if not math.isfinite(value):
+        raise NonFiniteLoss(_non_finite_message(step, name, state))
+    sums[name] += value
+    (weight * scale * part).backward()
+
+
+def _non_finite_message(step: int, what: str, state: dict[str, Any]) -> str:
+    return (
+        f"non-finite {what} at step {step}; training stopped with the parameters of step {state['step']} "
+        "(the last checkpoint, if any, is untouched): lower optimizer.lr or check the reward"
+    )
+
+
+def _tokenized(scorer: OptionScorer, passages: Sequence[str], max_tokens: int) -> list[list[int]]:
+    seqs = [scorer.tokenizer(p, truncation=True, max_length=max_tokens)["input_ids"] for p in passages]
+    return [s for s in seqs if len(s) >= 2]
+
+
+def _text_kl(logp: Tensor, base: Tensor, lengths: Tensor) -> Tensor:
+    """Mean over passages of the per-token ``KL(steered ‖ base)`` of the next-token distribution."""
+    per_token = (logp.exp() * (logp - base)).sum(-1)  # [batch, width]
+    width = per_token.shape[1]
+    mask = torch.arange(width, device=per_token.device)[None, :] < (lengths[:, None] - 1).to(per_token.device)
+    return ((per_token * mask).sum(1) / mask.sum(1).clamp_min(1)).mean()
+
+
+def _val_pob(scorer: OptionScorer, steer: Any, val_ambiguous: Sequence[Item]) -> float:
+    steer.strength = 1.0
+    with torch.no_grad():
+        probs = policy(scorer.logprobs(val_ambiguous))
+    return float(per_occupation_gap(val_ambiguous, probs).abs().mean())
+
+
+def _early_stop_update(state: dict[str, Any], pob: float, step: int, params: dict[str, Tensor], patience: int) -> bool:
+    """Record a val evaluation; True when ``patience`` evaluations in a row did not improve on the best."""
+    if pob < state["best"]["pob"] - 1e-9:
+        state["best"] = {"pob": pob, "step": step, "params": {n: p.detach().cpu().clone() for n, p in params.items()}}
+        state["bad_evals"] = 0
+        return False
+    state["bad_evals"] += 1
+    return state["bad_evals"] >= patience
+
+
+def _autocast(scorer: OptionScorer, cfg: TrainConfig) -> Any:
+    """bf16 autocast for the forward passes on CUDA; nothing on the CPU."""
+    if cfg.autocast and scorer.device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@contextmanager
+def deferred_interrupt() -> Iterator[dict[str, bool]]:
+    """Turn the first Ctrl-C into a flag the loop checks at the end of each step (a second one aborts)."""
+    flag = {"hit": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag["hit"]:
+            raise KeyboardInterrupt
+        flag["hit"] = True
+        print("\ndso train: interrupted; finishing this step and saving a checkpoint (Ctrl-C again to abort)",
+              file=sys.stderr, flush=True)  # fmt: skip
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)

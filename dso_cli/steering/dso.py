@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from dso_cli.models.layouts import find_norm_modules
@@ -32,11 +33,26 @@ def fit_dso(
     norm_modules: Any = None,
     log: Callable[[dict[str, float]], None] = lambda row: None,
     extra_hyperparameters: Mapping[str, Any] | None = None,
+    val_items: Sequence[Mapping[str, Any]] | None = None,
+    text_passages: Sequence[str] = (),
+    checkpoint_path: Path | None = None,
+    resume: bool = False,
 ) -> Artifact:
     """Train ``a``, ``b`` on every backbone norm of ``loaded`` and package them as an artifact."""
     modules = find_norm_modules(loaded.model, norm_modules)
     params = init_affine_params(modules, device=loaded.device)
-    metrics = train_dso(scorer, params, items, reward, cfg, log=log)
+    metrics = train_dso(
+        scorer,
+        params,
+        items,
+        reward,
+        cfg,
+        log=log,
+        val_items=val_items,
+        text_passages=text_passages,
+        checkpoint_path=checkpoint_path,
+        resume=resume,
+    )
     return Artifact.create(
         "dso",
         params,
