@@ -135,17 +135,14 @@ def validate(verb: str, overrides: list[str]) -> None:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise DsoError(f"{missing[0]} must be set (e.g. {missing[0]}=VALUE)")
-    from dso_cli.runs import parse_alpha
-
     if verb in ("sweep", "eval"):
+        from dso_cli.runs import parse_alpha
+
         parse_alpha(cfg.alpha)
     if verb == "compare":
-        from dso_cli.commands.compare import check_methods
+        from dso_cli.commands.compare import check_compare
 
-        check_methods(list(cfg.compare.methods))
-        for grid in cfg.compare.grids.values():
-            if grid is not None:
-                parse_alpha(grid)
+        check_compare(cfg)
     if verb == "eval":
         for group, names in (("bias_benchmark", cfg.eval.benchmarks), ("capability", cfg.eval.capability)):
             for name in names or []:

@@ -63,23 +63,40 @@ def per_occupation_bias(gap: np.ndarray, occupation: np.ndarray) -> float:
     return float(np.mean(np.abs(sums / counts)))
 
 
+class PairResampler:
+    """``reps`` resamples of the counterbalanced pairs within each occupation, drawn once and applied to
+    the gaps of any policy on the same items, so that several policies are compared under one draw."""
+
+    def __init__(self, occupation: np.ndarray, pair: np.ndarray, reps: int, rng: np.random.Generator) -> None:
+        self.groups = []  # per occupation: its items, their pair index, the pair count, the drawn pairs
+        for occ in np.unique(occupation):
+            sel = np.flatnonzero(occupation == occ)
+            pairs, pidx = np.unique(pair[sel], return_inverse=True)
+            self.groups.append((sel, pidx, len(pairs), rng.integers(0, len(pairs), size=(reps, len(pairs)))))
+
+    @property
+    def fewest_pairs(self) -> int:
+        return min((n for _, _, n, _ in self.groups), default=0)
+
+    def pob(self, gap: np.ndarray) -> np.ndarray:
+        """POB of ``gap`` (one entry per item) under every resample: ``[reps]``."""
+        per_occ = []
+        for sel, pidx, n_pairs, draw in self.groups:
+            pair_sum = np.bincount(pidx, weights=gap[sel], minlength=n_pairs)
+            pair_n = np.bincount(pidx, minlength=n_pairs)
+            per_occ.append(np.abs(pair_sum[draw].sum(1) / pair_n[draw].sum(1)))
+        return np.mean(per_occ, axis=0)
+
+
 def _cluster_bootstrap_pob(gap: np.ndarray, occupation: np.ndarray, pair: np.ndarray, reps: int, seed: int) -> float:
     """Bootstrap standard error of POB, resampling pairs within each occupation.
 
     NaN when some occupation has a single pair: resampling it cannot show any variation.
     """
-    rng = np.random.default_rng(seed)
-    per_occ = []
-    for occ in np.unique(occupation):
-        sel = occupation == occ
-        pairs, pidx = np.unique(pair[sel], return_inverse=True)
-        if len(pairs) < 2:
-            return float("nan")
-        pair_sum = np.bincount(pidx, weights=gap[sel], minlength=len(pairs))
-        pair_n = np.bincount(pidx, minlength=len(pairs))
-        draw = rng.integers(0, len(pairs), size=(reps, len(pairs)))
-        per_occ.append(np.abs(pair_sum[draw].sum(1) / pair_n[draw].sum(1)))
-    return float(np.std(np.mean(per_occ, axis=0), ddof=1)) if reps > 1 else 0.0
+    resampler = PairResampler(occupation, pair, reps, np.random.default_rng(seed))
+    if resampler.fewest_pairs < 2:
+        return float("nan")
+    return float(np.std(resampler.pob(gap), ddof=1)) if reps > 1 else 0.0
 
 
 def decision_metrics(
@@ -210,28 +227,15 @@ def bootstrap_hypervolumes(
     """
     base = PolicyView(items, base_probs)
     amb, unamb = base.ambiguous, ~base.ambiguous
-    occupation, pair = base.occupation[amb], base.pair[amb]
     rng = np.random.default_rng(seed)
-    groups = []  # per occupation: its items, their pair index, and how often each pair is drawn
-    for occ in np.unique(occupation):
-        sel = np.flatnonzero(occupation == occ)
-        pairs, pidx = np.unique(pair[sel], return_inverse=True)
-        draws = rng.integers(0, len(pairs), size=(reps, len(pairs)))
-        groups.append((sel, pidx, len(pairs), _multiplicities(draws, len(pairs))))
+    pairs = PairResampler(base.occupation[amb], base.pair[amb], reps, rng)
     n_unamb = int(unamb.sum())
-    unamb_counts = _multiplicities(rng.integers(0, n_unamb, size=(reps, n_unamb)), n_unamb) if n_unamb else None
+    unamb_draw = rng.integers(0, n_unamb, size=(reps, n_unamb)) if n_unamb else None
 
     def resampled(probs: Tensor) -> tuple[np.ndarray, np.ndarray]:
         view = PolicyView(items, probs)
-        gap = view.gap_soft[amb]
-        per_occ = []
-        for sel, pidx, n_pairs, counts in groups:
-            pair_sum = np.bincount(pidx, weights=gap[sel], minlength=n_pairs)
-            pair_n = np.bincount(pidx, minlength=n_pairs)
-            per_occ.append(np.abs((counts @ pair_sum) / (counts @ pair_n)))
-        pob = np.mean(per_occ, axis=0)
-        acc = unamb_counts @ view.correct_soft[unamb] / n_unamb if n_unamb else np.zeros(reps)
-        return pob, acc
+        acc = view.correct_soft[unamb][unamb_draw].mean(1) if n_unamb else np.zeros(reps)
+        return pairs.pob(view.gap_soft[amb]), acc
 
     ref_pob, _ = resampled(base_probs)
     out = {}
@@ -241,10 +245,3 @@ def bootstrap_hypervolumes(
             [hypervolume([s[0][r] for s in stats], [s[1][r] for s in stats], float(ref_pob[r])) for r in range(reps)]
         )
     return out
-
-
-def _multiplicities(draws: np.ndarray, n: int) -> np.ndarray:
-    """``[reps, n]``: how many times each index appears in each row of ``draws``."""
-    counts = np.zeros((draws.shape[0], n))
-    np.add.at(counts, (np.repeat(np.arange(draws.shape[0]), draws.shape[1]), draws.ravel()), 1.0)
-    return counts

@@ -23,20 +23,22 @@ from dso_cli.steering.artifact import MANIFEST
 
 TRAIN_CONFIG = "config.yaml"
 ARTIFACT_DIR = "artifact"
-COMPARE_CONFIG = "compare_config.yaml"
+COMPARE_PREFIX = "compare_"  # `dso compare` writes compare_config.yaml into its directory
+COMPARE_CONFIG = COMPARE_PREFIX + TRAIN_CONFIG
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "run"
 
 
-def new_train_dir(cfg: DictConfig, job_num: int | None = None) -> Path:
-    """``<outputs_root>/<date>/<time>_<model>_<benchmark>[_jobN]``, unique."""
+def new_train_dir(cfg: DictConfig, job_num: int | None = None, under: str | None = None) -> Path:
+    """``<outputs_root>[/<under>]/<date>/<time>_<model>_<benchmark>[_jobN]``, unique."""
     now = dt.datetime.now()
     stem = f"{now:%H-%M-%S}_{_slug(cfg.model.name)}_{_slug(cfg.bias_benchmark.name)}"
     if job_num is not None:
         stem += f"_job{job_num}"
-    base = Path(cfg.outputs_root) / f"{now:%Y-%m-%d}" / stem
+    root = Path(cfg.outputs_root) / under if under else Path(cfg.outputs_root)
+    base = root / f"{now:%Y-%m-%d}" / stem
     path, n = base, 1
     while path.exists():
         path, n = base.with_name(f"{base.name}-{n}"), n + 1

@@ -11,8 +11,6 @@ are measured and each method's artifact is saved as soon as it is fitted, so rer
 
 from __future__ import annotations
 
-import datetime as dt
-import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,25 +32,22 @@ from dso_cli.metrics import bootstrap_hypervolumes
 from dso_cli.report.plots import pareto_plot
 from dso_cli.report.tables import curve_summary, operating_points, pareto_points
 from dso_cli.rl.checkpoint import CHECKPOINT
-from dso_cli.runs import ARTIFACT_DIR, TRAIN_CONFIG, load_train_config, parse_alpha, save_provenance
+from dso_cli.runs import (
+    ARTIFACT_DIR,
+    COMPARE_CONFIG,
+    COMPARE_PREFIX,
+    TRAIN_CONFIG,
+    load_train_config,
+    new_train_dir,
+    parse_alpha,
+    save_provenance,
+)
 from dso_cli.steering.activations import ActivationStore
 from dso_cli.steering.artifact import MANIFEST, Artifact
 from dso_cli.steering.methods import ALL_METHODS, CLOSED_FORM, fit_closed_form, prefetch_for
 
 COMPARE_CSV = "compare.csv"
 COMPARE_COLUMNS = [*SWEEP_COLUMNS, "unamb_acc_se"]
-CONFIG_PREFIX = "compare_"
-
-
-def new_compare_dir(cfg: DictConfig) -> Path:
-    """``<outputs_root>/compare/<date>/<time>_<model>_<benchmark>``, unique."""
-    now = dt.datetime.now()
-    slug = "_".join(re.sub(r"[^A-Za-z0-9_.-]+", "-", s) for s in (cfg.model.name, cfg.bias_benchmark.name))
-    base = Path(cfg.outputs_root) / "compare" / f"{now:%Y-%m-%d}" / f"{now:%H-%M-%S}_{slug}"
-    path, n = base, 1
-    while path.exists():
-        path, n = base.with_name(f"{base.name}-{n}"), n + 1
-    return path
 
 
 def method_options(cfg: DictConfig, method: str) -> DictConfig:
@@ -76,19 +71,26 @@ def method_config(cfg: DictConfig, method: str) -> DictConfig:
     return out
 
 
-def check_methods(methods: Sequence[str]) -> list[str]:
+def check_compare(cfg: DictConfig) -> tuple[list[str], dict[str, str | None]]:
+    """The methods to compare (known, deduplicated) and their grids (each one parses; None: default)."""
+    methods = list(cfg.compare.methods)
     unknown = [m for m in methods if m not in ALL_METHODS]
     if unknown:
         choices = ", ".join(ALL_METHODS)
         raise DsoError(f"unknown steering method {unknown[0]!r} in compare.methods (choose from: {choices})")
     if not methods:
         raise DsoError("compare.methods is empty")
-    return list(dict.fromkeys(methods))
+    methods = list(dict.fromkeys(methods))
+    grids = {m: cfg.compare.grids.get(m) for m in methods}
+    for grid in grids.values():
+        if grid is not None:
+            parse_alpha(grid)
+    return methods, grids
 
 
 def check_resumable(run_dir: Path, cfg: DictConfig) -> None:
     """A run_dir that already holds a comparison must be of the same model and benchmark."""
-    earlier = run_dir / f"{CONFIG_PREFIX}config.yaml"
+    earlier = run_dir / COMPARE_CONFIG
     if not earlier.is_file():
         return
     old = OmegaConf.load(earlier)
@@ -101,16 +103,12 @@ def check_resumable(run_dir: Path, cfg: DictConfig) -> None:
 
 
 def run_compare(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
-    methods = check_methods(list(cfg.compare.methods))
-    grids = {m: cfg.compare.grids.get(m) for m in methods}
-    for grid in grids.values():
-        if grid is not None:
-            parse_alpha(grid)
+    methods, grids = check_compare(cfg)
     splits_wanted = list(cfg.compare.splits)
     for needed in (cfg.compare.select_split, cfg.compare.report_split):
         if needed not in splits_wanted:
             raise DsoError(f"compare.splits={splits_wanted} must include {needed!r}")
-    run_dir = Path(cfg.run_dir) if cfg.run_dir else new_compare_dir(cfg)
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else new_train_dir(cfg, under="compare")
     check_resumable(run_dir, cfg)
     cfg = cfg.copy()
     cfg.run_dir = str(run_dir)
@@ -123,7 +121,7 @@ def run_compare(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
     if not any(item["ambiguous"] for item in train_items):
         raise DsoError(f"bias={cfg.bias_benchmark.name} has no ambiguous training items to fit the methods on")
     loaded, scorer = load_from_config(cfg)
-    save_provenance(run_dir, cfg, prefix=CONFIG_PREFIX, extra={"device": str(loaded.device)})
+    save_provenance(run_dir, cfg, prefix=COMPARE_PREFIX, extra={"device": str(loaded.device)})
     print(f"dso compare: {', '.join(methods)} on {cfg.bias_benchmark.name}; run directory {run_dir}", flush=True)
 
     artifacts = fit_all(cfg, run_dir, methods, loaded, scorer, splits, train_items, tcfg)

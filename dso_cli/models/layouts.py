@@ -92,13 +92,18 @@ LAYER_LAYOUTS: dict[str, str] = {
 
 def find_decoder_layers(model: nn.Module) -> list[str]:
     """Names of the backbone's decoder layers, in forward order (their outputs: the residual stream)."""
+    return _layout_matches(model, LAYER_LAYOUTS, "decoder-layer", "decoder layer")
+
+
+def _layout_matches(model: nn.Module, layouts: dict[str, str], layout: str, what: str) -> list[str]:
+    """The module names the model family's pattern in ``layouts`` matches, in forward order."""
     family = model_family(model)
-    if family not in LAYER_LAYOUTS:
-        raise DsoError(f"no decoder-layer layout is registered for model family {family!r}")
-    pattern = re.compile(LAYER_LAYOUTS[family])
+    if family not in layouts:
+        raise DsoError(f"no {layout} layout is registered for model family {family!r}")
+    pattern = re.compile(layouts[family])
     names = [name for name, _ in model.named_modules() if pattern.search(name)]
     if not names:
-        raise DsoError(f"the {family} layout matches no decoder layer of this model")
+        raise DsoError(f"the {family} layout matches no {what} of this model")
     return names
 
 
@@ -114,13 +119,9 @@ HEAD_LAYOUTS: dict[str, str] = {
 
 def find_head_projections(model: nn.Module) -> tuple[list[str], int]:
     """Names of the attention output projections in forward order, and the number of heads per layer."""
-    family = model_family(model)
-    if family not in HEAD_LAYOUTS:
-        raise DsoError(f"no attention-head layout is registered for model family {family!r}")
-    pattern = re.compile(HEAD_LAYOUTS[family])
-    names = [name for name, _ in model.named_modules() if pattern.search(name)]
+    names = _layout_matches(model, HEAD_LAYOUTS, "attention-head", "attention output projection")
     config = getattr(model.config, "text_config", None) or model.config
     heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
-    if not names or not heads:
-        raise DsoError(f"the {family} layout matches no attention output projection of this model")
+    if not heads:
+        raise DsoError(f"the {model_family(model)} layout matches no attention output projection of this model")
     return names, int(heads)

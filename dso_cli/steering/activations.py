@@ -18,13 +18,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from dso_cli.scoring import OptionScorer
+from dso_cli.steering.hooks import hooks_on, output_tensor
 
 Item = Mapping[str, Any]
-
-
-def output_tensor(output: Any) -> Tensor:
-    """A module's hidden-state output (decoder layers may return a tuple whose first entry it is)."""
-    return output[0] if isinstance(output, tuple) else output
 
 
 @contextmanager
@@ -33,9 +29,7 @@ def recording(
 ) -> Iterator[dict[tuple[str, str], Tensor]]:
     """Record the output of each module in ``outputs`` and the first input of each in ``inputs`` on every
     forward pass inside the block (the last pass wins), under keys ``("output"|"input", name)``."""
-    modules = dict(model.named_modules())
     seen: dict[tuple[str, str], Tensor] = {}
-    hooks = []
 
     def make(key: tuple[str, str]):
         def hook(module: nn.Module, args: tuple, output: Any = None) -> None:
@@ -43,16 +37,11 @@ def recording(
 
         return hook
 
-    try:
-        for where, names in (("output", outputs), ("input", inputs)):
-            for name in names:
-                module = modules[name]
-                register = module.register_forward_pre_hook if where == "input" else module.register_forward_hook
-                hooks.append(register(make((where, name))))
+    with (
+        hooks_on(model, {name: ("output", name) for name in outputs}, make),
+        hooks_on(model, {name: ("input", name) for name in inputs}, make, pre=True),
+    ):
         yield seen
-    finally:
-        for hook in hooks:
-            hook.remove()
 
 
 def usable_items(items: Sequence[Item]) -> list[Item]:

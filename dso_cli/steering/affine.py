@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from dso_cli.errors import DsoError
+from dso_cli.steering.hooks import hooks_on
 
 
 class SteeringHandle:
@@ -60,19 +61,9 @@ def apply_affine(model: nn.Module, params: Mapping[str, Tensor], strength: float
     untouched, so the model is exactly the base model.
     """
     handle = SteeringHandle(strength)
-    modules = dict(model.named_modules())
-    missing = [name for name in module_names(params) if name not in modules]
-    if missing:
-        raise DsoError(f"the model has no module {missing[0]!r} that this steering artifact targets")
-    hooks = []
-    try:
-        for name in module_names(params):
-            a, b = params[f"{name}.a"], params[f"{name}.b"]
-            hooks.append(modules[name].register_forward_hook(_make_hook(handle, a, b)))
+    per_module = {name: (params[f"{name}.a"], params[f"{name}.b"]) for name in module_names(params)}
+    with hooks_on(model, per_module, lambda ab: _make_hook(handle, *ab)):
         yield handle
-    finally:
-        for hook in hooks:
-            hook.remove()
 
 
 def _make_hook(handle: SteeringHandle, a: Tensor, b: Tensor):

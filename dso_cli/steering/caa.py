@@ -27,7 +27,7 @@ from dso_cli.scoring import OptionScorer, policy
 from dso_cli.steering.activations import ActivationStore
 from dso_cli.steering.affine import SteeringHandle
 from dso_cli.steering.artifact import APPLIERS, Artifact
-from dso_cli.steering.hooks import hooks_on
+from dso_cli.steering.hooks import hooks_on, output_tensor, with_hidden
 
 STRENGTH = {
     "semantics": "residual stream of each chosen layer + alpha * (mean anti - mean pro activation); 0 = base",
@@ -131,13 +131,13 @@ def _make_hook(handle: SteeringHandle, vector: Tensor):
     def hook(module: nn.Module, inputs: tuple, output: Any) -> Any:
         if handle.strength == 0.0:
             return None
-        hidden = output[0] if isinstance(output, tuple) else output
+        hidden = output_tensor(output)
         if hidden.shape[-1] != vector.shape[0]:
             raise DsoError(
                 f"steering vector of size {vector.shape[0]} does not fit an output of size {hidden.shape[-1]}"
             )
         steered = hidden + handle.strength * vector.to(hidden.device, hidden.dtype)
-        return (steered, *output[1:]) if isinstance(output, tuple) else steered
+        return with_hidden(output, steered)
 
     return hook
 

@@ -1,4 +1,5 @@
-"""Registering one forward hook per targeted module, removed on exit (exceptions included)."""
+"""Registering one forward hook per targeted module, removed on exit (exceptions included), and the
+hidden state inside a module's output (decoder layers return a tuple whose first entry it is)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from dso_cli.errors import DsoError
 
@@ -29,3 +30,13 @@ def hooks_on(
     finally:
         for handle in handles:
             handle.remove()
+
+
+def output_tensor(output: Any) -> Tensor:
+    """A module's hidden-state output (decoder layers may return a tuple whose first entry it is)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def with_hidden(output: Any, hidden: Tensor) -> Any:
+    """``output`` with its hidden state replaced, in the same shape (tuple or tensor)."""
+    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden

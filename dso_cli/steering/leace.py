@@ -21,7 +21,7 @@ from dso_cli.steering.activations import ActivationStore, usable_items
 from dso_cli.steering.affine import SteeringHandle
 from dso_cli.steering.artifact import APPLIERS, Artifact
 from dso_cli.steering.caa import resolve_layers
-from dso_cli.steering.hooks import hooks_on
+from dso_cli.steering.hooks import hooks_on, output_tensor, with_hidden
 
 STRENGTH = {
     "semantics": "h + alpha * (erase(h) - h) at the chosen layers' outputs; 0 = base, 1 = gender erased",
@@ -83,13 +83,13 @@ def _make_hook(handle: SteeringHandle, parts: list[Tensor]):
     def hook(module: nn.Module, inputs: tuple, output: Any) -> Any:
         if handle.strength == 0.0:
             return None
-        hidden = output[0] if isinstance(output, tuple) else output
+        hidden = output_tensor(output)
         if hidden.shape[-1] != parts[2].shape[-1]:
             raise DsoError(f"eraser of size {parts[2].shape[-1]} does not fit an output of {hidden.shape[-1]}")
         left, right, bias = (p.to(hidden.device, torch.float32) for p in parts)
         h32 = hidden.float()
         steered = (h32 + handle.strength * (erase(h32, left, right, bias) - h32)).to(hidden.dtype)
-        return (steered, *output[1:]) if isinstance(output, tuple) else steered
+        return with_hidden(output, steered)
 
     return hook
 
