@@ -101,17 +101,17 @@ def save_provenance(run_dir: Path, cfg: DictConfig, prefix: str = "", extra: dic
     write_json(run_dir / f"{prefix}env.json", environment(extra))
 
 
-def parse_alpha(value: Any) -> list[float]:
-    """``"start:stop:step"`` (inclusive of stop), a number, or a list of numbers -> sorted strengths."""
+def parse_alpha(value: Any, name: str = "alpha") -> list[float]:
+    """``"start:stop:step"`` (inclusive of stop), a number, or a list of numbers -> sorted values >= 0."""
     if isinstance(value, (list, tuple, ListConfig)):
         try:
             grid = [float(v) for v in value]
         except (TypeError, ValueError):
-            raise DsoError(f"alpha={list(value)} must hold numbers only") from None
+            raise DsoError(f"{name}={list(value)} must hold numbers only") from None
     elif isinstance(value, (int, float)):
         grid = [float(value)]
     elif str(value).strip().startswith("[") and str(value).strip().endswith("]"):
-        return parse_alpha([v for v in str(value).strip()[1:-1].split(",") if v.strip()] or [float("nan")])
+        return parse_alpha([v for v in str(value).strip()[1:-1].split(",") if v.strip()] or [float("nan")], name)
     else:
         text = str(value).strip()
         parts = text.split(":")
@@ -119,18 +119,18 @@ def parse_alpha(value: Any) -> list[float]:
             numbers = [float(p) for p in parts]
         except ValueError:
             raise DsoError(
-                f"alpha={text!r} does not parse: use start:stop:step (e.g. 0:1:0.1) or a list [0,0.5,1]"
+                f"{name}={text!r} does not parse: use start:stop:step (e.g. 0:1:0.1) or a list [0,0.5,1]"
             ) from None
         if len(numbers) == 1:
             grid = numbers
         elif len(numbers) == 3:
             start, stop, step = numbers
             if step <= 0 or stop < start:
-                raise DsoError(f"alpha={text!r}: need start <= stop and step > 0")
+                raise DsoError(f"{name}={text!r}: need start <= stop and step > 0")
             n = math.floor((stop - start) / step + 1e-9)
             grid = [round(start + i * step, 10) for i in range(n + 1)]
         else:
-            raise DsoError(f"alpha={text!r} does not parse: use start:stop:step (e.g. 0:1:0.1) or a list [0,0.5,1]")
+            raise DsoError(f"{name}={text!r} does not parse: use start:stop:step (e.g. 0:1:0.1) or a list [0,0.5,1]")
     if not grid or any(not math.isfinite(a) or a < 0 for a in grid):
-        raise DsoError(f"alpha={value!r}: strengths must be finite and >= 0")
+        raise DsoError(f"{name}={value!r}: values must be finite and >= 0")
     return sorted(set(grid))

@@ -96,6 +96,28 @@ def test_sweep_finds_the_newest_run_and_report_compares(trained, tmp_path):
     assert len(pd.read_csv(out / "pareto.csv")["curve"].unique()) == 1  # same run twice, same curve name
 
 
+def test_prune_keeps_the_strongest_neurons_and_reevaluates(trained):
+    run_dir, _ = trained
+    result = dso("prune", "keep=[0.3,1]", f"run_dir={run_dir}", "prune.bootstrap_reps=20", "prune.splits=[val]")
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = pd.read_csv(run_dir / "prune.csv")
+    assert table["keep"].tolist() == [0.0, 0.3, 1.0] and set(table["split"]) == {"val"}
+    assert table["alpha"].tolist() == [1.0, 1.0, 1.0] and table.loc[0, "kl"] == 0.0
+    assert table.loc[2, "n_kept"] == table.loc[2, "n_neurons"] and table.loc[2, "mass_kept"] == pytest.approx(1)
+    assert 0 < table.loc[1, "n_kept"] < table.loc[1, "n_neurons"] and 0.3 < table.loc[1, "mass_kept"] < 1
+    # keep = 1 is the unpruned artifact: the same numbers as a sweep at the trained strength
+    result = dso("sweep", "alpha=[1]", "sweep.splits=[val]", "sweep.bootstrap_reps=20", f"run_dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    swept = pd.read_csv(run_dir / "sweep.csv").query("split == 'val' and alpha == 1").iloc[0]
+    for col in ("pob", "pob_se", "unamb_acc", "kl"):
+        assert table.loc[2, col] == pytest.approx(swept[col], abs=1e-12, nan_ok=True), col
+    pruned = Artifact.load(run_dir / "pruned/keep_0.3")
+    assert pruned.manifest["pruned"]["n_kept"] == table.loc[1, "n_kept"]
+    assert sum(int(t.count_nonzero()) for k, t in pruned.tensors.items() if k.endswith(".a")) <= table.loc[1, "n_kept"]
+    assert (run_dir / "prune_config.yaml").is_file()
+    assert_bad_input(dso("prune", "keep=1.5", f"run_dir={run_dir}"), "fractions of neurons must lie in (0, 1]")
+
+
 def test_eval_fills_one_table_across_benchmarks(trained, tmp_path):
     run_dir, _ = trained
     result = dso(

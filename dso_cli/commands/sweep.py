@@ -20,6 +20,7 @@ from dso_cli.runs import (
     parse_alpha,
     save_provenance,
 )
+from dso_cli.scoring import OptionScorer
 from dso_cli.steering.artifact import Artifact
 
 RUN_SECTIONS = ("model", "bias_benchmark", "scoring", "steering_method")
@@ -51,16 +52,26 @@ def run_config(cfg: DictConfig, overrides: Sequence[str]) -> tuple[Path, DictCon
     return run_dir, merged
 
 
-def run_sweep(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
-    alphas = parse_alpha(cfg.alpha)
+def load_run_artifact(
+    cfg: DictConfig, overrides: Sequence[str], verb: str
+) -> tuple[Path, DictConfig, OptionScorer, Artifact]:
+    """A verb that evaluates a trained run: its directory, merged config, scorer and checked artifact.
+
+    The verb's resolved config and environment are saved into the run as ``<verb>_config.yaml``.
+    """
     run_dir, cfg = run_config(cfg, overrides)
     artifact_dir = run_dir / ARTIFACT_DIR
     if not (artifact_dir / "manifest.json").is_file():
         raise DsoError(f"run_dir {run_dir} has no trained artifact ({artifact_dir}); run `dso train` first")
-    save_provenance(run_dir, cfg, prefix="sweep_")
+    save_provenance(run_dir, cfg, prefix=f"{verb}_")
     seed_everything(int(cfg.seed))
     loaded, scorer = load_from_config(cfg)
-    artifact = Artifact.load(artifact_dir, loaded.describe())
+    return run_dir, cfg, scorer, Artifact.load(artifact_dir, loaded.describe())
+
+
+def run_sweep(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
+    alphas = parse_alpha(cfg.alpha)
+    run_dir, cfg, scorer, artifact = load_run_artifact(cfg, overrides, "sweep")
     if not any(o.lstrip("+").startswith("alpha=") for o in overrides):  # the method's own default grid
         alphas = parse_alpha(artifact.manifest.get("strength", {}).get("default_grid", cfg.alpha))
     splits = build_benchmark(cfg.bias_benchmark)

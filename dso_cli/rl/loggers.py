@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from dso_cli.errors import DsoError
+from dso_cli.io import atomic_write
 
 
 class NullLogger:
@@ -42,20 +43,41 @@ class CsvLogger(NullLogger):
                 writer.writerows(kept)
 
     def __call__(self, row: Mapping[str, float]) -> None:
+        new_fields = [key for key in row if key not in (self._fields or [])]
+        if new_fields and self._fields:  # e.g. val_pob first appears at the first evaluation step
+            self._widen(self._fields + new_fields)
         if self._writer is None:
-            if self._fields:
-                self._file = self.path.open("a", newline="")
-                self._writer = csv.DictWriter(self._file, fieldnames=self._fields, extrasaction="ignore")
-            else:
-                self._file = self.path.open("w", newline="")
-                self._writer = csv.DictWriter(self._file, fieldnames=list(row), extrasaction="ignore")
+            exists = bool(self._fields)
+            self._fields = self._fields or list(row)
+            self._file = self.path.open("a" if exists else "w", newline="")
+            self._writer = csv.DictWriter(self._file, fieldnames=self._fields)
+            if not exists:
                 self._writer.writeheader()
         self._writer.writerow(dict(row))
         self._file.flush()
 
+    def _widen(self, fields: list[str]) -> None:
+        """Rewrite the file under a header with more columns (earlier rows get empty cells)."""
+        self.close()
+        self._writer = None
+        rows = []
+        if self.path.is_file():
+            with self.path.open(newline="") as f:
+                rows = list(csv.DictReader(f))
+
+        def write(tmp: Path) -> None:
+            with tmp.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=fields)
+                writer.writeheader()
+                writer.writerows(rows)
+
+        atomic_write(self.path, write)
+        self._fields = fields
+
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
+            self._file = None
 
 
 class WandbLogger(NullLogger):

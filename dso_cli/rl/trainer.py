@@ -23,6 +23,7 @@ import random
 import signal
 import sys
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
@@ -230,8 +231,10 @@ def train_dso(
     precision = _autocast(scorer, cfg)
     with apply_affine(scorer.model, params, 1.0) as steer, deferred_interrupt() as interrupt, precision:
         for step in bar:
+            started = time.perf_counter()
             metrics = _one_step(scorer, steer, estimator, sampler, base, cfg, state, optimizer, leaves, step,
                                 texts, text_rng, omega_rng)  # fmt: skip
+            metrics["step_seconds"] = time.perf_counter() - started  # the optimisation alone, no evaluation
             state["step"] = step
             stop = False
             if val_ambiguous and (step % cfg.eval_every == 0 or step == cfg.steps):

@@ -1,0 +1,79 @@
+"""``dso prune``: keep only the strongest neurons of a trained affine artifact and re-evaluate it.
+
+For every fraction in ``keep`` the artifact is pruned (see :mod:`dso_cli.steering.prune`) and
+evaluated at one strength on held-out splits; rows go to ``<run_dir>/prune.csv`` (one per split and
+fraction, plus ``keep = 0``, which is the base model) and each pruned artifact is saved under
+``<run_dir>/pruned/keep_<k>/`` so it can be applied like any other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from dso_cli.benchmarks import build_benchmark, split_items
+from dso_cli.commands.common import markdown_table, merge_into_csv
+from dso_cli.commands.sweep import load_run_artifact
+from dso_cli.errors import DsoError
+from dso_cli.evaluation import base_policy, evaluate_strengths
+from dso_cli.runs import parse_alpha
+from dso_cli.steering.prune import PruneStats, is_affine, prune_affine
+
+PRUNE_COLUMNS = [
+    "method", "keep", "n_kept", "n_neurons", "mass_kept", "modules_touched", "alpha", "benchmark", "split",
+    "pob", "pob_se", "stereotype_gap", "unamb_acc", "unamb_acc_se", "unamb_acc_hard", "refusal_rate", "kl",
+    "n_ambiguous", "n_unambiguous",
+]  # fmt: skip
+TABLE_COLUMNS = ["split", "keep", "n_kept", "mass_kept", "pob", "pob_se", "unamb_acc", "kl"]
+PRUNED_DIR = "pruned"
+
+
+def parse_keep(value: object) -> list[float]:
+    """``keep=0.6``, ``keep=0.1:1:0.1`` or ``keep=[0.2,0.5]``: fractions in (0, 1]."""
+    grid = parse_alpha(value, "keep")
+    if grid[0] <= 0.0 or grid[-1] > 1.0:
+        raise DsoError(f"keep={value}: fractions of neurons must lie in (0, 1]")
+    return grid
+
+
+def run_prune(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
+    keeps = parse_keep(cfg.keep)
+    run_dir, cfg, scorer, artifact = load_run_artifact(cfg, overrides, "prune")
+    if not is_affine(artifact):
+        raise DsoError(f"run {run_dir} holds a {artifact.method} artifact; dso prune needs dso or mean_match")
+    alpha = float(cfg.alpha) if cfg.alpha is not None else float(artifact.manifest["strength"].get("trained_at", 1))
+    pruned = [prune_affine(artifact, keep) for keep in keeps]
+    if cfg.prune.save_artifacts:
+        for candidate, stats in pruned:
+            candidate.save(run_dir / PRUNED_DIR / f"keep_{stats.keep:g}")
+    splits = build_benchmark(cfg.bias_benchmark)
+    print(f"dso prune: {artifact.method} from {run_dir} at strength {alpha:g}, keep {keeps}", flush=True)
+
+    rows: list[dict] = []
+    prune_csv = run_dir / "prune.csv"
+    earlier = pd.read_csv(prune_csv) if prune_csv.is_file() else pd.DataFrame(columns=PRUNE_COLUMNS)
+
+    def record(split: str, stats: PruneStats, row: dict) -> None:
+        """Rewrite prune.csv with this row added; rows of other splits, fractions or strengths are kept."""
+        rows.append({"method": artifact.method, "benchmark": cfg.bias_benchmark.name, "split": split,
+                     **stats.as_row(), **row, "alpha": alpha})  # fmt: skip
+        merge_into_csv(prune_csv, earlier, pd.DataFrame(rows)[PRUNE_COLUMNS], ["split", "alpha", "keep"], sort=True)
+
+    reps, seed = int(cfg.prune.bootstrap_reps), int(cfg.seed)
+    for split in cfg.prune.splits:
+        items = split_items(splits, split)
+        base = base_policy(scorer, items, f"prune {split}")
+        unpruned = PruneStats(0.0, 0, pruned[0][1].n_neurons, 0.0, 0)
+        (row,) = evaluate_strengths(scorer, None, items, [0.0], base=base, bootstrap_reps=reps, seed=seed)
+        record(split, unpruned, row)
+        for candidate, stats in tqdm(pruned, desc=f"prune {split}", unit="fraction"):
+            (row,) = evaluate_strengths(scorer, candidate, items, [alpha], base=base, bootstrap_reps=reps, seed=seed,
+                                        desc=f"keep={stats.keep:g}")  # fmt: skip
+            record(split, stats, row)
+    print(markdown_table(rows, TABLE_COLUMNS))
+    print(f"dso prune: wrote {prune_csv}", flush=True)
+    return run_dir
