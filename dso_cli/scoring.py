@@ -22,6 +22,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from dso_cli.errors import DsoError
+from dso_cli.models.multimodal import Payload, collate, needs_own_positions, payload_of
 
 Item = Mapping[str, Any]
 
@@ -30,10 +31,11 @@ ACTIVE_INSTRUCTION: ContextVar[str | None] = ContextVar("dso_active_instruction"
 """An instruction prepended to every prompt while set (the ``prompting`` baseline sets it)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class EncodedItem:
     prompt_ids: tuple[int, ...]
     option_ids: tuple[tuple[int, ...], ...]
+    payload: Payload | None = None  # the item's images, processed (vision-language models)
 
 
 def policy(logprobs: Tensor) -> Tensor:
@@ -62,10 +64,14 @@ class OptionScorer:
         length_normalize: bool = False,
         batch_size: int = 16,
         share_prompt: bool = True,
+        processor: Any = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
-        self.use_chat_template = chat_template and getattr(tokenizer, "chat_template", None) is not None
+        self.processor = processor
+        # a vision-language model's chat template (the one that places images) lives in its processor
+        self.templater = processor if getattr(processor, "chat_template", None) else tokenizer
+        self.use_chat_template = chat_template and getattr(self.templater, "chat_template", None) is not None
         self.system_prompt = system_prompt
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self.length_normalize = length_normalize
@@ -86,18 +92,31 @@ class OptionScorer:
         """The exact text the model sees before the options (with the active instruction, if any)."""
         instruction = ACTIVE_INSTRUCTION.get()
         prompt = f"{instruction}\n\n{item['prompt']}" if instruction else item["prompt"]
+        n_images = len(item.get("images") or [])
+        if n_images and self.processor is None:
+            raise DsoError(f"item {item.get('id', '?')} has images, but this model is text-only")
         if not self.use_chat_template:
+            if n_images:
+                raise DsoError(
+                    "image prompts need the model's chat template to place the images ; set scoring.chat_template=true"
+                )
             return f"{prompt}\n\n{item['answer_prefix']}"
-        messages = [{"role": "user", "content": prompt}]
+        messages: list[dict[str, Any]] = [{"role": "user", "content": self._content(prompt, n_images)}]
         if self.system_prompt is not None:
-            messages.insert(0, {"role": "system", "content": self.system_prompt})
+            messages.insert(0, {"role": "system", "content": self._content(self.system_prompt, 0)})
         try:
-            text = self.tokenizer.apply_chat_template(
+            text = self.templater.apply_chat_template(
                 messages, tokenize=False, add_generation_prompt=True, **self.chat_template_kwargs
             )
         except Exception as exc:  # jinja raises its own errors, e.g. a template that rejects system turns
             raise DsoError(f"the chat template failed: {exc} (try scoring.system_prompt=null)") from None
         return text + item["answer_prefix"]
+
+    def _content(self, text: str, n_images: int) -> str | list[dict[str, str]]:
+        """Message content: a plain string for text templates, typed parts (images first) for processors."""
+        if self.templater is self.tokenizer:
+            return text
+        return [{"type": "image"}] * n_images + [{"type": "text", "text": text}]
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=not self.use_chat_template)["input_ids"]
@@ -109,10 +128,11 @@ class OptionScorer:
         mark word starts (SentencePiece's ``▁``) score exactly the text the model would produce. If
         a token straddles the boundary, the option is tokenised on its own instead.
         """
-        key = (ACTIVE_INSTRUCTION.get() or "", item["prompt"], item["answer_prefix"], tuple(item["options"]))
+        images = tuple(str(ref) for ref in item.get("images") or ())
+        key = (ACTIVE_INSTRUCTION.get() or "", item["prompt"], item["answer_prefix"], tuple(item["options"]), images)
         if key not in self._cache:
             text = self.render(item)
-            prompt_ids = self._ids(text)
+            prompt_ids = self._ids(text)  # with images: before the processor expands their placeholders
             option_ids = []
             for option in item["options"]:
                 full = self._ids(text + option)
@@ -122,7 +142,13 @@ class OptionScorer:
                     option_ids.append(tuple(self.tokenizer(option, add_special_tokens=False)["input_ids"]))
             if any(len(ids) == 0 for ids in option_ids):
                 raise DsoError(f"item {item.get('id', '?')}: an option encodes to no tokens")
-            self._cache[key] = EncodedItem(tuple(prompt_ids), tuple(option_ids))
+            payload = None
+            if images:
+                processed = self.processor(
+                    text=[text], images=[load_images(item["images"])], add_special_tokens=False, return_tensors="pt"
+                )
+                prompt_ids, payload = processed["input_ids"][0].tolist(), payload_of(processed)
+            self._cache[key] = EncodedItem(tuple(prompt_ids), tuple(option_ids), payload)
         return self._cache[key]
 
     # --- scoring --------------------------------------------------------------------------------
@@ -163,7 +189,7 @@ class OptionScorer:
         return self._score_multi_token(batch, k_max)
 
     def _score_single_token(self, batch: list[EncodedItem], k_max: int) -> Tensor:
-        hidden, lengths = self._forward([list(e.prompt_ids) for e in batch])
+        hidden, lengths = self._forward([list(e.prompt_ids) for e in batch], payloads=[e.payload for e in batch])
         last = hidden[torch.arange(len(batch), device=hidden.device), lengths - 1]
         logprobs = self._log_softmax(last)
         out = torch.full((len(batch), k_max), float("-inf"), device=self.device)
@@ -173,7 +199,8 @@ class OptionScorer:
         return out
 
     def _score_multi_token(self, batch: list[EncodedItem], k_max: int) -> Tensor:
-        if self.share_prompt and not self.full_forward and self._fits_window(batch):
+        shareable = not any(e.payload for e in batch)  # image inputs would have to follow the cache
+        if self.share_prompt and shareable and not self.full_forward and self._fits_window(batch):
             try:
                 return self._score_shared_prompt(batch, k_max)
             except (TypeError, AttributeError, NotImplementedError):  # a model whose cache cannot be re-indexed
@@ -239,13 +266,15 @@ class OptionScorer:
     def _score_packed(self, batch: list[EncodedItem], k_max: int) -> Tensor:
         """Every option appended to its own copy of the prompt: one forward over all of them."""
         seqs, targets = [], []  # targets: (seq index, position predicting the token, token id, item, option)
+        payloads = []
         for i, e in enumerate(batch):
             for k, opt in enumerate(e.option_ids):
                 s = len(seqs)
                 seqs.append(list(e.prompt_ids) + list(opt))
+                payloads.append(e.payload)
                 p0 = len(e.prompt_ids) - 1
                 targets += [(s, p0 + t, tok, i, k) for t, tok in enumerate(opt)]
-        hidden, _ = self._forward(seqs)
+        hidden, _ = self._forward(seqs, payloads=payloads)
         t = torch.tensor(targets, device=hidden.device)
         logprobs = self._log_softmax(hidden[t[:, 0], t[:, 1]])
         token_lp = logprobs.gather(1, t[:, 2:3]).squeeze(1).to(self.device)
@@ -258,9 +287,12 @@ class OptionScorer:
         present[flat] = True
         return sums.masked_fill(~present, float("-inf")).view(len(batch), k_max)
 
-    def _forward(self, seqs: list[list[int]], use_cache: bool = False) -> Any:
+    def _forward(
+        self, seqs: list[list[int]], use_cache: bool = False, payloads: Sequence[Payload | None] | None = None
+    ) -> Any:
         """Right-padded forward; returns the last hidden states (or, in fallback mode, the logits) and the
-        lengths, plus the key/value cache and the attention mask with ``use_cache``."""
+        lengths, plus the key/value cache and the attention mask with ``use_cache``. ``payloads[r]``:
+        row ``r``'s processed images (vision-language models)."""
         lengths = torch.tensor([len(s) for s in seqs], device=self.device)
         width = int(lengths.max())
         input_ids = torch.zeros(len(seqs), width, dtype=torch.long, device=self.device)
@@ -269,6 +301,10 @@ class OptionScorer:
         mask = (torch.arange(width, device=self.device)[None, :] < lengths[:, None]).long()
         positions = torch.arange(width, device=self.device)[None, :].expand(len(seqs), -1)
         inputs = {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions, "use_cache": use_cache}
+        images = collate(self.model, input_ids, lengths, payloads, self.head.weight.dtype) if payloads else {}
+        if images and needs_own_positions(self.model):
+            del inputs["position_ids"]
+        inputs |= images
         if self.full_forward:
             out = self.model(**inputs).logits
             return out, lengths.to(out.device)
@@ -317,3 +353,20 @@ class OptionScorer:
             return False
         tolerance = 1e-3 if self.head.weight.dtype == torch.float32 else 0.25
         return bool((ours.to(theirs.device) - theirs).abs().max() <= tolerance)
+
+
+def load_images(refs: Sequence[Any]) -> list[Any]:
+    """PIL images (RGB) from paths, or the images themselves."""
+    from PIL import Image
+
+    images = []
+    for ref in refs:
+        if isinstance(ref, Image.Image):
+            images.append(ref.convert("RGB"))
+            continue
+        try:
+            with Image.open(ref) as image:
+                images.append(image.convert("RGB"))
+        except (OSError, ValueError) as exc:
+            raise DsoError(f"cannot read image {ref}: {exc}") from None
+    return images

@@ -127,7 +127,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         cfg = compose(config_name="train", overrides=overrides)
     seed_everything(int(cfg.seed))
     loaded, scorer = load_from_config(cfg)
-    splits = build_benchmark(cfg.bias_benchmark)
+    splits = build_benchmark(cfg.bias_benchmark, cfg.model)
     train, val = split_items(splits, "train"), split_items(splits, "val")
     val_ambiguous = [item for item in val if item["ambiguous"]]
     base = val_pob(scorer, val_ambiguous)

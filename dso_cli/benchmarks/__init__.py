@@ -27,8 +27,19 @@ def instantiate_builder(cfg: Mapping[str, Any]) -> Any:
         raise
 
 
-def build_benchmark(cfg: Mapping[str, Any]) -> datasets.DatasetDict:
-    """Instantiate a ``bias_benchmark`` config (its ``_target_`` builds the splits)."""
+def build_benchmark(cfg: Mapping[str, Any], model: Mapping[str, Any] | None = None) -> datasets.DatasetDict:
+    """Instantiate a ``bias_benchmark`` config (its ``_target_`` builds the splits).
+
+    A benchmark with ``modality: auto`` is built with images for a vision-language ``model`` (its
+    ``model`` config section) and as text otherwise.
+    """
+    if cfg.get("modality") == "auto":
+        from omegaconf import OmegaConf
+
+        from dso_cli.models.loading import is_multimodal
+
+        cfg = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+        cfg["modality"] = "image" if model is not None and is_multimodal(model) else "text"
     splits = instantiate_builder(cfg)
     if not isinstance(splits, datasets.DatasetDict) or "train" not in splits:
         raise DsoError(f"bias_benchmark {cfg.get('name')!r} did not build a DatasetDict with a train split")

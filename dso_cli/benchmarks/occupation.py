@@ -192,9 +192,20 @@ def build(
     test_pairs_per_occupation: int = 4,
     heldout_occupations: Sequence[str] = DEFAULT_HELDOUT,
     seed: int = 0,
+    modality: str = "text",
+    source: str = "image_dir",
+    image_dir: str | None = None,
+    image_layout: str = "pair",
+    hub_dataset: str = "Intel/SocialCounterfactuals",
+    max_hub_rows: int | None = None,
     **_: object,
 ) -> datasets.DatasetDict:
     """Build the four splits. ``n_train``/``n_train_unambiguous`` count items (two per pair).
+
+    ``modality="image"`` builds the vision-language version from images (see
+    :mod:`dso_cli.benchmarks.occupation_images`): ``source`` is ``image_dir`` (with ``image_dir``) or
+    ``social_counterfactuals`` (``hub_dataset``), ``image_layout`` is ``pair`` or ``side_by_side``, and
+    the val/test sizes count person pairs.
 
     ``train`` holds ``n_train`` ambiguous items (the paper's 600 by default) plus
     ``n_train_unambiguous`` unambiguous ones (the capability anchor of the KL term); ``val`` and
@@ -202,6 +213,25 @@ def build(
     ``heldout_occupations`` split holds ``test_pairs_per_occupation`` pairs of each kind for
     occupations that never appear in the other splits.
     """
+    if modality == "image":
+        from dso_cli.benchmarks import occupation_images as images
+
+        rng = random.Random(seed)
+        if source == "image_dir":
+            if not image_dir:
+                raise DsoError("bias.source=image_dir needs bias.image_dir=PATH (<occupation>/<male|female>/*.jpg)")
+            pairs = images.pairs_from_image_dir(image_dir, rng)
+        elif source == "social_counterfactuals":
+            pairs = images.pairs_from_social_counterfactuals(hub_dataset, rng, max_rows=max_hub_rows)
+        else:
+            raise DsoError(f"bias.source must be image_dir or social_counterfactuals, not {source!r}")
+        return images.build_image_splits(
+            pairs, n_train=n_train, n_train_unambiguous=n_train_unambiguous, layout=image_layout,
+            val_pairs_per_occupation=val_pairs_per_occupation, test_pairs_per_occupation=test_pairs_per_occupation,
+            heldout_occupations=heldout_occupations, rng=rng,
+        )  # fmt: skip
+    if modality not in ("text", "auto"):  # auto is resolved from the model by build_benchmark; alone: text
+        raise DsoError(f"bias.modality must be auto, text or image, not {modality!r}")
     if n_train % 2 or n_train_unambiguous % 2:
         raise DsoError("occupation benchmark: n_train and n_train_unambiguous must be even (items come in pairs)")
     occupations = load_occupations()

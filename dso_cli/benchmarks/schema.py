@@ -31,11 +31,15 @@ FEATURES = datasets.Features(
         "occupation": datasets.Value("string"),
         "attribute": datasets.Value("string"),
         "pair_id": datasets.Value("string"),
+        "images": datasets.Sequence(datasets.Value("string")),
     }
 )
+OPTIONAL = {"images": []}
+"""Columns a benchmark may leave out, with their default."""
 """Columns: ``prompt`` is the user turn, ``answer_prefix`` the start of the answer that every option
 continues (e.g. ``"The"`` before ``" man"`` / ``" woman"``); ``attribute`` is the question type;
 ``pair_id`` ties together the items that counterbalance one another (same template, persons swapped);
+``images`` are image files shown before the prompt, in order (vision-language benchmarks; else empty);
 ``occupation`` is the cluster that Per-Occupation Bias averages over (the occupation; for BBQ, the
 question template). ``option_groups`` name the group each option denotes: a gender, ``unknown``
 ("cannot be determined"), or ``other``; an occupation-valued option denotes its occupation's BLS
@@ -68,7 +72,8 @@ def to_dataset(items: Iterable[Mapping[str, Any]]) -> datasets.Dataset:
     rows = list(items)
     for item in rows:
         validate_item(item)
-    columns = {name: [row[name] for row in rows] for name in FEATURES}
+    columns = {name: [row.get(name, OPTIONAL.get(name)) if name in OPTIONAL else row[name] for row in rows]
+               for name in FEATURES}  # fmt: skip
     return datasets.Dataset.from_dict(columns, features=FEATURES)
 
 

@@ -30,7 +30,9 @@ def load_from_config(cfg: DictConfig) -> tuple[LoadedModel, OptionScorer]:
     template_kwargs = cfg.model.get("chat_template_kwargs")
     template_kwargs = OmegaConf.to_container(template_kwargs, resolve=True) if template_kwargs else {}
     scoring = OmegaConf.to_container(cfg.scoring, resolve=True)
-    scorer = OptionScorer(loaded.model, loaded.tokenizer, chat_template_kwargs=template_kwargs, **scoring)
+    scorer = OptionScorer(
+        loaded.model, loaded.tokenizer, processor=loaded.processor, chat_template_kwargs=template_kwargs, **scoring
+    )
     return loaded, scorer
 
 

@@ -114,7 +114,7 @@ def run_compare(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
     cfg.run_dir = str(run_dir)
     tcfg = train_config(cfg) if "dso" in methods and not cfg.compare.dso_run else None
     seed_everything(int(cfg.seed))
-    splits = build_benchmark(cfg.bias_benchmark)
+    splits = build_benchmark(cfg.bias_benchmark, cfg.model)
     for split in splits_wanted:
         split_items(splits, split)  # fails fast on a split the benchmark lacks
     train_items = split_items(splits, "train")

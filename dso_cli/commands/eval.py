@@ -116,7 +116,7 @@ def run_eval(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
     for name in benchmark_names(cfg, own):
         base = run_cfg.bias_benchmark if run_cfg is not None and name == own else group_config("bias_benchmark", name)
         bench_cfg = with_overrides(base, cfg, "bias_benchmark", bias_keys)
-        sets.append(("bias", name, split_items(build_benchmark(bench_cfg), cfg.eval.split)))
+        sets.append(("bias", name, split_items(build_benchmark(bench_cfg, cfg.model), cfg.eval.split)))
     for name in cfg.eval.capability or []:
         cap_cfg = with_overrides(group_config("capability", name), cfg, "capability", cap_keys)
         built = instantiate_builder(cap_cfg)

@@ -50,7 +50,7 @@ def run_prune(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
     if cfg.prune.save_artifacts:
         for candidate, stats in pruned:
             candidate.save(run_dir / PRUNED_DIR / f"keep_{stats.keep:g}")
-    splits = build_benchmark(cfg.bias_benchmark)
+    splits = build_benchmark(cfg.bias_benchmark, cfg.model)
     print(f"dso prune: {artifact.method} from {run_dir} at strength {alpha:g}, keep {keeps}", flush=True)
 
     rows: list[dict] = []

@@ -74,7 +74,7 @@ def run_sweep(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
     run_dir, cfg, scorer, artifact = load_run_artifact(cfg, overrides, "sweep")
     if not any(o.lstrip("+").startswith("alpha=") for o in overrides):  # the method's own default grid
         alphas = parse_alpha(artifact.manifest.get("strength", {}).get("default_grid", cfg.alpha))
-    splits = build_benchmark(cfg.bias_benchmark)
+    splits = build_benchmark(cfg.bias_benchmark, cfg.model)
     print(f"dso sweep: {artifact.method} from {run_dir}, strengths {alphas}", flush=True)
 
     rows: list[dict] = []

@@ -57,7 +57,7 @@ def run_train(cfg: DictConfig, job_num: int | None = None, overrides: Sequence[s
     cfg.run_dir = str(run_dir)
     tcfg = train_config(cfg) if method == "dso" else None
     seed_everything(int(cfg.seed))
-    splits = build_benchmark(cfg.bias_benchmark)
+    splits = build_benchmark(cfg.bias_benchmark, cfg.model)
     train_items = split_items(splits, "train")
     if not any(item["ambiguous"] for item in train_items):
         raise DsoError(

@@ -20,6 +20,16 @@ _GEMMA = (
     r"^model\.norm$",
 )
 _GPT2 = (r"^transformer\.h\.\d+\.(ln_1|ln_2)$", r"^transformer\.ln_f$")
+_TEXT_TOWER = r"^model\.language_model\."
+"""Vision-language models keep their language backbone here; anchoring every pattern at it keeps the
+vision tower and the projector out, even where they use the same norm class or leaf names (Qwen's
+``visual.blocks.*.norm1``, Mllama's ``vision_model.transformer.layers.*.input_layernorm``)."""
+VLM_FAMILIES = ("llava", "qwen2_5_vl", "gemma3", "mllama")
+
+
+def _in_text_tower(patterns: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(p.replace(r"^model\.", _TEXT_TOWER, 1) for p in patterns)
+
 
 NORM_LAYOUTS: dict[str, tuple[str, ...]] = {
     "llama": _DECODER,
@@ -30,6 +40,10 @@ NORM_LAYOUTS: dict[str, tuple[str, ...]] = {
     "gemma2": _GEMMA,
     "gemma3_text": _GEMMA,
     "gpt2": _GPT2,
+    "llava": _in_text_tower(_DECODER),
+    "qwen2_5_vl": _in_text_tower(_DECODER),
+    "mllama": _in_text_tower(_DECODER),  # includes the cross-attention layers' norms (they act on image prompts)
+    "gemma3": _in_text_tower(_GEMMA),
 }
 
 
@@ -86,6 +100,7 @@ def _hidden_size(model: nn.Module, name: str, module: nn.Module) -> int:
 LAYER_LAYOUTS: dict[str, str] = {
     **dict.fromkeys(("llama", "qwen2", "qwen3", "mistral", "phi3", "gemma2", "gemma3_text"), r"^model\.layers\.\d+$"),
     "gpt2": r"^transformer\.h\.\d+$",
+    **dict.fromkeys(VLM_FAMILIES, _TEXT_TOWER + r"layers\.\d+$"),
 }
 """Per family, the decoder layers of the language backbone, whose outputs are the residual stream."""
 
@@ -113,6 +128,7 @@ HEAD_LAYOUTS: dict[str, str] = {
         r"^model\.layers\.\d+\.self_attn\.o_proj$",
     ),
     "gpt2": r"^transformer\.h\.\d+\.attn\.c_proj$",
+    **dict.fromkeys(VLM_FAMILIES, _TEXT_TOWER + r"layers\.\d+\.self_attn\.o_proj$"),
 }
 """Per family, each attention block's output projection: its input is the concatenated head outputs."""
 

@@ -1,8 +1,14 @@
-"""Load a causal LM and its tokenizer: packaged offline models, hub ids and local paths alike."""
+"""Load a causal LM (or a vision-language model) and its tokenizer: packaged, hub ids and local paths alike.
+
+A checkpoint whose config has a ``vision_config`` is a vision-language model: it is loaded with
+``AutoModelForImageTextToText`` (``AutoModelForCausalLM`` refuses LLaVA and Qwen2.5-VL and silently
+drops Mllama's vision tower) together with its processor.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +35,11 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     fingerprint: str
+    processor: Any = None  # vision-language models: turns images + text into model inputs
+
+    @property
+    def is_multimodal(self) -> bool:
+        return self.processor is not None
 
     def describe(self) -> dict[str, Any]:
         """What an artifact manifest records about the model it was fitted on."""
@@ -77,7 +88,9 @@ def load_model(
     ``name_or_path`` is a hub id, a local directory, or ``packaged://<package>/<file.gguf>``.
     ``device_map`` (e.g. ``auto``) shards a large model over the visible GPUs instead of ``device``.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
+
+    from dso_cli.models.processors import load_processor
 
     source = str(name_or_path)
     if source.startswith(packaged.SCHEME):
@@ -87,14 +100,21 @@ def load_model(
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)
     kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
+    local = os.path.expanduser(source)
+    processor = None
     try:
-        tokenizer = AutoTokenizer.from_pretrained(os.path.expanduser(source), **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(
-            os.path.expanduser(source), dtype=torch_dtype, device_map=device_map or str(target), **kwargs
-        )
+        config = AutoConfig.from_pretrained(local, **kwargs)
+        if getattr(config, "vision_config", None) is not None:
+            processor = load_processor(local, config.model_type, **kwargs)
+            tokenizer = processor.tokenizer
+            auto_class: Any = AutoModelForImageTextToText
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(local, **kwargs)
+            auto_class = AutoModelForCausalLM
+        model = auto_class.from_pretrained(local, dtype=torch_dtype, device_map=device_map or str(target), **kwargs)
     except torch.OutOfMemoryError:
         raise DsoError(f"out of memory loading {name_or_path!r} on {target}; try model.device_map=auto") from None
-    except (OSError, ValueError, ImportError) as exc:
+    except (OSError, ValueError, ImportError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DsoError(f"cannot load model {name_or_path!r}: {first}") from None
     model.eval()
@@ -109,7 +129,29 @@ def load_model(
         device=model.get_input_embeddings().weight.device,
         dtype=torch_dtype,
         fingerprint=model_fingerprint(model),
+        processor=processor,
     )
+
+
+def is_multimodal(model_cfg: Mapping[str, Any]) -> bool:
+    """Is this ``model`` config section a vision-language model? ``model.multimodal`` when set, else
+    whether the checkpoint's config has a vision tower (read from the local path or the hub cache)."""
+    if model_cfg.get("multimodal") is not None:
+        return bool(model_cfg["multimodal"])
+    source = str(model_cfg.get("name_or_path", ""))
+    if not source or source.startswith(packaged.SCHEME):
+        return False
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(
+            os.path.expanduser(source),
+            revision=model_cfg.get("revision"),
+            trust_remote_code=bool(model_cfg.get("trust_remote_code", False)),
+        )
+    except (OSError, ValueError):
+        return False  # not reachable now: loading the model will say why
+    return getattr(config, "vision_config", None) is not None
 
 
 def _looks_like_path(source: str) -> bool:

@@ -114,11 +114,12 @@ def _collect(
     inputs = [name for where, name in keys if where == "input"]
     with torch.no_grad(), recording(scorer.model, outputs, inputs) as seen:
         for kind, start in bar:
-            seqs = []
+            seqs, payloads = [], []
             for item in usable[start : start + step]:
                 enc = scorer.encode(item)
                 seqs.append(list(enc.prompt_ids) + list(enc.option_ids[item[f"{kind}_option"]]))
-            _, lengths = scorer._forward(seqs)
+                payloads.append(enc.payload)  # a vision-language item's images
+            _, lengths = scorer._forward(seqs, payloads=payloads)
             rows = torch.arange(len(seqs))
             for key in keys:
                 hidden = seen[key]

@@ -1,0 +1,115 @@
+"""The image version of the occupation benchmark: local folders and a SocialCounterfactuals-style set."""
+
+import io
+
+import datasets
+import pytest
+from PIL import Image
+
+from dso_cli.benchmarks.occupation import build
+from dso_cli.benchmarks.occupation_images import _caption_occupation
+from dso_cli.errors import DsoError
+
+SIZES = dict(n_train=24, n_train_unambiguous=12, test_pairs_per_occupation=1, val_pairs_per_occupation=1)
+
+
+def png(color) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (24, 24), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def social_counterfactuals(tmp_path):
+    """A local parquet copy with the hub dataset's columns: 3 race sets x 4 occupations x 2 genders."""
+    rows = {k: [] for k in ("image", "dataset_segment", "a1_type", "a2_type", "counterfactual_set", "caption",
+                            "a1", "a2", "a1a2")}  # fmt: skip
+    for o, occupation in enumerate(("Nurse", "carpenter", "secretary", "Mechanic", "astronaut")):
+        for s, race in enumerate(("Asian", "Black", "White")):
+            cset = f"a_photo_of_race_gender_{occupation.lower()}_{s}_1234"
+            for g, gender in enumerate(("male", "female")):
+                rows["image"].append({"bytes": png((40 * o, 90 * s, 120 * g)), "path": f"{cset}_{g}.png"})
+                rows["dataset_segment"].append("race_gender")
+                rows["a1_type"].append("race")
+                rows["a2_type"].append("gender")
+                rows["counterfactual_set"].append(cset)
+                rows["caption"].append(f"A photo of a {race} {gender} {occupation}")
+                rows["a1"].append(race)
+                rows["a2"].append(gender)
+                rows["a1a2"].append(f"{race} {gender}")
+    # a physical-trait row (no gender partner in the race_gender segment): ignored
+    extra = {"image": {"bytes": png((1, 2, 3)), "path": "x.png"}, "dataset_segment": "physical_gender",
+             "a1_type": "physical", "a2_type": "gender", "counterfactual_set": "a_photo_of_physical_nurse_0_1",
+             "caption": "A photo of a skinny male nurse", "a1": "skinny", "a2": "male",
+             "a1a2": "skinny male"}  # fmt: skip
+    for key, value in extra.items():
+        rows[key].append(value)
+    data = datasets.Dataset.from_dict(rows).cast_column("image", datasets.Image())
+    (tmp_path / "sc" / "data").mkdir(parents=True)
+    data.to_parquet(str(tmp_path / "sc" / "data" / "train-00000-of-00001.parquet"))
+    return tmp_path / "sc"
+
+
+def test_social_counterfactuals_pairs_differ_in_gender_only(social_counterfactuals, tmp_path, monkeypatch):
+    monkeypatch.setenv("DSO_CACHE", str(tmp_path / "cache"))
+    splits = build(modality="image", source="social_counterfactuals", hub_dataset=str(social_counterfactuals),
+                   heldout_occupations=[], **SIZES)  # fmt: skip
+    test = splits["test"].to_list()
+    assert {item["occupation"] for item in test} == {"nurse", "carpenter", "secretary", "mechanic"}  # no astronaut
+    for item in test:
+        male, female = (item["images"][item["option_groups"].index(g)] for g in ("male", "female"))
+        assert male.endswith("_male.png") and female.endswith("_female.png")
+        assert male.rsplit("_", 1)[0] == female.rsplit("_", 1)[0]  # same counterfactual set and race
+    # the second build reads the cached index and images, not the dataset
+    (social_counterfactuals / "data" / "train-00000-of-00001.parquet").unlink()
+    again = build(modality="image", source="social_counterfactuals", hub_dataset=str(social_counterfactuals),
+                  heldout_occupations=[], **SIZES)  # fmt: skip
+    assert again["test"].to_list() == test
+
+
+def test_image_benchmark_bad_input(tmp_path):
+    with pytest.raises(DsoError, match=r"needs bias\.image_dir"):
+        build(modality="image", **SIZES)
+    with pytest.raises(DsoError, match="does not exist"):
+        build(modality="image", image_dir=str(tmp_path / "nope"), **SIZES)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DsoError, match="no <occupation>/male"):
+        build(modality="image", image_dir=str(tmp_path / "empty"), **SIZES)
+    with pytest.raises(DsoError, match=r"bias\.source"):
+        build(modality="image", source="flickr", **SIZES)
+    with pytest.raises(DsoError, match="cannot load"):
+        build(modality="image", source="social_counterfactuals", hub_dataset=str(tmp_path / "missing"), **SIZES)
+    with pytest.raises(DsoError, match="modality"):
+        build(modality="audio", **SIZES)
+
+
+def test_caption_occupation():
+    assert _caption_occupation("A photo of a skinny male Civil Engineer", "skinny male") == "civil engineer"
+    assert _caption_occupation("A photo of a nurse.", "Asian female") is None
+
+
+def test_mmmu_from_local_parquet(tmp_path, monkeypatch):
+    from dso_cli.benchmarks.mmmu import build as build_mmmu
+
+    monkeypatch.setenv("DSO_CACHE", str(tmp_path / "cache"))
+    rows = {
+        "id": ["validation_Art_Theory_1", "validation_Math_2", "validation_Math_3"],
+        "question": ["Which style is <image 2>, compared with <image 1>?", "2+2=?", "Explain <image 1>."],
+        "options": ["['Baroque', 'Cubism', 'Pop art']", "['3', '4']", "[]"],
+        "answer": ["B", "B", "x"],
+        "question_type": ["multiple-choice", "multiple-choice", "open"],
+        "image_1": [{"bytes": png((1, 2, 3)), "path": "a.png"}, None, {"bytes": png((3, 2, 1)), "path": "c.png"}],
+        "image_2": [{"bytes": png((9, 9, 9)), "path": "b.png"}, None, None],
+    }
+    features = datasets.Features({k: datasets.Value("string") for k in ("id", "question", "options", "answer",
+                                                                         "question_type")}
+                                 | {"image_1": datasets.Image(), "image_2": datasets.Image()})  # fmt: skip
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(str(tmp_path / "mmmu.parquet"))
+    items = build_mmmu(data_files=str(tmp_path / "mmmu.parquet"))["test"].to_list()
+    assert [item["id"] for item in items] == ["mmmu/validation_Art_Theory_1", "mmmu/validation_Math_2"]
+    art, math = items
+    assert art["occupation"] == "Art_Theory" and art["correct"] == 1 and art["options"] == [" A", " B", " C"]
+    assert "(image 1)" in art["prompt"] and "(image 2)" in art["prompt"] and "<image" not in art["prompt"]
+    with Image.open(art["images"][0]) as first:  # images in the order the question names them
+        assert first.getpixel((0, 0)) == (9, 9, 9)
+    assert math["images"] == [] and math["options"] == [" A", " B"]
