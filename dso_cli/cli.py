@@ -89,6 +89,7 @@ def usage() -> str:
         "  dso compare                                # all methods on one model and benchmark, ~30 min on CPU",
         "  dso prune keep=0.1:1:0.1                   # newest DSO run with only its strongest neurons",
         "  dso train model=qwen2_5_3b bias=occupation # hub model on a GPU",
+        "  dso train model=llava bias.image_dir=DIR   # a VLM shown the two people (DIR/<occupation>/<gender>/*.jpg)",
         "  dso train --cfg job                        # print the composed config",
     ]
     return "\n".join(lines)

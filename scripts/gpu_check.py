@@ -1,12 +1,14 @@
 """The work of ``scripts/gpu_check.sh``: tiny models -> train/sweep in bf16 on CUDA -> throughput.
 
 Prints one JSON line per model (train and sweep wall seconds through the CLI, scoring items/s in
-process) and a summary; exits non-zero when CUDA is missing or any step fails.
+process) and a summary; exits non-zero when CUDA is missing or any step fails. ``DSO_GPU_CHECK_DEVICE=cpu``
+runs the same steps in float32 on the CPU (a dry run of the script itself).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -24,8 +26,10 @@ from tests.conftest import build_tiny_model, build_tokenizer  # noqa: E402
 from tests.vlm_fixtures import VLM_FAMILIES, _bpe, save_tiny_vlm  # noqa: E402
 
 OCCUPATIONS = ("nurse", "carpenter", "secretary", "mechanic", "cook", "janitor")
+DEVICE = os.environ.get("DSO_GPU_CHECK_DEVICE", "cuda")
+DTYPE = "bfloat16" if DEVICE.startswith("cuda") else "float32"
 TRAIN = ["optimizer.steps=5", "optimizer.occupations_per_batch=2", "optimizer.unambiguous_per_batch=4",
-         "model.device=cuda", "model.dtype=bfloat16", "scoring.batch_size=16"]  # fmt: skip
+         f"model.device={DEVICE}", f"model.dtype={DTYPE}", "scoring.batch_size=16"]  # fmt: skip
 
 
 def image_dir(root: Path) -> Path:
@@ -50,23 +54,29 @@ def dso(*args: str) -> float:
 
 def throughput(path: Path, bias: dict) -> float:
     """Items per second scored in bf16 on the GPU (three timed passes after a warm-up)."""
-    loaded = load_model(str(path), device="cuda", dtype="bfloat16")
+    loaded = load_model(str(path), device=DEVICE, dtype=DTYPE)
     scorer = OptionScorer(loaded.model, loaded.tokenizer, processor=loaded.processor, batch_size=32)
     items = split_items(build_benchmark(bias, {"name_or_path": str(path)}), "test")
     scorer.logprobs(items)
-    torch.cuda.synchronize()
+    synchronize()
     started = time.perf_counter()
     for _ in range(3):
         scorer.logprobs(items)
-    torch.cuda.synchronize()
+    synchronize()
     return 3 * len(items) / (time.perf_counter() - started)
 
 
+def synchronize() -> None:
+    if DEVICE.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def main(out: Path) -> None:
-    if not torch.cuda.is_available():
+    if DEVICE.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("gpu_check: no CUDA device")
     out.mkdir(parents=True, exist_ok=True)
-    print(f"gpu_check: {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
+    name = torch.cuda.get_device_name() if DEVICE.startswith("cuda") else "cpu"
+    print(f"gpu_check: {name}, {DTYPE}, torch {torch.__version__}", flush=True)
     images = image_dir(out / "people")
     bpe = _bpe()
     models = {family: save_tiny_vlm(family, out / family, bpe=bpe) for family in VLM_FAMILIES}
@@ -90,7 +100,7 @@ def main(out: Path) -> None:
                "items_per_s": round(throughput(path, bias), 1)}  # fmt: skip
         print(json.dumps(row), flush=True)
         results.append(row)
-    print(f"gpu_check: all {len(results)} models trained and swept in bf16 on CUDA")
+    print(f"gpu_check: all {len(results)} models trained and swept in {DTYPE} on {DEVICE}")
 
 
 if __name__ == "__main__":

@@ -7,4 +7,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -n "${PYTHON:-}" ]; then py=$PYTHON; elif [ -x .venv/bin/python ]; then py=.venv/bin/python; else py=python3; fi
 export HF_HUB_OFFLINE=1 WANDB_MODE=offline PYTHONUNBUFFERED=1
-exec timeout 480 "$py" scripts/gpu_check.py "${1:-outputs/gpu_check}"
+exec timeout 480 "$py" scripts/gpu_check.py "${1:-outputs/gpu_check}"  # DSO_GPU_CHECK_DEVICE=cpu: dry run
