@@ -65,3 +65,13 @@ def local_or_download(path: str | None, url: str, sha256: str | None, *, what: s
     if sha256 and hashlib.sha256(payload).hexdigest() != sha256:
         raise DsoError(f"{what}: the download from {url} does not match the expected checksum; {hint}")
     return atomic_write(cached, lambda tmp: tmp.write_bytes(payload))
+
+
+def cache_image_bytes(image: dict, target: Path) -> Path:
+    """Write an undecoded ``datasets`` image (``{"bytes", "path"}``) to ``target`` once, atomically."""
+    if not target.is_file():
+        data = image.get("bytes")
+        if data is None:
+            data = Path(image["path"]).read_bytes()
+        atomic_write(target, lambda tmp: tmp.write_bytes(data))
+    return target

@@ -96,16 +96,12 @@ def rows_to_items(rows: Iterable[Mapping[str, Any]], where: str) -> list[dict]:
 
 
 def _save(image: Mapping[str, Any], stem: str) -> str:
-    """An undecoded image (``{"bytes", "path"}``) written once to the cache; returns its path."""
+    """An undecoded image written once to the cache (named by content); returns its path."""
+    from dso_cli.benchmarks.assets import cache_image_bytes
     from dso_cli.models.packaged import cache_root
 
     data = image.get("bytes") or Path(image["path"]).read_bytes()
     suffix = Path(image.get("path") or "x.png").suffix or ".png"
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem)
     target = cache_root() / "mmmu" / f"{name}_{hashlib.sha1(data).hexdigest()[:8]}{suffix}"
-    if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(target)
-    return str(target)
+    return str(cache_image_bytes({"bytes": data}, target))

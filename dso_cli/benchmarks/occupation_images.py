@@ -25,9 +25,11 @@ from pathlib import Path
 
 import datasets
 
+from dso_cli.benchmarks.assets import cache_image_bytes
 from dso_cli.benchmarks.occupation import BENCHMARK, QUESTION_TYPES, SPLITS, Occupation, _question, load_occupations
 from dso_cli.benchmarks.schema import splits_to_datasets
 from dso_cli.errors import DsoError
+from dso_cli.io import atomic_write, write_json
 
 GENDERS = ("male", "female")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -97,10 +99,7 @@ def composite(left: str, right: str, height: int = 448) -> str:
         canvas = Image.new("RGB", (parts[0].width + GAP + parts[1].width, height), "white")
         canvas.paste(parts[0], (0, 0))
         canvas.paste(parts[1], (parts[0].width + GAP, 0))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(f".{random.getrandbits(32)}.tmp.png")
-        canvas.save(tmp)
-        tmp.replace(out)  # atomic: concurrent runs never read half a file
+        atomic_write(out, lambda tmp: canvas.save(tmp, format="PNG"))  # concurrent runs never read half a file
     return str(out)
 
 
@@ -183,10 +182,7 @@ def _index_social_counterfactuals(dataset: str, root: Path, *, max_rows: int | N
         if set(GENDERS) <= set(by_gender):
             files = {g: _save_image(root, f"{cset}_{a1}_{g}", by_gender[g]["image"]) for g in GENDERS}
             rows.append({"occupation": occupation, "key": f"{cset}/{a1}", **files})
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f"pairs.{random.getrandbits(32)}.tmp"
-    tmp.write_text(json.dumps(rows))
-    tmp.replace(root / "pairs.json")
+    write_json(root / "pairs.json", rows)
 
 
 def _caption_occupation(caption: str, attributes: str) -> str | None:
@@ -198,16 +194,10 @@ def _caption_occupation(caption: str, attributes: str) -> str | None:
 
 
 def _save_image(root: Path, stem: str, image: dict) -> str:
-    """Write an undecoded image (``{"bytes", "path"}``) once; returns its name relative to ``root``."""
+    """Write an undecoded image once; returns its name relative to ``root``."""
     suffix = Path(image.get("path") or "x.jpg").suffix or ".jpg"
     name = f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', stem)}{suffix}"
-    target = root / "images" / name
-    if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        data = image.get("bytes")
-        if data is None:
-            data = Path(image["path"]).read_bytes()
-        target.write_bytes(data)
+    cache_image_bytes(image, root / "images" / name)
     return f"images/{name}"
 
 
