@@ -6,7 +6,9 @@ the last prompt position); otherwise the prompts run once and every option conti
 prompt's key/value cache (``share_prompt``; or, for models whose cache cannot be shared, each option
 is appended to its own copy of the prompt). Only the positions that predict option tokens go through
 the output head, so the vocabulary projection costs one row per option token, not one per prompt
-token.
+token. Text items go one better by default (``prefix_tree``): they are packed into prefix trees
+(:mod:`dso_cli.prefix_tree`), so prompt tokens that items share (the chat template's system turn, a
+scenario sentence) and the option tokens are all computed in one forward pass per tree, each once.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from tqdm.auto import tqdm
 
 from dso_cli.errors import DsoError
 from dso_cli.models.multimodal import Payload, collate, needs_own_positions, payload_of
+from dso_cli.prefix_tree import PackedRow, additive_mask, pack, tree_mask
 
 Item = Mapping[str, Any]
 
@@ -36,6 +39,22 @@ class EncodedItem:
     prompt_ids: tuple[int, ...]
     option_ids: tuple[tuple[int, ...], ...]
     payload: Payload | None = None  # the item's images, processed (vision-language models)
+
+
+@dataclass
+class ScoringStats:
+    """Work done by a scorer's forward passes, for throughput and FLOP accounting (padding excluded)."""
+
+    forward_calls: int = 0
+    tokens: int = 0  # token positions run through the backbone
+    attended_pairs: int = 0  # query-key pairs attention needed (causal / tree structure)
+    head_rows: int = 0  # positions sent through the output head
+
+    def add(self, tokens: int, attended_pairs: int, head_rows: int) -> None:
+        self.forward_calls += 1
+        self.tokens += tokens
+        self.attended_pairs += attended_pairs
+        self.head_rows += head_rows
 
 
 def policy(logprobs: Tensor) -> Tensor:
@@ -64,6 +83,8 @@ class OptionScorer:
         length_normalize: bool = False,
         batch_size: int = 16,
         share_prompt: bool = True,
+        prefix_tree: bool = True,
+        tree_tokens: int | str = "auto",
         processor: Any = None,
     ) -> None:
         self.model = model
@@ -85,7 +106,11 @@ class OptionScorer:
         self.logit_scale = getattr(config, "logit_scale", None)
         self._head_fp32: tuple[Tensor, Tensor | None] | None = None
         self._cache: dict[tuple[str, str, str, tuple[str, ...]], EncodedItem] = {}
+        self.stats = ScoringStats()
         self.full_forward = not self._shortcut_matches_model()
+        self.tree_tokens = _resolve_tree_tokens(tree_tokens, self.device)
+        self.prefix_tree = prefix_tree and self._tree_matches_rows()
+        self.stats = ScoringStats()  # the checks above do not count
 
     # --- text -> token ids -------------------------------------------------------------------
     def render(self, item: Item) -> str:
@@ -164,6 +189,9 @@ class OptionScorer:
         """
         encoded = [self.encode(item) for item in items]
         n, k_max = len(encoded), max((len(e.option_ids) for e in encoded), default=0)
+        if self._use_tree(encoded):
+            with torch.set_grad_enabled(grad):
+                return self._score_tree(encoded, k_max, progress)
         out = torch.full((n, k_max), float("-inf"), device=self.device)
         order = sorted(range(n), key=lambda i: len(encoded[i].prompt_ids))
         chunks = [order[s : s + self.batch_size] for s in range(0, n, self.batch_size)]
@@ -183,6 +211,63 @@ class OptionScorer:
         hidden, lengths = self._forward(seqs)
         return self._log_softmax(hidden), lengths
 
+    # --- the prefix-tree path (text items) ------------------------------------------------------
+    def _use_tree(self, encoded: Sequence[EncodedItem]) -> bool:
+        """Text items on a model whose attention takes a custom mask, all within its sliding window."""
+        if not self.prefix_tree or not encoded or any(e.payload for e in encoded):
+            return False
+        return self._fits_window(encoded)
+
+    def _score_tree(self, encoded: Sequence[EncodedItem], k_max: int, progress: str | None) -> Tensor:
+        """Every option of every item from one forward pass per packed prefix tree."""
+        rows, _ = pack([(e.prompt_ids, e.option_ids) for e in encoded], self.tree_tokens)
+        token_lp, slots = [], []
+        for row in tqdm(rows, desc=progress, unit="tree", leave=False, disable=progress is None):
+            hidden = self._forward_tree(row)
+            t = torch.tensor(row.targets, device=hidden.device)
+            token_lp.append(self._log_softmax(hidden[t[:, 0]]).gather(1, t[:, 1:2])[:, 0].to(self.device))
+            slots.append((t[:, 2] * k_max + t[:, 3]).to(self.device))
+        lp, slot = torch.cat(token_lp), torch.cat(slots)
+        sums = torch.zeros(len(encoded) * k_max, device=self.device).index_add(0, slot, lp)
+        counts = torch.zeros(len(encoded) * k_max, device=self.device).index_add(0, slot, torch.ones_like(lp))
+        if self.length_normalize:
+            sums = sums / counts.clamp(min=1)
+        return sums.masked_fill(counts == 0, float("-inf")).view(len(encoded), k_max)
+
+    def _forward_tree(self, row: PackedRow) -> Tensor:
+        """Hidden states (or, in fallback mode, logits) ``[nodes, ·]`` of one packed tree: each node sees
+        itself and its ancestors at position = depth, exactly as in its own item's forward pass."""
+        dtype = self.head.weight.dtype if self.head.weight.is_floating_point() else torch.float32
+        inputs = {
+            "input_ids": torch.tensor([row.tokens], device=self.device),
+            "position_ids": torch.tensor([row.depths], device=self.device),
+            "attention_mask": additive_mask(tree_mask(row.parents), dtype, self.device),
+            "use_cache": False,
+        }
+        self.stats.add(len(row), row.attended_pairs(), len(row.targets))
+        if self.full_forward:
+            return self.model(**inputs).logits[0]
+        return self.model.base_model(**inputs).last_hidden_state[0]
+
+    def _tree_matches_rows(self) -> bool:
+        """Does the tree path reproduce per-item rows on two items that share a prefix? Attention
+        implementations that ignore custom masks (e.g. flash-attention) fail this and use rows."""
+        vocab = self.head.weight.shape[0]
+        prompt = tuple((5 * i + 3) % vocab for i in range(7))
+        probe = [
+            EncodedItem(prompt, ((11 % vocab,), (13 % vocab, 17 % vocab))),
+            EncodedItem((*prompt[:4], 19 % vocab), ((11 % vocab,), (23 % vocab,))),
+        ]
+        try:
+            with torch.no_grad():
+                tree = self._score_tree(probe, 2, None)
+                rows = self._score_packed(probe, 2)
+        except Exception:  # any failure of the custom mask means: do not use the tree path
+            return False
+        tolerance = 1e-4 if self.head.weight.dtype == torch.float32 else 0.1
+        return bool(torch.isfinite(tree).all() and (tree - rows).abs().max() <= tolerance)
+
+    # --- per-item rows ---------------------------------------------------------------------------
     def _score_batch(self, batch: list[EncodedItem], k_max: int) -> Tensor:
         if all(len(ids) == 1 for e in batch for ids in e.option_ids):
             return self._score_single_token(batch, k_max)
@@ -207,7 +292,7 @@ class OptionScorer:
                 self.share_prompt = False
         return self._score_packed(batch, k_max)
 
-    def _fits_window(self, batch: list[EncodedItem]) -> bool:
+    def _fits_window(self, batch: Sequence[EncodedItem]) -> bool:
         """Sliding-window caches drop old positions, which breaks right-padded prompts that exceed the window."""
         config = getattr(self.model.config, "text_config", None) or self.model.config
         window = getattr(config, "sliding_window", None)
@@ -305,6 +390,7 @@ class OptionScorer:
         if images and needs_own_positions(self.model):
             del inputs["position_ids"]
         inputs |= images
+        self.stats.add(int(lengths.sum()), int((lengths * (lengths + 1) // 2).sum()), 0)
         if self.full_forward:
             out = self.model(**inputs).logits
             return out, lengths.to(out.device)
@@ -353,6 +439,16 @@ class OptionScorer:
             return False
         tolerance = 1e-3 if self.head.weight.dtype == torch.float32 else 0.25
         return bool((ours.to(theirs.device) - theirs).abs().max() <= tolerance)
+
+
+def _resolve_tree_tokens(value: int | str, device: torch.device) -> int:
+    """``auto``: 512 nodes per tree on CPU (attention over a longer tree costs more than the sharing
+    saves), 4096 on accelerators, where wider matrix products pay and attention is cheap."""
+    if value == "auto":
+        return 512 if device.type == "cpu" else 4096
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise DsoError(f"scoring.tree_tokens={value!r}: must be a positive integer or 'auto'")
+    return value
 
 
 def load_images(refs: Sequence[Any]) -> list[Any]:

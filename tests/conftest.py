@@ -115,3 +115,15 @@ def tiny_llama_dir(tmp_path_factory, tokenizer) -> Path:
     build_tiny_model("llama", tokenizer).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def items():
+    """Occupation test items (some options span several tokens) plus one item with three options."""
+    from dso_cli.benchmarks.occupation import build
+
+    test = build(test_pairs_per_occupation=1)["test"].to_list()
+    three_options = dict(
+        test[7], options=[" a carpenter", " the woman", " x"], option_groups=["male", "female", "unknown"]
+    )
+    return [*test[:6], three_options]

@@ -10,15 +10,6 @@ from tests.conftest import build_tiny_model
 FAMILIES = ["llama", "qwen2", "qwen3", "mistral", "phi3", "gemma2", "gemma3_text", "gpt2"]
 
 
-@pytest.fixture(scope="module")
-def items():
-    test = build(test_pairs_per_occupation=1)["test"].to_list()
-    three_options = dict(
-        test[7], options=[" a carpenter", " the woman", " x"], option_groups=["male", "female", "unknown"]
-    )
-    return [*test[:6], three_options]
-
-
 def reference_logprobs(scorer: OptionScorer, item) -> torch.Tensor:
     """Each option scored alone with the model's own logits: the definition, no batching tricks."""
     enc = scorer.encode(item)
@@ -45,8 +36,8 @@ def test_matches_full_forward(family, tokenizer, items):
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_batched_equals_unbatched(family, tokenizer, items):
     model = build_tiny_model(family, tokenizer)
-    batched = OptionScorer(model, tokenizer, batch_size=16).logprobs(items)
-    single = OptionScorer(model, tokenizer, batch_size=1).logprobs(items)
+    batched = OptionScorer(model, tokenizer, batch_size=16, prefix_tree=False).logprobs(items)
+    single = OptionScorer(model, tokenizer, batch_size=1, prefix_tree=False).logprobs(items)
     torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
 
 
@@ -163,8 +154,8 @@ def test_chat_template_kwargs_and_template_errors(tokenizer, items):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_shared_prompt_cache_equals_packed_options(family, tokenizer, items):
     model = build_tiny_model(family, tokenizer)
-    shared = OptionScorer(model, tokenizer, batch_size=4)
-    packed = OptionScorer(model, tokenizer, batch_size=4, share_prompt=False)
+    shared = OptionScorer(model, tokenizer, batch_size=4, prefix_tree=False)
+    packed = OptionScorer(model, tokenizer, batch_size=4, share_prompt=False, prefix_tree=False)
     encoded = [shared.encode(i) for i in items]
     multi = [e for e in encoded if any(len(o) > 1 for o in e.option_ids)]
     assert multi, "the items should have multi-token options"
@@ -184,7 +175,7 @@ def test_shared_prompt_gradients_match_packed(tokenizer, items):
     grads = []
     for share in (True, False):
         params = init_affine_params(find_norm_modules(model))
-        scorer = OptionScorer(model, tokenizer, batch_size=4, share_prompt=share)
+        scorer = OptionScorer(model, tokenizer, batch_size=4, share_prompt=share, prefix_tree=False)
         with apply_affine(model, params, 1.0):
             lp = scorer.logprobs(items, grad=True)
             lp[torch.isfinite(lp)].sum().backward()

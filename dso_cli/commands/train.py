@@ -45,6 +45,13 @@ def norm_override(cfg: DictConfig) -> str | list[str] | None:
 
 
 def run_train(cfg: DictConfig, job_num: int | None = None, overrides: Sequence[str] = ()) -> Path:
+    if cfg.get("resume") == "auto":
+        cfg = auto_resume(cfg)
+        if (Path(cfg.run_dir) / ARTIFACT_DIR / MANIFEST).exists():
+            print(f"dso train: {cfg.run_dir} already finished training; nothing to do", flush=True)
+            return Path(cfg.run_dir)
+    if cfg.get("resume") not in (True, False, None):
+        raise DsoError(f"resume={cfg.resume}: choose true, false or auto")
     if cfg.get("resume"):
         cfg = resumed_config(cfg, overrides)
     method = cfg.steering_method.name
@@ -84,6 +91,18 @@ def run_train(cfg: DictConfig, job_num: int | None = None, overrides: Sequence[s
     artifact.save(run_dir / ARTIFACT_DIR)
     print(f"dso train: saved {run_dir / ARTIFACT_DIR}", flush=True)
     return run_dir
+
+
+def auto_resume(cfg: DictConfig) -> DictConfig:
+    """``resume=auto run_dir=D``: continue D when it holds a checkpoint, else start there; for jobs a
+    cluster may requeue after a timeout or preemption, which rerun the same command line."""
+    if not cfg.run_dir:
+        raise DsoError("resume=auto needs a fixed run directory per job: run_dir=PATH")
+    cfg = cfg.copy()
+    cfg.resume = (Path(cfg.run_dir) / CHECKPOINT).is_file() and not (
+        Path(cfg.run_dir) / ARTIFACT_DIR / MANIFEST
+    ).exists()
+    return cfg
 
 
 def resumed_config(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
