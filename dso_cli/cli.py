@@ -1,4 +1,4 @@
-"""The ``dso`` command: ``dso train|sweep|report|eval|compare|prune [key=value ...]``, one Hydra app per verb.
+"""The ``dso`` command: ``dso train|sweep|report|eval|compare|prune|export [key=value ...]``, one Hydra app per verb.
 
 Bad input (an unknown config option, a value that does not parse, a missing file or artifact) is
 reported as one line on stderr with exit status 2, before any model is loaded where possible.
@@ -25,6 +25,7 @@ VERBS = {
     "eval": "one table over bias + capability benchmarks at a few strengths: eval.benchmarks=[...] alpha=[0,1]",
     "compare": "every steering method (none, prompting, caa, iti, mean_match, leace, dso): one table + plot",
     "prune": "keep the top fraction of a DSO run's neurons by |a|+|b| and re-evaluate: keep=0.1:1:0.1",
+    "export": "fold a DSO run's transform at one strength into a Hugging Face checkpoint: out=DIR alpha=1",
 }
 OPEN_SECTIONS = {"eval": ("bias_benchmark", "capability"), "compare": ("compare.options",)}
 """Per verb, sections whose keys may be set even when the composed default lacks them (``eval`` passes
@@ -88,6 +89,7 @@ def usage() -> str:
         "  dso eval eval.benchmarks=[occupation,winobias,bbq] alpha=[0,0.5,1]  # one table, many benchmarks",
         "  dso compare                                # all methods on one model and benchmark, ~30 min on CPU",
         "  dso prune keep=0.1:1:0.1                   # newest DSO run with only its strongest neurons",
+        "  dso export out=exported alpha=0.5          # the newest DSO run folded in: a plain HF checkpoint",
         "  dso train model=qwen2_5_3b bias=occupation # hub model on a GPU",
         "  dso train model=llava bias.image_dir=DIR   # a VLM shown the two people (DIR/<occupation>/<gender>/*.jpg)",
         "  dso train --cfg job                        # print the composed config",
@@ -146,6 +148,10 @@ def validate(verb: str, overrides: list[str]) -> None:
         from dso_cli.commands.prune import parse_keep
 
         parse_keep(cfg.keep)
+    if verb == "export":
+        from dso_cli.commands.export import check_export
+
+        check_export(cfg)
     if verb == "compare":
         from dso_cli.commands.compare import check_compare
 
@@ -169,6 +175,7 @@ def _runner(verb: str) -> Callable:
     def run(cfg) -> None:
         from dso_cli.commands.compare import run_compare
         from dso_cli.commands.eval import run_eval
+        from dso_cli.commands.export import run_export
         from dso_cli.commands.prune import run_prune
         from dso_cli.commands.report import run_report
         from dso_cli.commands.sweep import run_sweep
@@ -188,6 +195,8 @@ def _runner(verb: str) -> Callable:
                 run_compare(cfg, overrides)
             elif verb == "prune":
                 run_prune(cfg, overrides)
+            elif verb == "export":
+                run_export(cfg, overrides)
             else:
                 run_report(cfg, overrides)
         except DsoError as exc:

@@ -28,16 +28,18 @@ class PackedRow:
     depths: list[int] = field(default_factory=list)
     # (predicting node, predicted token, item index, option index); one per option token
     targets: list[tuple[int, int, int, int]] = field(default_factory=list)
+    # (node of the option's last token, item index, option index); only when options are fed in full
+    option_ends: list[tuple[int, int, int]] = field(default_factory=list)
     items: list[int] = field(default_factory=list)
     _children: dict[tuple[int, int], int] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.tokens)
 
-    def new_nodes(self, prompt: Sequence[int], options: Sequence[Sequence[int]]) -> int:
+    def new_nodes(self, prompt: Sequence[int], options: Sequence[Sequence[int]], feed_last: bool = False) -> int:
         """How many nodes adding this item would create (nothing is added)."""
         new: dict[tuple[int, int], int] = {}  # node not yet in the row -> placeholder id (< -1)
-        for path in _paths(prompt, options):
+        for path in _paths(prompt, options, feed_last):
             node = -1
             for token in path:
                 key = (node, token)
@@ -47,14 +49,17 @@ class PackedRow:
                 node = child
         return len(new)
 
-    def add(self, item: int, prompt: Sequence[int], options: Sequence[Sequence[int]]) -> None:
+    def add(self, item: int, prompt: Sequence[int], options: Sequence[Sequence[int]], feed_last: bool = False) -> None:
+        """Insert an item; ``feed_last`` also runs each option's last token (to read activations there)."""
         prompt_end = self._insert(-1, prompt)
         for k, option in enumerate(options):
             node = prompt_end
             for t, token in enumerate(option):
                 self.targets.append((node, token, item, k))
-                if t < len(option) - 1:
+                if t < len(option) - 1 or feed_last:
                     node = self._insert(node, option[t : t + 1])
+            if feed_last:
+                self.option_ends.append((node, item, k))
         self.items.append(item)
 
     def _insert(self, node: int, tokens: Sequence[int]) -> int:
@@ -75,16 +80,19 @@ class PackedRow:
         return sum(self.depths) + len(self.depths)
 
 
-def _paths(prompt: Sequence[int], options: Sequence[Sequence[int]]) -> list[list[int]]:
-    """The token paths an item adds to the trie: its prompt and each option without its last token."""
-    return [list(prompt)] + [list(prompt) + list(option[:-1]) for option in options if len(option) > 1]
+def _paths(prompt: Sequence[int], options: Sequence[Sequence[int]], feed_last: bool) -> list[list[int]]:
+    """The token paths an item adds to the trie: its prompt and each option (without its last token
+    unless ``feed_last``)."""
+    cut = 0 if feed_last else 1
+    return [list(prompt)] + [list(prompt) + list(option[: len(option) - cut]) for option in options]
 
 
 def pack(
-    items: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]], max_tokens: int
+    items: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]], max_tokens: int, feed_last: bool = False
 ) -> tuple[list[PackedRow], list[int]]:
     """Greedily pack ``(prompt ids, option ids)`` items, in lexicographic order of their tokens, into
-    rows of at most ``max_tokens`` nodes (an item larger than that gets a row of its own).
+    rows of at most ``max_tokens`` nodes (an item larger than that gets a row of its own). With
+    ``feed_last`` every option token becomes a node, so activations can be read at options' ends.
 
     Returns the rows and the order in which the items were packed.
     """
@@ -93,10 +101,10 @@ def pack(
     row = PackedRow()
     for i in order:
         prompt, options = items[i]
-        if row.items and len(row) + row.new_nodes(prompt, options) > max_tokens:
+        if row.items and len(row) + row.new_nodes(prompt, options, feed_last) > max_tokens:
             rows.append(row)
             row = PackedRow()
-        row.add(i, prompt, options)
+        row.add(i, prompt, options, feed_last)
     if row.items:
         rows.append(row)
     return rows, order

@@ -189,7 +189,7 @@ class OptionScorer:
         """
         encoded = [self.encode(item) for item in items]
         n, k_max = len(encoded), max((len(e.option_ids) for e in encoded), default=0)
-        if self._use_tree(encoded):
+        if self.tree_applies(encoded):
             with torch.set_grad_enabled(grad):
                 return self._score_tree(encoded, k_max, progress)
         out = torch.full((n, k_max), float("-inf"), device=self.device)
@@ -212,7 +212,7 @@ class OptionScorer:
         return self._log_softmax(hidden), lengths
 
     # --- the prefix-tree path (text items) ------------------------------------------------------
-    def _use_tree(self, encoded: Sequence[EncodedItem]) -> bool:
+    def tree_applies(self, encoded: Sequence[EncodedItem]) -> bool:
         """Text items on a model whose attention takes a custom mask, all within its sliding window."""
         if not self.prefix_tree or not encoded or any(e.payload for e in encoded):
             return False
@@ -223,7 +223,7 @@ class OptionScorer:
         rows, _ = pack([(e.prompt_ids, e.option_ids) for e in encoded], self.tree_tokens)
         token_lp, slots = [], []
         for row in tqdm(rows, desc=progress, unit="tree", leave=False, disable=progress is None):
-            hidden = self._forward_tree(row)
+            hidden = self.forward_tree(row)
             t = torch.tensor(row.targets, device=hidden.device)
             token_lp.append(self._log_softmax(hidden[t[:, 0]]).gather(1, t[:, 1:2])[:, 0].to(self.device))
             slots.append((t[:, 2] * k_max + t[:, 3]).to(self.device))
@@ -234,7 +234,7 @@ class OptionScorer:
             sums = sums / counts.clamp(min=1)
         return sums.masked_fill(counts == 0, float("-inf")).view(len(encoded), k_max)
 
-    def _forward_tree(self, row: PackedRow) -> Tensor:
+    def forward_tree(self, row: PackedRow) -> Tensor:
         """Hidden states (or, in fallback mode, logits) ``[nodes, ·]`` of one packed tree: each node sees
         itself and its ancestors at position = depth, exactly as in its own item's forward pass."""
         dtype = self.head.weight.dtype if self.head.weight.is_floating_point() else torch.float32

@@ -51,14 +51,24 @@ def test_mean_difference_and_moment_matching_by_hand():
     torch.testing.assert_close(mapped.std(0, unbiased=False), anti.std(0, unbiased=False))
 
 
-def test_activations_batch_size_does_not_matter(setup, items):
+def test_activations_batch_size_and_prefix_trees_do_not_matter(setup, items, tokenizer):
     loaded, scorer = setup
+    rows = OptionScorer(loaded.model, tokenizer, chat_template=False, prefix_tree=False)
     names = find_decoder_layers(loaded.model)[:2]
-    one = completion_activations(scorer, items, names, batch_size=1)
-    many = completion_activations(scorer, items, names, batch_size=7)
+    heads_input = [f"{find_decoder_layers(loaded.model)[1]}.self_attn.o_proj"]
+    one = completion_activations(rows, items, names, batch_size=1)
+    rows.stats = type(rows.stats)()
+    many = completion_activations(rows, items, names, batch_size=7)
+    in_trees = completion_activations(scorer, items, names)
+    assert scorer.prefix_tree and scorer.stats.tokens < rows.stats.tokens / 2  # prompts once, shared prefixes once
     for kind in ("pro", "anti"):
         for name in names:
             torch.testing.assert_close(one[kind][name], many[kind][name], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(one[kind][name], in_trees[kind][name], atol=1e-5, rtol=1e-5)
+    by_rows = ActivationStore(rows, items).inputs(heads_input)
+    by_trees = ActivationStore(scorer, items).inputs(heads_input)
+    for kind in ("pro", "anti"):
+        torch.testing.assert_close(by_rows[kind][heads_input[0]], by_trees[kind][heads_input[0]], atol=1e-5, rtol=1e-5)
 
 
 def test_caa_vector_is_the_mean_difference_at_the_answer_position(setup, items):

@@ -18,7 +18,7 @@ def composed(verb, overrides=()):
         return compose(config_name=verb, overrides=list(overrides))
 
 
-@pytest.mark.parametrize("verb", ["train", "sweep", "report", "eval", "compare", "prune"])
+@pytest.mark.parametrize("verb", ["train", "sweep", "report", "eval", "compare", "prune", "export"])
 def test_every_verb_composes_with_all_groups(verb):
     cfg = composed(verb)
     assert cfg.verb == verb

@@ -1,10 +1,11 @@
 """Activations at the answer position of pro- and anti-stereotypical completions, for closed-form fits.
 
-Each ambiguous item is run twice, once with its pro-stereotypical option appended to the prompt and
-once with its anti-stereotypical one; forward hooks record the chosen modules' outputs at the
-completion's last token. Closed-form methods (CAA, ITI, mean matching, LEACE) fit their tensors from
-these. :class:`ActivationStore` keeps what was recorded, so fitting several methods runs the model
-over the training items once.
+Each ambiguous item is run with its pro-stereotypical option appended to the prompt and with its
+anti-stereotypical one; forward hooks record the chosen modules' outputs at the completion's last
+token. For text items both completions of every item go into prefix trees (the scorer's packing), so
+an item's prompt, and what items share, runs once. Closed-form methods (CAA, ITI, mean matching,
+LEACE) fit their tensors from these. :class:`ActivationStore` keeps what was recorded, so fitting
+several methods runs the model over the training items once.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from dso_cli.prefix_tree import pack
 from dso_cli.scoring import OptionScorer
 from dso_cli.steering.hooks import hooks_on, output_tensor
 
@@ -107,6 +109,8 @@ def _collect(
     scorer: OptionScorer, usable: Sequence[Item], keys: Sequence[tuple[str, str]], step: int
 ) -> dict[str, dict[tuple[str, str], Tensor]]:
     """One run over ``usable`` (pro completions, then anti) recording every ``(where, module)`` key."""
+    if scorer.tree_applies([scorer.encode(item) for item in usable]):
+        return _collect_in_trees(scorer, usable, keys)
     out: dict[str, dict[tuple[str, str], list[Tensor]]] = {kind: {k: [] for k in keys} for kind in ("pro", "anti")}
     starts = [(kind, start) for kind in ("pro", "anti") for start in range(0, len(usable), step)]
     bar = tqdm(starts, desc="activations", unit="batch", leave=False, disable=len(starts) < 4)
@@ -126,3 +130,35 @@ def _collect(
                 last = hidden[rows.to(hidden.device), (lengths - 1).to(hidden.device)]
                 out[kind][key].append(last.float().cpu())
     return {kind: {k: torch.cat(v) if v else torch.empty(0) for k, v in per.items()} for kind, per in out.items()}
+
+
+def _collect_in_trees(
+    scorer: OptionScorer, usable: Sequence[Item], keys: Sequence[tuple[str, str]]
+) -> dict[str, dict[tuple[str, str], Tensor]]:
+    """As :func:`_collect`, with both completions of every item packed into prefix trees."""
+    kinds = ("pro", "anti")
+    completions = []
+    for item in usable:
+        enc = scorer.encode(item)
+        completions.append((enc.prompt_ids, [enc.option_ids[item[f"{kind}_option"]] for kind in kinds]))
+    rows, _ = pack(completions, scorer.tree_tokens, feed_last=True)
+    found: dict[str, dict[tuple[str, str], list[Tensor]]] = {kind: {k: [] for k in keys} for kind in kinds}
+    where: dict[str, list[int]] = {kind: [] for kind in kinds}  # item index of each recorded row
+    outputs = [name for kind, name in keys if kind == "output"]
+    inputs = [name for kind, name in keys if kind == "input"]
+    bar = tqdm(rows, desc="activations", unit="tree", leave=False, disable=len(rows) < 4)
+    with torch.no_grad(), recording(scorer.model, outputs, inputs) as seen:
+        for row in bar:
+            scorer.forward_tree(row)
+            for k, kind in enumerate(kinds):
+                ends = [(node, item) for node, item, option in row.option_ends if option == k]
+                where[kind] += [item for _, item in ends]
+                for key in keys:
+                    hidden = seen[key][0]
+                    nodes = torch.tensor([node for node, _ in ends], device=hidden.device)
+                    found[kind][key].append(hidden[nodes].float().cpu())
+    out = {}
+    for kind in kinds:
+        order = torch.argsort(torch.tensor(where[kind]))
+        out[kind] = {key: torch.cat(found[kind][key])[order] for key in keys}
+    return out
