@@ -150,3 +150,15 @@ def test_attention_that_ignores_the_mask_falls_back_to_rows(tokenizer, items):
 def test_bad_tree_tokens_is_one_line(tokenizer, bad):
     with pytest.raises(DsoError, match="tree_tokens"):
         OptionScorer(build_tiny_model("llama", tokenizer), tokenizer, tree_tokens=bad)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_5_vl", "gemma3", "mllama"])
+def test_text_items_on_vision_language_models_use_trees(family, items):
+    from tests.vlm_fixtures import build_tiny_vlm
+
+    model, processor = build_tiny_vlm(family)
+    tree = OptionScorer(model, processor.tokenizer, processor=processor)
+    rows = OptionScorer(model, processor.tokenizer, processor=processor, prefix_tree=False)
+    assert tree.prefix_tree, f"{family}: the tree path fell back"
+    torch.testing.assert_close(tree.logprobs(items), rows.logprobs(items), atol=1e-5, rtol=1e-5)
+    assert tree.stats.tokens < rows.stats.tokens
