@@ -118,16 +118,23 @@ def open_sections(verb: str, args: Sequence[str]) -> list[str]:
     return out
 
 
+def compose_config(verb: str, overrides: Sequence[str] = (), job_name: str = "dso"):
+    """The config ``dso <verb> overrides...`` runs with (``bias=`` aliases allowed), composed outside a
+    Hydra run: for up-front validation and for scripts that use the verbs' configs."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name=job_name):
+        return compose(config_name=verb, overrides=rewrite_aliases(overrides))
+
+
 def validate(verb: str, overrides: list[str]) -> None:
     """Compose the config once up front so bad input fails fast with one clear line."""
-    from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException, MissingConfigException
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="dso"):
-            cfg = compose(config_name=verb, overrides=overrides)
+        cfg = compose_config(verb, overrides)
     except MissingConfigException as exc:
         found = re.search(r"Could not find '([^/']+)/([^']+)'", str(exc))
         if found and found.group(1) in GROUPS:

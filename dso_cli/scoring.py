@@ -227,12 +227,16 @@ class OptionScorer:
             t = torch.tensor(row.targets, device=hidden.device)
             token_lp.append(self._log_softmax(hidden[t[:, 0]]).gather(1, t[:, 1:2])[:, 0].to(self.device))
             slots.append((t[:, 2] * k_max + t[:, 3]).to(self.device))
-        lp, slot = torch.cat(token_lp), torch.cat(slots)
-        sums = torch.zeros(len(encoded) * k_max, device=self.device).index_add(0, slot, lp)
-        counts = torch.zeros(len(encoded) * k_max, device=self.device).index_add(0, slot, torch.ones_like(lp))
+        return self._option_scores(torch.cat(slots), torch.cat(token_lp), len(encoded), k_max)
+
+    def _option_scores(self, slot: Tensor, token_lp: Tensor, n_items: int, k_max: int) -> Tensor:
+        """``[n_items, k_max]`` option scores from per-token log-probs and their ``item * k_max + option``
+        slots: summed (or averaged with ``length_normalize``), ``-inf`` where an item has no such option."""
+        sums = torch.zeros(n_items * k_max, device=self.device).index_add(0, slot, token_lp)
+        counts = torch.zeros(n_items * k_max, device=self.device).index_add(0, slot, torch.ones_like(token_lp))
         if self.length_normalize:
             sums = sums / counts.clamp(min=1)
-        return sums.masked_fill(counts == 0, float("-inf")).view(len(encoded), k_max)
+        return sums.masked_fill(counts == 0, float("-inf")).view(n_items, k_max)
 
     def forward_tree(self, row: PackedRow) -> Tensor:
         """Hidden states (or, in fallback mode, logits) ``[nodes, ·]`` of one packed tree: each node sees
@@ -336,12 +340,8 @@ class OptionScorer:
             owner.append(torch.tensor([cont[c] for c, _, _ in targets], device=out.device))
         lp = torch.cat([x.to(self.device) for x in token_lp])
         who = torch.cat([x.to(self.device) for x in owner])
-        sums = torch.zeros(len(rows), device=self.device).index_add(0, who, lp)
-        if self.length_normalize:
-            sums = sums / torch.tensor([len(batch[i].option_ids[k]) for i, k in rows], device=self.device)
-        out_rows = torch.full((len(batch), k_max), float("-inf"), device=self.device)
         flat = torch.tensor([i * k_max + k for i, k in rows], device=self.device)
-        return out_rows.view(-1).index_copy(0, flat, sums).view(len(batch), k_max)
+        return self._option_scores(flat[who], lp, len(batch), k_max)
 
     def _cache_argument(self) -> str:
         """``cache`` (transformers >= 5.2x) or the older ``past_key_values``."""
@@ -364,13 +364,7 @@ class OptionScorer:
         logprobs = self._log_softmax(hidden[t[:, 0], t[:, 1]])
         token_lp = logprobs.gather(1, t[:, 2:3]).squeeze(1).to(self.device)
         flat = t[:, 3].to(self.device) * k_max + t[:, 4].to(self.device)
-        sums = torch.zeros(len(batch) * k_max, device=self.device).index_add(0, flat, token_lp)
-        if self.length_normalize:
-            counts = torch.zeros(len(batch) * k_max, device=self.device).index_add(0, flat, torch.ones_like(token_lp))
-            sums = sums / counts.clamp(min=1)
-        present = torch.zeros(len(batch) * k_max, dtype=torch.bool, device=self.device)
-        present[flat] = True
-        return sums.masked_fill(~present, float("-inf")).view(len(batch), k_max)
+        return self._option_scores(flat, token_lp, len(batch), k_max)
 
     def _forward(
         self, seqs: list[list[int]], use_cache: bool = False, payloads: Sequence[Payload | None] | None = None

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -37,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from dso_cli.benchmarks import build_benchmark, split_items  # noqa: E402
-from dso_cli.cli import conf_dir, rewrite_aliases  # noqa: E402
+from dso_cli.cli import compose_config, rewrite_aliases  # noqa: E402
 from dso_cli.commands.common import load_from_config, markdown_table, seed_everything  # noqa: E402
 from dso_cli.commands.train import norm_override, train_config  # noqa: E402
 from dso_cli.models.layouts import find_norm_modules  # noqa: E402
@@ -123,8 +122,7 @@ def summarise(results: list[dict[str, Any]], estimators: list[str]) -> list[dict
 
 def main(argv: list[str]) -> dict[str, Any]:
     args, overrides = parse_args(argv)
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="bench_estimators"):
-        cfg = compose(config_name="train", overrides=overrides)
+    cfg = compose_config("train", overrides, job_name="bench_estimators")
     seed_everything(int(cfg.seed))
     loaded, scorer = load_from_config(cfg)
     splits = build_benchmark(cfg.bias_benchmark, cfg.model)

@@ -55,16 +55,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from dso_cli.benchmarks import build_benchmark, split_items  # noqa: E402
-from dso_cli.cli import conf_dir, rewrite_aliases  # noqa: E402
-from dso_cli.commands.common import load_from_config, markdown_table, seed_everything  # noqa: E402
+from dso_cli.cli import compose_config  # noqa: E402
+from dso_cli.commands.common import load_from_config, markdown_table, scorer_from_config, seed_everything  # noqa: E402
 from dso_cli.models.layouts import find_decoder_layers  # noqa: E402
 from dso_cli.models.loading import LoadedModel  # noqa: E402
 from dso_cli.scoring import OptionScorer  # noqa: E402
@@ -90,24 +89,6 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return args, overrides
 
 
-def compose_config(overrides: Sequence[str]) -> DictConfig:
-    """The ``dso train`` config with ``overrides`` (``bias=`` aliases allowed)."""
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="bench_peers"):
-        return compose(config_name="train", overrides=rewrite_aliases(overrides))
-
-
-def fresh_scorer(cfg: DictConfig, loaded: LoadedModel) -> OptionScorer:
-    """A scorer configured as ``load_from_config`` configures it, with an empty tokenisation cache."""
-    template_kwargs = cfg.model.get("chat_template_kwargs")
-    template_kwargs = OmegaConf.to_container(template_kwargs, resolve=True) if template_kwargs else {}
-    scoring = OmegaConf.to_container(cfg.scoring, resolve=True)
-    assert isinstance(scoring, dict) and isinstance(template_kwargs, dict)
-    return OptionScorer(
-        loaded.model, loaded.tokenizer, processor=loaded.processor, chat_template_kwargs=template_kwargs, **scoring
-    )
-
-
-# --- the data, as the library takes them ------------------------------------------------------------
 def completion_text(scorer: OptionScorer, item: Item, kind: str) -> str:
     """The prompt as our scorer renders it (chat template, answer prefix) followed by the ``kind`` option.
 
@@ -235,10 +216,10 @@ def measure(
     tokenizer = library_tokenizer(loaded.tokenizer)
 
     warm = train[:warmup_items]  # first-call costs are nobody's fit time
-    fit_ours(loaded, fresh_scorer(cfg, loaded), warm, 0, batch_size)
+    fit_ours(loaded, scorer_from_config(cfg, loaded), warm, 0, batch_size)
     fit_steering_vectors(loaded, scorer, warm, 0, batch_size, tokenizer)
 
-    store, candidates, candidate_seconds = candidate_pass(loaded, fresh_scorer(cfg, loaded), train, batch_size)
+    store, candidates, candidate_seconds = candidate_pass(loaded, scorer_from_config(cfg, loaded), train, batch_size)
     selection_seconds = None
     if layer is None:
         if not val:
@@ -260,7 +241,7 @@ def measure(
         order = ("ours", "steering_vectors") if repeat % 2 == 0 else ("steering_vectors", "ours")
         for who in order:
             if who == "ours":
-                ours, seconds = fit_ours(loaded, fresh_scorer(cfg, loaded), train, layer, batch_size)
+                ours, seconds = fit_ours(loaded, scorer_from_config(cfg, loaded), train, layer, batch_size)
                 ours_times.append(seconds)
             else:
                 theirs, seconds = fit_steering_vectors(loaded, scorer, train, layer, batch_size, tokenizer)
@@ -313,7 +294,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         import steering_vectors  # noqa: F401
     except ImportError as exc:
         raise SystemExit(f"bench_peers: steering-vectors is not importable ({exc}); run `make setup`") from None
-    cfg = compose_config(overrides)
+    cfg = compose_config("train", overrides, job_name="bench_peers")
     result = measure(
         cfg, layer=args.layer, repeats=args.repeats, batch_size=args.batch_size, warmup_items=args.warmup_items
     )

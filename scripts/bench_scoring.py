@@ -37,14 +37,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from dso_cli.benchmarks import build_benchmark, split_items  # noqa: E402
-from dso_cli.cli import conf_dir, rewrite_aliases  # noqa: E402
-from dso_cli.commands.common import load_from_config, markdown_table, seed_everything  # noqa: E402
+from dso_cli.cli import compose_config, rewrite_aliases  # noqa: E402
+from dso_cli.commands.common import (  # noqa: E402
+    load_from_config,
+    markdown_table,
+    scorer_from_config,
+    seed_everything,
+)
 from dso_cli.models.layouts import find_decoder_layers  # noqa: E402
 from dso_cli.scoring import OptionScorer, ScoringStats  # noqa: E402
 
@@ -176,8 +180,7 @@ def evenly_spaced(items: list[dict], n: int) -> list[dict]:
 
 def main(argv: list[str]) -> dict[str, Any]:
     args, overrides = parse_args(argv)
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="bench_scoring"):
-        cfg = compose(config_name="eval", overrides=overrides)
+    cfg = compose_config("eval", overrides, job_name="bench_scoring")
     seed_everything(int(cfg.seed))
     loaded, scorer = load_from_config(cfg)
     items = split_items(build_benchmark(cfg.bias_benchmark, cfg.model), args.split)
@@ -197,9 +200,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     naive_seconds, naive_logprobs = naive_loop(scorer, subset)
     gen_seconds, answers, new_tokens = generate_and_parse(scorer, subset, args.max_new_tokens)
     matmul = matmul_flops_per_second(dtype, device)
-    rows_scorer = OptionScorer(loaded.model, loaded.tokenizer, prefix_tree=False, batch_size=scorer.batch_size,
-                               chat_template=scorer.use_chat_template, system_prompt=scorer.system_prompt,
-                               chat_template_kwargs=scorer.chat_template_kwargs)  # fmt: skip
+    rows_scorer = scorer_from_config(cfg, loaded, prefix_tree=False)
     rows_seconds, rows_logprobs, rows_stats = time_ours(rows_scorer, items, cold=True)
 
     ours_rate, naive_rate, gen_rate = len(items) / ours_seconds, len(subset) / naive_seconds, len(subset) / gen_seconds

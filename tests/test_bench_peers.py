@@ -33,7 +33,7 @@ TINY = ["bias.n_train=32", "bias.n_train_unambiguous=8", "bias.test_pairs_per_oc
 
 def test_caa_vectors_agree_with_steering_vectors(tiny_llama_dir):
     bench = load_script()
-    cfg = bench.compose_config(["model=hf", f"model.name_or_path={tiny_llama_dir}", *TINY])
+    cfg = bench.compose_config("train", ["model=hf", f"model.name_or_path={tiny_llama_dir}", *TINY])
     # no --layer: the layer our default fit selects on val (of the two candidates of a 2-layer model)
     result = bench.measure(cfg, warmup_items=4, log=lambda _: None)
     assert result["layer_source"] == "selected on val" and result["layer"] in result["candidate_layers"] == [0, 1]
@@ -47,7 +47,7 @@ def test_caa_vectors_agree_with_steering_vectors(tiny_llama_dir):
 
 def test_pairs_put_anti_first_and_read_the_last_token(tiny_llama_dir):
     bench = load_script()
-    cfg = bench.compose_config(["model=hf", f"model.name_or_path={tiny_llama_dir}", *TINY])
+    cfg = bench.compose_config("train", ["model=hf", f"model.name_or_path={tiny_llama_dir}", *TINY])
     loaded, scorer = bench.load_from_config(cfg)
     items = bench.usable_items(bench.split_items(bench.build_benchmark(cfg.bias_benchmark, cfg.model), "train"))[:3]
     for (positive, negative), item in zip(bench.contrast_pairs(scorer, items), items, strict=True):

@@ -47,7 +47,7 @@ def norm_override(cfg: DictConfig) -> str | list[str] | None:
 def run_train(cfg: DictConfig, job_num: int | None = None, overrides: Sequence[str] = ()) -> Path:
     if cfg.get("resume") == "auto":
         cfg = auto_resume(cfg)
-        if (Path(cfg.run_dir) / ARTIFACT_DIR / MANIFEST).exists():
+        if finished(Path(cfg.run_dir)):
             print(f"dso train: {cfg.run_dir} already finished training; nothing to do", flush=True)
             return Path(cfg.run_dir)
     if cfg.get("resume") not in (True, False, None):
@@ -58,7 +58,7 @@ def run_train(cfg: DictConfig, job_num: int | None = None, overrides: Sequence[s
     if method != "dso" and method not in CLOSED_FORM:
         raise DsoError(f"steering_method={method} cannot be trained (choose from: dso, {', '.join(CLOSED_FORM)})")
     run_dir = Path(cfg.run_dir) if cfg.run_dir else new_train_dir(cfg, job_num)
-    if (run_dir / ARTIFACT_DIR / MANIFEST).exists():
+    if finished(run_dir):
         raise DsoError(f"{run_dir} already holds a trained artifact; pass a new run_dir")
     cfg = cfg.copy()
     cfg.run_dir = str(run_dir)
@@ -99,10 +99,13 @@ def auto_resume(cfg: DictConfig) -> DictConfig:
     if not cfg.run_dir:
         raise DsoError("resume=auto needs a fixed run directory per job: run_dir=PATH")
     cfg = cfg.copy()
-    cfg.resume = (Path(cfg.run_dir) / CHECKPOINT).is_file() and not (
-        Path(cfg.run_dir) / ARTIFACT_DIR / MANIFEST
-    ).exists()
+    cfg.resume = (Path(cfg.run_dir) / CHECKPOINT).is_file()
     return cfg
+
+
+def finished(run_dir: Path) -> bool:
+    """Training in ``run_dir`` is over: its artifact is saved."""
+    return (run_dir / ARTIFACT_DIR / MANIFEST).exists()
 
 
 def resumed_config(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
@@ -112,7 +115,7 @@ def resumed_config(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
     run_dir = Path(cfg.run_dir)
     if not (run_dir / CHECKPOINT).is_file():
         raise DsoError(f"{run_dir} has no {CHECKPOINT} to resume from")
-    if (run_dir / ARTIFACT_DIR / MANIFEST).exists():
+    if finished(run_dir):
         raise DsoError(f"{run_dir} already finished training (its artifact is saved)")
     resumed = load_train_config(run_dir)
     OmegaConf.set_struct(resumed, False)
