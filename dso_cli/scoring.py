@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -24,8 +25,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from dso_cli.errors import DsoError
+from dso_cli.models.linear_kernels import linear, linear_kernel, resolve_kernel
 from dso_cli.models.multimodal import Payload, collate, needs_own_positions, payload_of
 from dso_cli.prefix_tree import PackedRow, additive_mask, pack, tree_mask
+from dso_cli.tree_attention import attention_implementation, chunked_tree_attention, plan_tree_attention
 
 Item = Mapping[str, Any]
 
@@ -85,6 +88,8 @@ class OptionScorer:
         share_prompt: bool = True,
         prefix_tree: bool = True,
         tree_tokens: int | str = "auto",
+        tree_attention_chunk: int | str = "auto",
+        cpu_linear: str = "auto",
         processor: Any = None,
     ) -> None:
         self.model = model
@@ -107,9 +112,15 @@ class OptionScorer:
         self._head_fp32: tuple[Tensor, Tensor | None] | None = None
         self._cache: dict[tuple[str, str, str, tuple[str, ...]], EncodedItem] = {}
         self.stats = ScoringStats()
+        self.linear_kernel = "stock"  # the start-up checks run on stock kernels
         self.full_forward = not self._shortcut_matches_model()
         self.tree_tokens = _resolve_tree_tokens(tree_tokens, self.device)
+        self.attention_chunk = _resolve_attention_chunk(tree_attention_chunk, self.device)
+        self._attention_implementation = attention_implementation(model)
         self.prefix_tree = prefix_tree and self._tree_matches_rows()
+        kernel = resolve_kernel(cpu_linear, model, self.tree_tokens)
+        if kernel != "stock" and self._kernel_matches_stock(kernel):
+            self.linear_kernel = kernel
         self.stats = ScoringStats()  # the checks above do not count
 
     # --- text -> token ids -------------------------------------------------------------------
@@ -188,6 +199,10 @@ class OptionScorer:
         result stays in the autograd graph (for training steering parameters).
         """
         encoded = [self.encode(item) for item in items]
+        with self.kernels():
+            return self._score(encoded, grad, progress)
+
+    def _score(self, encoded: list[EncodedItem], grad: bool, progress: str | None) -> Tensor:
         n, k_max = len(encoded), max((len(e.option_ids) for e in encoded), default=0)
         if self.tree_applies(encoded):
             with torch.set_grad_enabled(grad):
@@ -208,8 +223,14 @@ class OptionScorer:
     def token_logprobs(self, seqs: list[list[int]]) -> tuple[Tensor, Tensor]:
         """Next-token log-probabilities ``[batch, width, vocab]`` (float32) of right-padded ``seqs``, and
         their lengths: the language-modelling view of the same forward pass, for perplexity and KL."""
-        hidden, lengths = self._forward(seqs)
-        return self._log_softmax(hidden), lengths
+        with self.kernels():
+            hidden, lengths = self._forward(seqs)
+            return self._log_softmax(hidden), lengths
+
+    def kernels(self) -> AbstractContextManager[None]:
+        """The block's no-grad forward passes run their linear layers through the chosen CPU kernel
+        (``scoring.cpu_linear``, see :mod:`dso_cli.models.linear_kernels`); anything else is unchanged."""
+        return linear_kernel(self.model, self.linear_kernel)
 
     # --- the prefix-tree path (text items) ------------------------------------------------------
     def tree_applies(self, encoded: Sequence[EncodedItem]) -> bool:
@@ -242,34 +263,72 @@ class OptionScorer:
         """Hidden states (or, in fallback mode, logits) ``[nodes, ·]`` of one packed tree: each node sees
         itself and its ancestors at position = depth, exactly as in its own item's forward pass."""
         dtype = self.head.weight.dtype if self.head.weight.is_floating_point() else torch.float32
+        mask = tree_mask(row.parents)
         inputs = {
             "input_ids": torch.tensor([row.tokens], device=self.device),
             "position_ids": torch.tensor([row.depths], device=self.device),
-            "attention_mask": additive_mask(tree_mask(row.parents), dtype, self.device),
+            "attention_mask": additive_mask(mask, dtype, self.device),
             "use_cache": False,
         }
         self.stats.add(len(row), row.attended_pairs(), len(row.targets))
-        if self.full_forward:
-            return self.model(**inputs).logits[0]
-        return self.model.base_model(**inputs).last_hidden_state[0]
+        attention: AbstractContextManager[None] = nullcontext()
+        if 0 < self.attention_chunk < len(row):
+            plan = plan_tree_attention(mask, self.attention_chunk, self._attention_implementation, dtype, self.device)
+            attention = chunked_tree_attention(self.model, plan)
+        with attention:
+            if self.full_forward:
+                return self.model(**inputs).logits[0]
+            return self.model.base_model(**inputs).last_hidden_state[0]
 
-    def _tree_matches_rows(self) -> bool:
-        """Does the tree path reproduce per-item rows on two items that share a prefix? Attention
-        implementations that ignore custom masks (e.g. flash-attention) fail this and use rows."""
+    def _probe_items(self) -> list[EncodedItem]:
+        """Two short items that share a prefix, one with a two-token option: the start-up checks' input."""
         vocab = self.head.weight.shape[0]
         prompt = tuple((5 * i + 3) % vocab for i in range(7))
-        probe = [
+        return [
             EncodedItem(prompt, ((11 % vocab,), (13 % vocab, 17 % vocab))),
             EncodedItem((*prompt[:4], 19 % vocab), ((11 % vocab,), (23 % vocab,))),
         ]
+
+    def _kernel_matches_stock(self, kernel: str) -> bool:
+        """Do scores through linear ``kernel`` equal the stock kernel's on the probe (to 1e-4)?"""
+        probe = self._probe_items()
         try:
             with torch.no_grad():
-                tree = self._score_tree(probe, 2, None)
-                rows = self._score_packed(probe, 2)
-        except Exception:  # any failure of the custom mask means: do not use the tree path
+                stock = self._score(probe, False, None)
+                self.linear_kernel = kernel
+                with self.kernels():
+                    ours = self._score(probe, False, None)
+        except RuntimeError:
             return False
+        finally:
+            self.linear_kernel = "stock"
+        return bool(torch.isfinite(ours).all() and (ours - stock).abs().max() <= 1e-4)
+
+    def _tree_matches_rows(self) -> bool:
+        """Does the tree path reproduce per-item rows on two items that share a prefix? Attention
+        implementations that ignore custom masks (e.g. flash-attention) fail this and use rows. The
+        chunked tree attention is checked the same way (in chunks of 3 nodes) and turned off if it fails."""
+        probe = self._probe_items()
+        with torch.no_grad():
+            rows = self._score_packed(probe, 2)
         tolerance = 1e-4 if self.head.weight.dtype == torch.float32 else 0.1
-        return bool(torch.isfinite(tree).all() and (tree - rows).abs().max() <= tolerance)
+
+        def tree_matches(chunk: int) -> bool:
+            saved, self.attention_chunk = self.attention_chunk, chunk
+            try:
+                with torch.no_grad():
+                    tree = self._score_tree(probe, 2, None)
+            except Exception:  # any failure of the custom mask or the chunking means: do not use it
+                return False
+            finally:
+                self.attention_chunk = saved
+            return bool(torch.isfinite(tree).all() and (tree - rows).abs().max() <= tolerance)
+
+        if not tree_matches(0):
+            return False
+        if self.attention_chunk and not tree_matches(3):
+            self.attention_chunk = 0
+        return True
 
     # --- per-item rows ---------------------------------------------------------------------------
     def _score_batch(self, batch: list[EncodedItem], k_max: int) -> Tensor:
@@ -399,7 +458,7 @@ class OptionScorer:
         if self.full_forward:
             return torch.log_softmax(hidden.float(), dim=-1)
         weight, bias = self._head_weights()
-        logits = torch.nn.functional.linear(hidden.to(weight.device, weight.dtype), weight, bias).float()
+        logits = linear(hidden.to(weight.device, weight.dtype), weight, bias, self.linear_kernel).float()
         if self.logit_scale is not None:
             logits = logits * self.logit_scale
         if self.softcap is not None:
@@ -442,6 +501,16 @@ def _resolve_tree_tokens(value: int | str, device: torch.device) -> int:
         return 512 if device.type == "cpu" else 4096
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise DsoError(f"scoring.tree_tokens={value!r}: must be a positive integer or 'auto'")
+    return value
+
+
+def _resolve_attention_chunk(value: int | str, device: torch.device) -> int:
+    """``auto``: query chunks of 128 tree nodes on CPU, 1024 on accelerators; 0 turns chunking off
+    (dense attention under the tree mask)."""
+    if value == "auto":
+        return 128 if device.type == "cpu" else 1024
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise DsoError(f"scoring.tree_attention_chunk={value!r}: must be a non-negative integer or 'auto'")
     return value
 
 

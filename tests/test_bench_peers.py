@@ -33,7 +33,8 @@ TINY = ["bias.n_train=32", "bias.n_train_unambiguous=8", "bias.test_pairs_per_oc
 
 def test_caa_vectors_agree_with_steering_vectors(tiny_llama_dir):
     bench = load_script()
-    cfg = bench.compose_config("train", ["model=hf", f"model.name_or_path={tiny_llama_dir}", *TINY])
+    overrides = ["model=hf", f"model.name_or_path={tiny_llama_dir}", *TINY, "scoring.cpu_linear=onednn"]
+    cfg = bench.compose_config("train", overrides)
     # no --layer: the layer our default fit selects on val (of the two candidates of a 2-layer model)
     result = bench.measure(cfg, warmup_items=4, log=lambda _: None)
     assert result["layer_source"] == "selected on val" and result["layer"] in result["candidate_layers"] == [0, 1]
@@ -43,6 +44,10 @@ def test_caa_vectors_agree_with_steering_vectors(tiny_llama_dir):
     assert result["steering_vectors_guess_matches"]
     for key in ("ours_seconds", "steering_vectors_seconds", "ours_candidate_pass_seconds", "ours_selection_seconds"):
         assert math.isfinite(result[key]) and result[key] > 0
+    # the library also ran on our kernel, and the ratio is against its faster run
+    by_kernel = result["steering_vectors_seconds_by_kernel"]
+    assert result["ours_linear_kernel"] == "onednn" and set(by_kernel) == {"stock", "onednn"}
+    assert result["steering_vectors_seconds"] == min(by_kernel.values())
 
 
 def test_pairs_put_anti_first_and_read_the_last_token(tiny_llama_dir):

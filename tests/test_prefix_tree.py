@@ -69,12 +69,14 @@ def test_tree_mask_is_the_ancestor_relation(seed):
         assert {j for j in range(len(parents)) if mask[i, j]} == ancestors
 
 
+@pytest.mark.parametrize("chunk", [0, 5], ids=["dense-attention", "chunked-attention"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_tree_scores_equal_per_item_rows(family, tokenizer, items):
+def test_tree_scores_equal_per_item_rows(family, chunk, tokenizer, items):
     model = build_tiny_model(family, tokenizer)
-    tree = OptionScorer(model, tokenizer, tree_tokens=64)
+    tree = OptionScorer(model, tokenizer, tree_tokens=64, tree_attention_chunk=chunk)
     rows = OptionScorer(model, tokenizer, prefix_tree=False, share_prompt=False, batch_size=1)
     assert tree.prefix_tree, f"{family}: the tree path fell back"
+    assert tree.attention_chunk == chunk, f"{family}: chunked tree attention was turned off"
     encoded = [tree.encode(i) for i in items]
     if tree._fits_window(encoded):  # a sliding window shorter than the items falls back to rows
         torch.testing.assert_close(tree._score_tree(encoded, 3, None), rows.logprobs(items), atol=1e-5, rtol=1e-5)
@@ -106,19 +108,22 @@ def test_tree_gradients_equal_per_item_rows(tokenizer, items):
 
     model = build_tiny_model("qwen2", tokenizer)
     grads = []
-    for prefix_tree in (True, False):
+    for prefix_tree, chunk in ((False, 0), (True, 0), (True, 5)):
         torch.manual_seed(0)
         params = init_affine_params(find_norm_modules(model))
         with torch.no_grad():
             for p in params.values():
                 p.normal_(0, 0.1)
-        scorer = OptionScorer(model, tokenizer, prefix_tree=prefix_tree, tree_tokens=48, batch_size=3)
+        scorer = OptionScorer(
+            model, tokenizer, prefix_tree=prefix_tree, tree_tokens=48, batch_size=3, tree_attention_chunk=chunk
+        )
         with apply_affine(model, params, 1.0):
             lp = scorer.logprobs(items, grad=True)
             (lp[torch.isfinite(lp)] * torch.linspace(-1, 1, int(torch.isfinite(lp).sum()))).sum().backward()
         grads.append(torch.cat([p.grad.flatten() for p in params.values()]))
     assert grads[0].abs().sum() > 0
-    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+    for tree_grads in grads[1:]:
+        torch.testing.assert_close(tree_grads, grads[0], atol=1e-5, rtol=1e-4)
 
 
 def test_length_normalised_tree_scores(tokenizer, items):
@@ -157,8 +162,9 @@ def test_text_items_on_vision_language_models_use_trees(family, items):
     from tests.vlm_fixtures import build_tiny_vlm
 
     model, processor = build_tiny_vlm(family)
-    tree = OptionScorer(model, processor.tokenizer, processor=processor)
+    tree = OptionScorer(model, processor.tokenizer, processor=processor, tree_attention_chunk=7)
     rows = OptionScorer(model, processor.tokenizer, processor=processor, prefix_tree=False)
     assert tree.prefix_tree, f"{family}: the tree path fell back"
+    assert tree.attention_chunk == 7, f"{family}: chunked tree attention was turned off"
     torch.testing.assert_close(tree.logprobs(items), rows.logprobs(items), atol=1e-5, rtol=1e-5)
     assert tree.stats.tokens < rows.stats.tokens

@@ -116,7 +116,7 @@ def _collect(
     bar = tqdm(starts, desc="activations", unit="batch", leave=False, disable=len(starts) < 4)
     outputs = [name for where, name in keys if where == "output"]
     inputs = [name for where, name in keys if where == "input"]
-    with torch.no_grad(), recording(scorer.model, outputs, inputs) as seen:
+    with torch.no_grad(), scorer.kernels(), recording(scorer.model, outputs, inputs) as seen:
         for kind, start in bar:
             seqs, payloads = [], []
             for item in usable[start : start + step]:
@@ -147,7 +147,7 @@ def _collect_in_trees(
     outputs = [name for kind, name in keys if kind == "output"]
     inputs = [name for kind, name in keys if kind == "input"]
     bar = tqdm(rows, desc="activations", unit="tree", leave=False, disable=len(rows) < 4)
-    with torch.no_grad(), recording(scorer.model, outputs, inputs) as seen:
+    with torch.no_grad(), scorer.kernels(), recording(scorer.model, outputs, inputs) as seen:
         for row in bar:
             scorer.forward_tree(row)
             for k, kind in enumerate(kinds):
