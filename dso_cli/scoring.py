@@ -188,6 +188,17 @@ class OptionScorer:
         return self._cache[key]
 
     # --- scoring --------------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        """The scoring paths in use after the start-up checks (recorded beside results: they move
+        scores by rounding only, but a reader should know which ran)."""
+        return {
+            "prefix_tree": self.prefix_tree,
+            "tree_tokens": self.tree_tokens,
+            "tree_attention_chunk": self.attention_chunk,
+            "linear_kernel": self.linear_kernel,
+            "full_forward": self.full_forward,
+        }
+
     @property
     def device(self) -> torch.device:
         return self.model.get_input_embeddings().weight.device

@@ -56,6 +56,7 @@ def test_train_writes_artifact_config_env_and_log(trained, tiny_llama_dir):
     assert set(manifest["train_metrics"]["val"]) == {"alpha=0", "alpha=1"}
     env = json.loads((run_dir / "env.json").read_text())
     assert env["packages"]["torch"] and "git_commit" in env
+    assert env["scoring"]["prefix_tree"] is True and env["scoring"]["linear_kernel"] in ("stock", "onednn")
     assert len(pd.read_csv(run_dir / "train_log.csv")) == 2
 
 
@@ -89,6 +90,10 @@ def test_sweep_finds_the_newest_run_and_report_compares(trained, tmp_path):
         assert (run_dir / "report" / name).stat().st_size > 0
     assert "| curve |" in result.stdout and "hypervolume" in result.stdout
     assert (run_dir / "report/pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # where the DSO run steers: a heatmap and a line in pareto.md
+    pareto_md = (run_dir / "report/pareto.md").read_text()
+    assert "## Where each method steers" in pareto_md and "of Σ|a|+|b|" in pareto_md
+    assert (run_dir / "report/steering_dso.png").stat().st_size > 0
 
     out = tmp_path / "compare"
     result = dso("report", f"runs=[{run_dir},{run_dir}]", f"report.out_dir={out}")

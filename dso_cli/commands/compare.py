@@ -23,6 +23,7 @@ from torch import Tensor
 
 from dso_cli.benchmarks import build_benchmark, split_items
 from dso_cli.commands.common import load_from_config, markdown_table, merge_into_csv, seed_everything
+from dso_cli.commands.extract import cache_from_config
 from dso_cli.commands.sweep import SWEEP_COLUMNS
 from dso_cli.commands.train import _fit_dso, kl_text, norm_override, train_config
 from dso_cli.errors import DsoError
@@ -156,11 +157,15 @@ def fit_all(
             artifacts[method] = Artifact.load(run_dir / method / ARTIFACT_DIR, loaded.describe())
             print(f"dso compare: {method} already fitted, loaded from {run_dir / method}", flush=True)
     val_items = split_items(splits, "val") if "val" in splits else None
-    store = ActivationStore(scorer, train_items)
+    store = ActivationStore(
+        scorer, train_items, cache=cache_from_config(cfg), benchmark=str(cfg.bias_benchmark.name), split="train"
+    )
     closed = [m for m in todo if m in CLOSED_FORM]
     options = {m: OmegaConf.to_container(method_options(cfg, m), resolve=True) for m in closed}
     started = time.perf_counter()
     prefetch_for(closed, loaded, store, options, norm_modules=norm_override(cfg), can_select=bool(val_items))
+    for line in store.cache_log:
+        print(f"dso compare: {line}", flush=True)
     if store.passes:
         print(f"dso compare: activations of {len(store)} training items recorded in "
               f"{time.perf_counter() - started:.0f} s (one run over them for all baselines)", flush=True)  # fmt: skip

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from dso_cli.commands.analyze import steering_sections
 from dso_cli.commands.common import markdown_table
 from dso_cli.commands.sweep import resolve_run_dir
 from dso_cli.errors import DsoError
@@ -42,6 +43,9 @@ def run_report(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
             "than 2 standard errors.",
         ]
     )
+    steering = steering_sections(runs, out_dir)
+    if steering:
+        text += "\n\n## Where each method steers\n\n" + "\n".join(steering)
     write_text(out_dir / "pareto.md", text + "\n")
     pareto_plot(data, out_dir / "pareto.png", f"{benchmark} ({split})")
     save_provenance(out_dir, cfg, extra={"runs": [str(r) for r in runs]})

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from dso_cli.benchmarks import build_benchmark, split_items
 from dso_cli.commands.common import load_from_config, markdown_table, seed_everything
+from dso_cli.commands.extract import cache_from_config
 from dso_cli.errors import DsoError
 from dso_cli.evaluation import evaluate_strengths
 from dso_cli.models.loading import LoadedModel
@@ -75,13 +76,18 @@ def run_train(cfg: DictConfig, job_num: int | None = None, overrides: Sequence[s
     text = kl_text(cfg) if tcfg is not None and tcfg.kl_text_passages > 0 else []
     loaded, scorer = load_from_config(cfg)
     if not cfg.get("resume"):
-        save_provenance(run_dir, cfg, extra={"device": str(loaded.device), "dtype": str(loaded.dtype)})
+        extra = {"device": str(loaded.device), "dtype": str(loaded.dtype), "scoring": scorer.describe()}
+        save_provenance(run_dir, cfg, extra=extra)
     print(f"dso train: run directory {run_dir}", flush=True)
     val_items = split_items(splits, "val") if "val" in splits else None
     if tcfg is None:
         options = OmegaConf.to_container(cfg.steering_method, resolve=True)
-        store = ActivationStore(scorer, train_items)
+        store = ActivationStore(
+            scorer, train_items, cache=cache_from_config(cfg), benchmark=str(cfg.bias_benchmark.name), split="train"
+        )
         artifact = fit_closed_form(method, loaded, store, options, norm_modules=norm_override(cfg), val_items=val_items)
+        for line in store.cache_log:
+            print(f"dso train: {line}", flush=True)
     else:
         artifact = _fit_dso(cfg, run_dir, loaded, scorer, train_items, reward, tcfg, val_items, text)
     if cfg.train.eval_val and val_items:

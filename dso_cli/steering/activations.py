@@ -12,15 +12,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from dso_cli.errors import DsoError
 from dso_cli.prefix_tree import pack
 from dso_cli.scoring import OptionScorer
 from dso_cli.steering.hooks import hooks_on, output_tensor
+
+if TYPE_CHECKING:
+    from dso_cli.steering.activation_cache import ActivationCache
 
 Item = Mapping[str, Any]
 
@@ -56,12 +61,27 @@ class ActivationStore:
 
     Ask for everything several fits need with :meth:`prefetch` and the model runs over the items once;
     later requests for modules already recorded cost nothing. ``passes`` counts the runs over the items.
+    With a ``cache`` (:class:`~dso_cli.steering.activation_cache.ActivationCache`, e.g. the folder of a
+    ``dso extract`` run) modules it holds for the same model, items and rendering are read from disk
+    instead, and what had to be recorded is written there for the next process.
     """
 
-    def __init__(self, scorer: OptionScorer, items: Sequence[Item], *, batch_size: int | None = None) -> None:
+    def __init__(
+        self,
+        scorer: OptionScorer,
+        items: Sequence[Item],
+        *,
+        batch_size: int | None = None,
+        cache: ActivationCache | None = None,
+        benchmark: str = "",
+        split: str = "",
+    ) -> None:
         self.scorer, self.items = scorer, usable_items(items)
         self.batch_size = batch_size or scorer.batch_size
         self.passes = 0
+        self.cache = cache
+        self.cache_request = cache.request(scorer, self.items, benchmark=benchmark, split=split) if cache else None
+        self.cache_log: list[str] = []  # one line per cache read or write, for the commands to print
         self._recorded: dict[tuple[str, str], dict[str, Tensor]] = {}
 
     def __len__(self) -> int:
@@ -73,10 +93,20 @@ class ActivationStore:
         missing = list(dict.fromkeys(key for key in wanted if key not in self._recorded))
         if not missing:
             return
-        new = _collect(self.scorer, self.items, missing, self.batch_size)
-        self.passes += 1
+        if self.cache is not None and self.cache_request is not None:
+            recorded, entry, hit = self.cache.get(
+                self.cache_request, missing, len(self.items), lambda span: self._record(missing, span)
+            )
+            new = recorded.values
+            self.cache_log.append(f"activations: {'read from' if hit else 'recorded into'} {entry.path}")
+        else:
+            new, hit = self._record(missing, range(len(self.items))).values, False
+        self.passes += not hit
         for key in missing:
             self._recorded[key] = {kind: new[kind][key] for kind in ("pro", "anti")}
+
+    def _record(self, keys: Sequence[tuple[str, str]], span: range) -> Recorded:
+        return collect(self.scorer, self.items[span.start : span.stop], keys, self.batch_size)
 
     def outputs(self, names: Sequence[str]) -> dict[str, dict[str, Tensor]]:
         """``{"pro"|"anti": {module: [n_items, hidden]}}`` of the modules' outputs."""
@@ -105,60 +135,119 @@ def completion_activations(
     return ActivationStore(scorer, items, batch_size=batch_size).outputs(names)
 
 
-def _collect(
-    scorer: OptionScorer, usable: Sequence[Item], keys: Sequence[tuple[str, str]], step: int
-) -> dict[str, dict[tuple[str, str], Tensor]]:
-    """One run over ``usable`` (pro completions, then anti) recording every ``(where, module)`` key."""
+POSITIONS = ("answer", "last_prompt", "all")
+"""Token positions to record: the completion's last token (what the closed-form fits use), the
+prompt's last token (before any option), or every token of each completion (prompt included)."""
+
+
+def position_kinds(positions: str) -> tuple[str, ...]:
+    """The recorded sets: the two completions, or the prompt they share."""
+    return ("prompt",) if positions == "last_prompt" else ("pro", "anti")
+
+
+@dataclass
+class Recorded:
+    """``values[kind][(where, module)]``: ``[rows, hidden]`` float32, items in order; ``counts[kind]``:
+    rows per item (1, except for ``positions="all"``)."""
+
+    values: dict[str, dict[tuple[str, str], Tensor]]
+    counts: dict[str, Tensor]
+
+
+def _picked(positions: str, prompt_len: int, length: int) -> list[int]:
+    """Indices into a completion of ``length`` tokens whose prompt has ``prompt_len``."""
+    if positions == "answer":
+        return [length - 1]
+    if positions == "last_prompt":
+        return [prompt_len - 1]
+    return list(range(length))
+
+
+def collect(
+    scorer: OptionScorer,
+    usable: Sequence[Item],
+    keys: Sequence[tuple[str, str]],
+    step: int,
+    positions: str = "answer",
+) -> Recorded:
+    """One run over ``usable`` recording every ``(where, module)`` key at ``positions``."""
+    if positions not in POSITIONS:
+        raise DsoError(f"positions={positions!r}: expected one of {', '.join(POSITIONS)}")
     if scorer.tree_applies([scorer.encode(item) for item in usable]):
-        return _collect_in_trees(scorer, usable, keys)
-    out: dict[str, dict[tuple[str, str], list[Tensor]]] = {kind: {k: [] for k in keys} for kind in ("pro", "anti")}
-    starts = [(kind, start) for kind in ("pro", "anti") for start in range(0, len(usable), step)]
+        return _collect_in_trees(scorer, usable, keys, positions)
+    kinds = position_kinds(positions)
+    out: dict[str, dict[tuple[str, str], list[Tensor]]] = {kind: {k: [] for k in keys} for kind in kinds}
+    counts: dict[str, list[int]] = {kind: [] for kind in kinds}
+    starts = [(kind, start) for kind in kinds for start in range(0, len(usable), step)]
     bar = tqdm(starts, desc="activations", unit="batch", leave=False, disable=len(starts) < 4)
     outputs = [name for where, name in keys if where == "output"]
     inputs = [name for where, name in keys if where == "input"]
     with torch.no_grad(), scorer.kernels(), recording(scorer.model, outputs, inputs) as seen:
         for kind, start in bar:
-            seqs, payloads = [], []
+            seqs, payloads, rows, picks = [], [], [], []
             for item in usable[start : start + step]:
                 enc = scorer.encode(item)
-                seqs.append(list(enc.prompt_ids) + list(enc.option_ids[item[f"{kind}_option"]]))
+                option = enc.option_ids[item["anti_option" if kind == "anti" else "pro_option"]]
+                picked = _picked(positions, len(enc.prompt_ids), len(enc.prompt_ids) + len(option))
+                rows += [len(seqs)] * len(picked)
+                picks += picked
+                counts[kind].append(len(picked))
+                seqs.append(list(enc.prompt_ids) + list(option))
                 payloads.append(enc.payload)  # a vision-language item's images
-            _, lengths = scorer._forward(seqs, payloads=payloads)
-            rows = torch.arange(len(seqs))
+            scorer._forward(seqs, payloads=payloads)
             for key in keys:
                 hidden = seen[key]
-                last = hidden[rows.to(hidden.device), (lengths - 1).to(hidden.device)]
-                out[kind][key].append(last.float().cpu())
-    return {kind: {k: torch.cat(v) if v else torch.empty(0) for k, v in per.items()} for kind, per in out.items()}
+                index = (torch.tensor(rows, device=hidden.device), torch.tensor(picks, device=hidden.device))
+                out[kind][key].append(hidden[index].float().cpu())
+    values = {kind: {k: torch.cat(v) if v else torch.empty(0) for k, v in per.items()} for kind, per in out.items()}
+    return Recorded(values, {kind: torch.tensor(c, dtype=torch.long) for kind, c in counts.items()})
 
 
 def _collect_in_trees(
-    scorer: OptionScorer, usable: Sequence[Item], keys: Sequence[tuple[str, str]]
-) -> dict[str, dict[tuple[str, str], Tensor]]:
-    """As :func:`_collect`, with both completions of every item packed into prefix trees."""
-    kinds = ("pro", "anti")
-    completions = []
+    scorer: OptionScorer, usable: Sequence[Item], keys: Sequence[tuple[str, str]], positions: str
+) -> Recorded:
+    """As :func:`collect`, with both completions of every item packed into prefix trees."""
+    kinds = position_kinds(positions)
+    completions, prompt_lens = [], []
     for item in usable:
         enc = scorer.encode(item)
-        completions.append((enc.prompt_ids, [enc.option_ids[item[f"{kind}_option"]] for kind in kinds]))
+        prompt_lens.append(len(enc.prompt_ids))
+        options = ("pro", "anti")
+        completions.append((enc.prompt_ids, [enc.option_ids[item[f"{kind}_option"]] for kind in options]))
     rows, _ = pack(completions, scorer.tree_tokens, feed_last=True)
     found: dict[str, dict[tuple[str, str], list[Tensor]]] = {kind: {k: [] for k in keys} for kind in kinds}
-    where: dict[str, list[int]] = {kind: [] for kind in kinds}  # item index of each recorded row
+    owner: dict[str, list[int]] = {kind: [] for kind in kinds}  # item index of each recorded row
     outputs = [name for kind, name in keys if kind == "output"]
     inputs = [name for kind, name in keys if kind == "input"]
     bar = tqdm(rows, desc="activations", unit="tree", leave=False, disable=len(rows) < 4)
     with torch.no_grad(), scorer.kernels(), recording(scorer.model, outputs, inputs) as seen:
         for row in bar:
             scorer.forward_tree(row)
-            for k, kind in enumerate(kinds):
-                ends = [(node, item) for node, item, option in row.option_ends if option == k]
-                where[kind] += [item for _, item in ends]
+            for k, kind in enumerate(kinds):  # "prompt" reads the pro completion's path
+                nodes = []
+                for end, item, option in row.option_ends:
+                    if option != k:
+                        continue
+                    path = [end] if positions == "answer" else _ancestry(row.parents, end)
+                    picked = [-1] if positions == "answer" else _picked(positions, prompt_lens[item], len(path))
+                    nodes += [path[i] for i in picked]
+                    owner[kind] += [item] * len(picked)
                 for key in keys:
                     hidden = seen[key][0]
-                    nodes = torch.tensor([node for node, _ in ends], device=hidden.device)
-                    found[kind][key].append(hidden[nodes].float().cpu())
-    out = {}
+                    found[kind][key].append(hidden[torch.tensor(nodes, device=hidden.device)].float().cpu())
+    values, counts = {}, {}
     for kind in kinds:
-        order = torch.argsort(torch.tensor(where[kind]))
-        out[kind] = {key: torch.cat(found[kind][key])[order] for key in keys}
-    return out
+        items = torch.tensor(owner[kind], dtype=torch.long)
+        order = torch.argsort(items, stable=True)  # an item's rows stay in token order
+        values[kind] = {key: torch.cat(found[kind][key])[order] for key in keys}
+        counts[kind] = torch.bincount(items, minlength=len(usable))
+    return Recorded(values, counts)
+
+
+def _ancestry(parents: Sequence[int], node: int) -> list[int]:
+    """The nodes from the root to ``node``: one completion's tokens in a packed tree."""
+    path = []
+    while node >= 0:
+        path.append(node)
+        node = parents[node]
+    return path[::-1]
