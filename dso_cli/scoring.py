@@ -194,7 +194,7 @@ class OptionScorer:
         return {
             "prefix_tree": self.prefix_tree,
             "tree_tokens": self.tree_tokens,
-            "tree_attention_chunk": self.attention_chunk,
+            "tree_attention_chunk": self.attention_chunk if self.prefix_tree else None,
             "linear_kernel": self.linear_kernel,
             "full_forward": self.full_forward,
         }

@@ -110,6 +110,27 @@ def test_same_key_loads_and_a_changed_key_recomputes(tokenizer, model, train_ite
             torch.testing.assert_close(half.values[kind][key], first.values[kind][key], atol=2e-2, rtol=1e-2)
 
 
+def test_resuming_with_another_shard_size_records_whole_shards_again(tokenizer, model, train_items, tmp_path):
+    scorer = OptionScorer(model, tokenizer)
+    keys = resolve_modules(model, ["residual"])
+    request = ActivationCache(tmp_path).request(scorer, train_items)
+
+    def dies_after_one_shard(span):
+        if span.start > 0:
+            raise KeyboardInterrupt
+        return collect(scorer, train_items[span.start : span.stop], keys, 4)
+
+    with pytest.raises(KeyboardInterrupt):
+        ActivationCache(tmp_path, shard_items=6).write(request, keys, len(train_items), dies_after_one_shard)
+    record = Counting(scorer, train_items, keys)
+    entry = ActivationCache(tmp_path, shard_items=10).write(request, keys, len(train_items), record)
+    assert record.calls == 3  # 0-10, 10-20, 20-24: no shard of the other size is reused
+    assert entry.load(keys).counts["pro"].tolist() == [1] * len(train_items)
+    manifest = dict(entry.manifest, shards=[dict(entry.manifest["shards"][0], items=[0, 9])])
+    with pytest.raises(DsoError, match="holds 10 items"):
+        type(entry)(entry.path, manifest).load(keys)
+
+
 def test_an_interrupted_extraction_resumes_at_the_first_missing_shard(tokenizer, model, train_items, tmp_path):
     scorer = OptionScorer(model, tokenizer)
     keys = resolve_modules(model, ["residual"])

@@ -26,9 +26,8 @@ def test_extract_writes_shards_and_a_manifest_and_the_second_run_loads(extracted
     manifest = json.loads((entry / "manifest.json").read_text())
     assert manifest["n_items"] == 32 and manifest["positions"] == "answer" and manifest["split"] == "train"
     assert manifest["model"]["name_or_path"] == str(tiny_llama_dir) and manifest["model"]["fingerprint"]
-    assert sorted(p.name for p in entry.glob("*.safetensors")) == [
-        f"shard-{i:05d}-of-00004.safetensors" for i in range(4)
-    ]
+    shards = sorted(p.name for p in entry.glob("*.safetensors"))
+    assert shards == [f"items-{a:07d}-{b:07d}.safetensors" for a, b in ((0, 10), (10, 20), (20, 30), (30, 32))]
     assert {where for where, _ in manifest["modules"]} == {"output", "input"}  # norms + residual, and heads
     assert len(manifest["labels"]["id"]) == 32 and (run_dir / "extract_config.yaml").is_file()
     second = dso("extract", f"run_dir={run_dir}", f"model.name_or_path={tiny_llama_dir}", *TINY)
@@ -50,6 +49,21 @@ def test_baseline_fits_read_the_extract_cache(extracted, tiny_llama_dir, tmp_pat
     assert result.returncode == 0, result.stderr[-3000:]
     assert "activations: read from" in result.stdout and "activations: recorded" not in result.stdout
     assert sorted(run_dir.glob("*/manifest.json")) == entries  # nothing had to be recorded
+
+
+def test_extract_labels_an_entry_a_baseline_fit_wrote(tiny_llama_dir, tmp_path):
+    cache = tmp_path / "cache"
+    common = [f"model.name_or_path={tiny_llama_dir}", *TINY]
+    fit = dso("train", "steering_method=caa", f"run_dir={tmp_path / 'caa'}", f"extract.cache={cache}",
+              "train.eval_val=false", *common)  # fmt: skip
+    assert fit.returncode == 0 and "activations: recorded into" in fit.stdout, fit.stderr[-3000:]
+    (manifest,) = cache.glob("*/manifest.json")
+    assert "labels" not in json.loads(manifest.read_text())
+    # the fit recorded both decoder layers of the tiny model: extract finds them and adds the labels
+    result = dso("extract", f"run_dir={cache}", "extract.modules=[residual]", *common)
+    assert result.returncode == 0 and "cached, nothing to compute" in result.stdout, result.stderr[-3000:]
+    assert json.loads(manifest.read_text())["labels"]["id"]
+    assert dso("analyze", f"run_dir={cache}", "analyze.folds=2").returncode == 0
 
 
 def test_analyze_plots_the_probes_of_an_extract_run(extracted):

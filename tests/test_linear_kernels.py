@@ -71,6 +71,7 @@ def test_resolve_kernel():
     assert resolve_kernel("onednn", model, 32) == "onednn"
     assert resolve_kernel("auto", model, 32) in ("stock", "onednn")
     assert resolve_kernel("auto", model.double(), 32) == "stock"  # no float32 layer to speed up
+    assert resolve_kernel("onednn", model.double(), 32) == "stock"  # it would never apply
     with pytest.raises(DsoError, match=r"scoring\.cpu_linear='fast'"):
         resolve_kernel("fast", model, 32)
 

@@ -36,7 +36,9 @@ def signal_section(root: Path, out_dir: Path, folds: int) -> str | None:
     entries = [
         e
         for e in ActivationCache(root).entries()
-        if e.manifest.get("positions") == "answer" and e.manifest.get("labels")
+        if e.manifest.get("positions") == "answer"
+        and e.manifest.get("labels")
+        and e.manifest.get("module_sets", {}).get("residual")
     ]
     if not entries:
         return None

@@ -19,10 +19,11 @@ from tqdm.auto import tqdm
 from dso_cli.benchmarks import build_benchmark, split_items
 from dso_cli.commands.common import load_from_config, seed_everything
 from dso_cli.errors import DsoError
+from dso_cli.io import write_json
 from dso_cli.models.layouts import find_decoder_layers, find_head_projections, find_norm_modules
 from dso_cli.runs import new_train_dir, save_provenance
 from dso_cli.scoring import OptionScorer
-from dso_cli.steering.activation_cache import ActivationCache, CacheEntry, CacheRequest, Key
+from dso_cli.steering.activation_cache import MANIFEST, ActivationCache, CacheEntry, CacheRequest, Key
 from dso_cli.steering.activations import POSITIONS, collect, usable_items
 
 MODULE_SETS = {
@@ -105,12 +106,17 @@ def run_extract(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
     request = cache.request(scorer, items, positions, benchmark=str(cfg.bias_benchmark.name), split=split)
     extra = {"device": str(loaded.device), "dtype": str(loaded.dtype), "scoring": scorer.describe()}
     save_provenance(run_dir, cfg, prefix="extract_", extra=extra)
+    names = {name: [module for _, module in members] for name, members in sets.items()}
+    extra = {"model_name": str(cfg.model.name), "labels": label_columns(items), "module_sets": names}
     entry = cache.find(request, keys)
     if entry is not None:
+        if not entry.manifest.get("labels") or not set(names) <= set(entry.manifest.get("module_sets", {})):
+            # written by a baseline fit (no labels or module sets): add what dso analyze reads
+            sets_known = {**entry.manifest.get("module_sets", {}), **names}
+            entry.manifest.update({**extra, "module_sets": sets_known})
+            write_json(entry.path / MANIFEST, entry.manifest)
         print(f"dso extract: cached, nothing to compute: {entry.path}", flush=True)
     else:
-        names = {name: [module for _, module in members] for name, members in sets.items()}
-        extra = {"model_name": str(cfg.model.name), "labels": label_columns(items), "module_sets": names}
         entry = _write(cache, request, keys, items, scorer, positions, extra)
         print(f"dso extract: wrote {entry.path}", flush=True)
     _summary(entry, len(keys))

@@ -61,7 +61,9 @@ def _onednn_forward(self: torch.nn.Linear, x: Tensor) -> Tensor:
 
 def resolve_kernel(kernel: str, model: torch.nn.Module, rows: int) -> str:
     """``onednn`` or ``stock`` for ``model``: ``auto`` picks oneDNN on CPU float32 models when it is
-    at least 10 % faster on the model's widest linear layer at ``rows`` tokens."""
+    at least 10 % faster on the widest linear layer of the backbone (not the output head, which scoring
+    runs on a few rows only) at ``rows`` tokens (at most 1024). A model without CPU float32 linear
+    layers gets ``stock`` either way: the kernel would never apply."""
     if kernel not in KERNELS:
         raise DsoError(f"scoring.cpu_linear={kernel!r}: expected one of {', '.join(KERNELS)}")
     if kernel == "stock":
@@ -70,14 +72,19 @@ def resolve_kernel(kernel: str, model: torch.nn.Module, rows: int) -> str:
         if kernel == "onednn":
             raise DsoError("scoring.cpu_linear=onednn: this PyTorch build has no oneDNN linear kernel")
         return "stock"
-    if kernel == "onednn":
-        return "onednn"
-    linears = [m for m in _plain_linears(model) if m.weight.device.type == "cpu" and m.weight.dtype == torch.float32]
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    linears = [
+        m
+        for m in _plain_linears(model)
+        if m.weight.device.type == "cpu" and m.weight.dtype == torch.float32 and m is not head
+    ]
     if not linears:
         return "stock"
+    if kernel == "onednn":
+        return "onednn"
     widest = max(linears, key=lambda m: m.weight.numel())
     out_features, in_features = widest.weight.shape
-    return "onednn" if onednn_speedup(rows, in_features, out_features) >= 1.1 else "stock"
+    return "onednn" if onednn_speedup(min(rows, 1024), in_features, out_features) >= 1.1 else "stock"
 
 
 @functools.cache

@@ -56,11 +56,11 @@ def chance(labels: np.ndarray) -> float:
 
 
 def layer_modules(entry: CacheEntry) -> list[str]:
-    """The entry's decoder-layer outputs in forward order (else every recorded output module)."""
-    sets = entry.manifest.get("module_sets", {})
-    if sets.get("residual"):
-        return list(sets["residual"])
-    return [name for where, name in entry.modules if where == "output"]
+    """The entry's decoder-layer outputs in forward order (its ``residual`` module set)."""
+    residual = entry.manifest.get("module_sets", {}).get("residual")
+    if not residual:
+        raise DsoError(f"{entry.path}: probes read decoder-layer outputs; extract with extract.modules=[residual]")
+    return list(residual)
 
 
 def signal_by_layer(entry: CacheEntry, folds: int = 5) -> pd.DataFrame:

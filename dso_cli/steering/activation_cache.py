@@ -9,8 +9,9 @@ entry that matches on everything and records at least the requested modules; oth
 and a new entry is written, shard by shard (each shard atomic, so an interrupted extraction resumes at
 the first missing shard and memory stays bounded by one shard).
 
-Tensor names in a shard: ``{where}|{module}|{kind}`` (kind: ``pro``/``anti``, or ``prompt``) with
-``rows|{kind}`` holding the number of rows per item (1 except for ``positions="all"``).
+Shards are named by their item range (``items-0000000-0000128.safetensors``). Tensor names in a
+shard: ``{where}|{module}|{kind}`` (kind: ``pro``/``anti``, or ``prompt``) with ``rows|{kind}``
+holding the number of rows per item (1 except for ``positions="all"``).
 """
 
 from __future__ import annotations
@@ -108,7 +109,11 @@ class CacheEntry:
         for shard in self.manifest["shards"]:
             with safe_open(str(self.path / shard["file"]), framework="pt") as f:
                 for kind in kinds:
-                    counts[kind].append(f.get_tensor(f"rows|{kind}"))
+                    rows = f.get_tensor(f"rows|{kind}")
+                    if len(rows) != shard["items"][1] - shard["items"][0]:
+                        raise DsoError(f"{self.path / shard['file']}: holds {len(rows)} items, the manifest says "
+                                       f"{shard['items']}; delete the entry and extract again")  # fmt: skip
+                    counts[kind].append(rows)
                     for key in keys:
                         parts[kind][key].append(f.get_tensor(_tensor_name(key, kind)).float())
         values = {kind: {k: torch.cat(v) for k, v in per.items()} for kind, per in parts.items()}
@@ -208,7 +213,7 @@ class ActivationCache:
         starts = list(range(0, n_items, self.shard_items))
         for number, start in enumerate(starts):
             span = range(start, min(n_items, start + self.shard_items))
-            name = f"shard-{number:05d}-of-{len(starts):05d}.safetensors"
+            name = f"items-{span.start:07d}-{span.stop:07d}.safetensors"  # a resumed run reuses same spans only
             if not (path / name).is_file():  # shards of an interrupted run are kept
                 rows = record(span)
                 tensors = {f"rows|{kind}": rows.counts[kind].contiguous() for kind in kinds}

@@ -62,8 +62,9 @@ class ActivationStore:
     Ask for everything several fits need with :meth:`prefetch` and the model runs over the items once;
     later requests for modules already recorded cost nothing. ``passes`` counts the runs over the items.
     With a ``cache`` (:class:`~dso_cli.steering.activation_cache.ActivationCache`, e.g. the folder of a
-    ``dso extract`` run) modules it holds for the same model, items and rendering are read from disk
-    instead, and what had to be recorded is written there for the next process.
+    ``dso extract`` run) a request is read from disk when one entry for the same model, items and
+    rendering holds every module it asks for; otherwise it is recorded (all of its modules) and written
+    there as a new entry for the next process.
     """
 
     def __init__(
