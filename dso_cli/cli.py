@@ -201,26 +201,22 @@ def _runner(verb: str) -> Callable:
 
         hydra_cfg = HydraConfig.get()
         overrides = list(hydra_cfg.overrides.task)
+        runners = {
+            "sweep": run_sweep,
+            "report": run_report,
+            "eval": run_eval,
+            "compare": run_compare,
+            "prune": run_prune,
+            "export": run_export,
+            "extract": run_extract,
+            "analyze": run_analyze,
+        }  # verb -> run(cfg, overrides); train also takes the multirun job number
         try:
             if verb == "train":
                 multirun = str(hydra_cfg.mode) == "RunMode.MULTIRUN"
                 run_train(cfg, job_num=hydra_cfg.job.num if multirun else None, overrides=overrides)
-            elif verb == "sweep":
-                run_sweep(cfg, overrides)
-            elif verb == "eval":
-                run_eval(cfg, overrides)
-            elif verb == "compare":
-                run_compare(cfg, overrides)
-            elif verb == "prune":
-                run_prune(cfg, overrides)
-            elif verb == "export":
-                run_export(cfg, overrides)
-            elif verb == "extract":
-                run_extract(cfg, overrides)
-            elif verb == "analyze":
-                run_analyze(cfg, overrides)
             else:
-                run_report(cfg, overrides)
+                runners[verb](cfg, overrides)
         except DsoError as exc:
             print(f"dso {verb}: error: {exc}", file=sys.stderr)
             sys.exit(2)

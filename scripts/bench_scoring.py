@@ -55,7 +55,7 @@ from dso_cli.commands.common import (  # noqa: E402
     seed_everything,
 )
 from dso_cli.models.layouts import find_decoder_layers  # noqa: E402
-from dso_cli.models.linear_kernels import linear_kernel, onednn_available  # noqa: E402
+from dso_cli.models.linear_kernels import linear, linear_kernel, onednn_available  # noqa: E402
 from dso_cli.scoring import OptionScorer, ScoringStats  # noqa: E402
 
 GENERATION_STOP = "\n\n"
@@ -86,7 +86,7 @@ def matmul_flops_per_second(dtype: torch.dtype, device: torch.device) -> dict[st
                 for _ in range(4):
                     _sync(device)
                     start = time.perf_counter()
-                    a @ b if kernel == "stock" else torch.ops.mkldnn._linear_pointwise(a, b_t, None, "none", [], "")
+                    a @ b if kernel == "stock" else linear(a, b_t, None, "onednn")
                     _sync(device)
                     best = min(best, time.perf_counter() - start)
             out[f"{kernel}_{n}"] = 2 * n**3 / best

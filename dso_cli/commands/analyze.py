@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import pandas as pd
 from omegaconf import DictConfig
 
 from dso_cli.commands.common import markdown_table
@@ -62,7 +61,7 @@ def signal_section(root: Path, out_dir: Path, folds: int) -> str | None:
     )
 
 
-def steering_section(artifact: Artifact, out_dir: Path, name: str) -> tuple[str, pd.DataFrame | None]:
+def steering_section(artifact: Artifact, out_dir: Path, name: str) -> str:
     """One line (and a PNG) on where ``artifact`` steers."""
     method = artifact.method
     png = f"steering_{name}.png"
@@ -74,20 +73,19 @@ def steering_section(artifact: Artifact, out_dir: Path, name: str) -> tuple[str,
         share = ", ".join(f"{r.module} ({r.mass / modules['mass'].sum():.1%})" for r in top.itertuples())
         return (
             f"- **{method}** ({name}): {fraction:.1%} of its {neurons.numel()} neurons carry 90 % of Σ|a|+|b|; "
-            f"the largest modules: {share}. ![{name}]({png})",
-            modules,
+            f"the largest modules: {share}. ![{name}]({png})"
         )
     if method == "caa":
         vectors = vector_norms(artifact.tensors)
         vector_plot(vectors, out_dir / png, "caa: steered layers")
         layers = ", ".join(f"{r.layer} (‖v‖ {r.norm:.3g})" for r in vectors.itertuples())
-        return f"- **caa** ({name}): layer {layers}. ![{name}]({png})", vectors
+        return f"- **caa** ({name}): layer {layers}. ![{name}]({png})"
     if method == "iti":
         heads = iti_heads(artifact.manifest)
         head_heatmap(heads, out_dir / png, "iti: steered heads (probe accuracy)")
         chosen = ", ".join(f"L{r.layer}.h{r.head}" for r in heads.itertuples())
-        return f"- **iti** ({name}): {len(heads)} heads: {chosen}. ![{name}]({png})", heads
-    return f"- **{method}** ({name}): no placement to show (not a per-module method).", None
+        return f"- **iti** ({name}): {len(heads)} heads: {chosen}. ![{name}]({png})"
+    return f"- **{method}** ({name}): no placement to show (not a per-module method)."
 
 
 def steering_sections(runs: Sequence[Path], out_dir: Path) -> list[str]:
@@ -97,7 +95,7 @@ def steering_sections(runs: Sequence[Path], out_dir: Path) -> list[str]:
         if (run / ARTIFACT_DIR / MANIFEST).is_file():
             artifact = Artifact.load(run / ARTIFACT_DIR)
             name = artifact.method if len(runs) == 1 else f"{artifact.method}_{run.name}"
-            lines.append(steering_section(artifact, out_dir, name)[0])
+            lines.append(steering_section(artifact, out_dir, name))
     return lines
 
 

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from dso_cli.benchmarks import build_benchmark, split_items
 from dso_cli.commands.common import load_from_config, markdown_table, merge_into_csv, seed_everything
-from dso_cli.commands.extract import cache_from_config
+from dso_cli.commands.extract import store_from_config
 from dso_cli.commands.sweep import SWEEP_COLUMNS
 from dso_cli.commands.train import _fit_dso, kl_text, norm_override, train_config
 from dso_cli.errors import DsoError
@@ -43,7 +43,6 @@ from dso_cli.runs import (
     parse_alpha,
     save_provenance,
 )
-from dso_cli.steering.activations import ActivationStore
 from dso_cli.steering.artifact import MANIFEST, Artifact
 from dso_cli.steering.methods import ALL_METHODS, CLOSED_FORM, fit_closed_form, prefetch_for
 
@@ -157,9 +156,7 @@ def fit_all(
             artifacts[method] = Artifact.load(run_dir / method / ARTIFACT_DIR, loaded.describe())
             print(f"dso compare: {method} already fitted, loaded from {run_dir / method}", flush=True)
     val_items = split_items(splits, "val") if "val" in splits else None
-    store = ActivationStore(
-        scorer, train_items, cache=cache_from_config(cfg), benchmark=str(cfg.bias_benchmark.name), split="train"
-    )
+    store = store_from_config(cfg, scorer, train_items)
     closed = [m for m in todo if m in CLOSED_FORM]
     options = {m: OmegaConf.to_container(method_options(cfg, m), resolve=True) for m in closed}
     started = time.perf_counter()

@@ -24,7 +24,7 @@ from dso_cli.models.layouts import find_decoder_layers, find_head_projections, f
 from dso_cli.runs import new_train_dir, save_provenance
 from dso_cli.scoring import OptionScorer
 from dso_cli.steering.activation_cache import MANIFEST, ActivationCache, CacheEntry, CacheRequest, Key
-from dso_cli.steering.activations import POSITIONS, collect, usable_items
+from dso_cli.steering.activations import POSITIONS, ActivationStore, collect, usable_items
 
 MODULE_SETS = {
     "norms": "every normalisation module's output",
@@ -55,9 +55,14 @@ def module_sets(model: nn.Module, spec: Any) -> dict[str, list[Key]]:
     return sets
 
 
+def keys_of(sets: dict[str, list[Key]]) -> list[Key]:
+    """Every key of ``sets``, once, in the order named."""
+    return list(dict.fromkeys(key for keys in sets.values() for key in keys))
+
+
 def resolve_modules(model: nn.Module, spec: Any) -> list[Key]:
     """Every key ``extract.modules`` names, once, in the order named."""
-    return list(dict.fromkeys(key for keys in module_sets(model, spec).values() for key in keys))
+    return keys_of(module_sets(model, spec))
 
 
 def check_extract(cfg: DictConfig) -> None:
@@ -68,12 +73,12 @@ def check_extract(cfg: DictConfig) -> None:
     ActivationCache(".", dtype=cfg.extract.dtype, shard_items=cfg.extract.shard_items)  # validates both
 
 
-def cache_from_config(cfg: DictConfig) -> ActivationCache | None:
-    """The activation cache baseline fits read and add to (``extract.cache``), or None."""
+def store_from_config(cfg: DictConfig, scorer: OptionScorer, train_items: Sequence[dict]) -> ActivationStore:
+    """The store baseline fits of ``dso train``/``dso compare`` record into, backed by the activation
+    cache ``extract.cache`` when it is set."""
     root = cfg.get("extract", {}).get("cache")
-    if not root:
-        return None
-    return ActivationCache(root, dtype=cfg.extract.dtype, shard_items=cfg.extract.shard_items)
+    cache = ActivationCache(root, dtype=cfg.extract.dtype, shard_items=cfg.extract.shard_items) if root else None
+    return ActivationStore(scorer, train_items, cache=cache, benchmark=str(cfg.bias_benchmark.name), split="train")
 
 
 def label_columns(items: Sequence[dict]) -> dict[str, list]:
@@ -100,24 +105,24 @@ def run_extract(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
         raise DsoError(f"bias={cfg.bias_benchmark.name} split {split} has no ambiguous items with pro and anti options")
     loaded, scorer = load_from_config(cfg)
     sets = module_sets(loaded.model, cfg.extract.modules)
-    keys = list(dict.fromkeys(key for members in sets.values() for key in members))
+    keys = keys_of(sets)
     cache = ActivationCache(run_dir, dtype=str(cfg.extract.dtype), shard_items=int(cfg.extract.shard_items))
     positions = str(cfg.extract.positions)
     request = cache.request(scorer, items, positions, benchmark=str(cfg.bias_benchmark.name), split=split)
-    extra = {"device": str(loaded.device), "dtype": str(loaded.dtype), "scoring": scorer.describe()}
-    save_provenance(run_dir, cfg, prefix="extract_", extra=extra)
+    environment = {"device": str(loaded.device), "dtype": str(loaded.dtype), "scoring": scorer.describe()}
+    save_provenance(run_dir, cfg, prefix="extract_", extra=environment)
     names = {name: [module for _, module in members] for name, members in sets.items()}
-    extra = {"model_name": str(cfg.model.name), "labels": label_columns(items), "module_sets": names}
+    about = {"model_name": str(cfg.model.name), "labels": label_columns(items), "module_sets": names}
     entry = cache.find(request, keys)
     if entry is not None:
         if not entry.manifest.get("labels") or not set(names) <= set(entry.manifest.get("module_sets", {})):
             # written by a baseline fit (no labels or module sets): add what dso analyze reads
             sets_known = {**entry.manifest.get("module_sets", {}), **names}
-            entry.manifest.update({**extra, "module_sets": sets_known})
+            entry.manifest.update({**about, "module_sets": sets_known})
             write_json(entry.path / MANIFEST, entry.manifest)
         print(f"dso extract: cached, nothing to compute: {entry.path}", flush=True)
     else:
-        entry = _write(cache, request, keys, items, scorer, positions, extra)
+        entry = _write(cache, request, keys, items, scorer, positions, about)
         print(f"dso extract: wrote {entry.path}", flush=True)
     _summary(entry, len(keys))
     return run_dir

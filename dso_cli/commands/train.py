@@ -10,7 +10,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from dso_cli.benchmarks import build_benchmark, split_items
 from dso_cli.commands.common import load_from_config, markdown_table, seed_everything
-from dso_cli.commands.extract import cache_from_config
+from dso_cli.commands.extract import store_from_config
 from dso_cli.errors import DsoError
 from dso_cli.evaluation import evaluate_strengths
 from dso_cli.models.loading import LoadedModel
@@ -20,7 +20,6 @@ from dso_cli.rl.rewards import Reward
 from dso_cli.rl.trainer import TrainConfig
 from dso_cli.runs import ARTIFACT_DIR, load_train_config, new_train_dir, save_provenance
 from dso_cli.scoring import OptionScorer
-from dso_cli.steering.activations import ActivationStore
 from dso_cli.steering.artifact import MANIFEST, Artifact
 from dso_cli.steering.dso import fit_dso
 from dso_cli.steering.methods import CLOSED_FORM, fit_closed_form
@@ -82,9 +81,7 @@ def run_train(cfg: DictConfig, job_num: int | None = None, overrides: Sequence[s
     val_items = split_items(splits, "val") if "val" in splits else None
     if tcfg is None:
         options = OmegaConf.to_container(cfg.steering_method, resolve=True)
-        store = ActivationStore(
-            scorer, train_items, cache=cache_from_config(cfg), benchmark=str(cfg.bias_benchmark.name), split="train"
-        )
+        store = store_from_config(cfg, scorer, train_items)
         artifact = fit_closed_form(method, loaded, store, options, norm_modules=norm_override(cfg), val_items=val_items)
         for line in store.cache_log:
             print(f"dso train: {line}", flush=True)

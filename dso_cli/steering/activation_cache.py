@@ -45,11 +45,11 @@ Key = tuple[str, str]  # ("output" | "input", module name)
 def items_digest(items: Sequence[Mapping[str, Any]]) -> str:
     """sha256 of what the model sees of the items and what labels them (order included)."""
     fields = ("id", "prompt", "answer_prefix", "options", "option_groups", "pro_option", "anti_option", "images")
-    payload = [{f: item.get(f) for f in fields} for item in items]
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    return _digest([{f: item.get(f) for f in fields} for item in items])
 
 
 def _digest(data: Any) -> str:
+    """sha256 of ``data`` as canonical JSON (sorted keys; anything else as its ``str``)."""
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
