@@ -10,10 +10,9 @@ import os
 import re
 import sys
 from collections.abc import Callable, Sequence
-from importlib import resources
-from pathlib import Path
 
 from dso_cli import __version__
+from dso_cli.config_files import conf_dir, group_options
 from dso_cli.errors import DsoError
 
 GROUPS = ("model", "bias_benchmark", "steering_method", "optimizer", "reward", "logger")
@@ -48,18 +47,6 @@ HYDRA_FLAGS = (
     "--shell-completion",
     "-sc",
 )
-
-
-def conf_dir() -> Path:
-    """The Hydra config directory: ``conf/`` of a source checkout, else the copy inside the package."""
-    source = Path(__file__).resolve().parent.parent / "conf"
-    if (source / "base.yaml").is_file():
-        return source
-    return Path(str(resources.files("dso_cli") / "conf"))
-
-
-def group_options(group: str) -> list[str]:
-    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
 
 
 def default_options() -> dict[str, str]:

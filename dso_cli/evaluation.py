@@ -73,15 +73,40 @@ def evaluate_text(
     on_row: Callable[[dict[str, Any]], None] = lambda row: None,
     desc: str = "text",
 ) -> list[dict[str, Any]]:
-    """Per-token ``KL(steered ‖ base)`` of the next-token distribution and perplexity, at every ω.
-
-    Each batch runs the base model once and the steered model once per ω, so the base log-probs are
-    never stored for the whole corpus. ``kl_se`` is the standard error over passages.
-    """
+    """Per-token ``KL(steered ‖ base)`` of the next-token distribution and perplexity, at every ω."""
     tokenizer = scorer.tokenizer
     seqs = [tokenizer(p, truncation=True, max_length=corpus.max_tokens)["input_ids"] for p in corpus.passages]
-    seqs = sorted((s for s in seqs if len(s) >= 2), key=len)
-    nll = {a: [] for a in alphas}  # per passage: (sum of token NLL, token count)
+    return evaluate_sequences(scorer, artifact, seqs, alphas, batch_size=batch_size, on_row=on_row, desc=desc)
+
+
+def prompt_sequences(scorer: OptionScorer, items: Sequence[Item], max_items: int) -> list[list[int]]:
+    """Token ids of up to ``max_items`` text items' rendered prompts (spread evenly over ``items``),
+    for the full-vocabulary KL on the benchmark's own prompts; items with images are left out."""
+    text = [item for item in items if not item.get("images")]
+    if max_items <= 0 or not text:
+        return []
+    step = max(1, len(text) // max_items)
+    return [list(scorer.encode(item).prompt_ids) for item in text[::step][:max_items]]
+
+
+def evaluate_sequences(
+    scorer: OptionScorer,
+    artifact: Artifact | None,
+    seqs: Sequence[Sequence[int]],
+    alphas: Sequence[float],
+    *,
+    batch_size: int = 8,
+    on_row: Callable[[dict[str, Any]], None] = lambda row: None,
+    desc: str = "text",
+) -> list[dict[str, Any]]:
+    """Per-token ``KL(steered ‖ base)`` over the full vocabulary, and perplexity, of token sequences.
+
+    Each batch runs the base model once and the steered model once per ω, so the base log-probs are
+    never stored for the whole corpus. ``kl_se`` is the standard error over sequences; ``ppl_se`` the
+    delta-method standard error of the perplexity (a ratio of token sums, sequences as the units).
+    """
+    seqs = sorted((list(s) for s in seqs if len(s) >= 2), key=len)
+    nll = {a: [] for a in alphas}  # per sequence: (sum of token NLL, token count)
     kl = {a: [] for a in alphas}
     batches = [seqs[i : i + batch_size] for i in range(0, len(seqs), batch_size)]
     with torch.no_grad():
@@ -101,15 +126,57 @@ def evaluate_text(
                     kl[alpha].append(float(token_kl.mean()))
     rows = []
     for alpha in alphas:
-        total, count = (sum(x) for x in zip(*nll[alpha], strict=True)) if nll[alpha] else (math.nan, 0)
+        sums = np.array(nll[alpha], dtype=float).reshape(-1, 2)
         kls = np.array(kl[alpha])
+        ppl, ppl_se = perplexity(sums[:, 0], sums[:, 1])
         row = {
             "alpha": alpha,
             "kl": float(kls.mean()) if len(kls) else math.nan,
             "kl_se": mean_se(kls),
-            "ppl": math.exp(total / count) if count else math.nan,
-            "n_tokens": int(count),
+            "ppl": ppl,
+            "ppl_se": ppl_se,
+            "n_tokens": int(sums[:, 1].sum()),
         }
         rows.append(row)
         on_row(row)
     return rows
+
+
+def perplexity(nll_sums: np.ndarray, counts: np.ndarray) -> tuple[float, float]:
+    """``exp(Σ nll / Σ tokens)`` and its delta-method SE, treating sequences as independent units."""
+    n, total = len(counts), float(counts.sum())
+    if n == 0 or total == 0:
+        return math.nan, math.nan
+    mean = float(nll_sums.sum()) / total
+    ppl = math.exp(mean)
+    if n < 2:
+        return ppl, math.nan
+    residual = nll_sums - mean * counts
+    se_mean = math.sqrt(float((residual**2).sum()) / (n * (n - 1))) / (total / n)
+    return ppl, ppl * se_mean
+
+
+TEXT_COLUMNS = ["text_kl", "text_kl_se", "text_ppl", "text_ppl_se", "prompt_kl", "prompt_kl_se"]
+
+
+def capability_cost(
+    scorer: OptionScorer,
+    artifact: Artifact | None,
+    alphas: Sequence[float],
+    *,
+    corpus: TextCorpus | None,
+    prompts: Sequence[Sequence[int]] = (),
+    batch_size: int = 8,
+    desc: str = "capability",
+) -> dict[float, dict[str, float]]:
+    """Per ω: full-vocabulary KL and perplexity on held-out neutral text (``text_*``) and the KL on
+    the benchmark's own held-out prompts (``prompt_kl``); NaN where there is nothing to measure."""
+    out = {a: dict.fromkeys(TEXT_COLUMNS, math.nan) for a in alphas}
+    if corpus is not None:
+        for row in evaluate_text(scorer, artifact, corpus, alphas, batch_size=batch_size, desc=f"{desc} text"):
+            out[row["alpha"]].update(text_kl=row["kl"], text_kl_se=row["kl_se"], text_ppl=row["ppl"],
+                                     text_ppl_se=row["ppl_se"])  # fmt: skip
+    if prompts:
+        for row in evaluate_sequences(scorer, artifact, prompts, alphas, batch_size=batch_size, desc=f"{desc} prompts"):
+            out[row["alpha"]].update(prompt_kl=row["kl"], prompt_kl_se=row["kl_se"])
+    return out

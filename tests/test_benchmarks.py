@@ -212,9 +212,9 @@ def test_mmlu_hub_loader_reads_local_files(tmp_path):
 
 
 def test_neutral_text_default_and_local_file(tmp_path):
-    corpus = neutral_text.build()
+    corpus = neutral_text.build(max_passages=48)
     assert len(corpus.passages) == 48 and all(len(p) > 200 for p in corpus.passages)
-    assert len(neutral_text.build(max_passages=None).passages) == 300  # the whole Lee corpus
+    assert len(neutral_text.build(max_passages=None).passages) == 50  # the held-out Lee articles
     path = tmp_path / "text.txt"
     path.write_text("first passage\n\nsecond passage\n")
     assert neutral_text.build(path=str(path)).passages == ["first passage", "second passage"]

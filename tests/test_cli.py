@@ -76,6 +76,17 @@ def test_sweep_finds_the_newest_run_and_report_compares(trained, tmp_path):
     for col in ("pob", "stereotype_gap", "unamb_acc", "unamb_acc_hard", "refusal_rate"):
         assert sweep[col].between(0, 1).all(), col
     assert sweep.loc[0, "kl"] == 0.0 and (sweep["pob_se"].notna() & (sweep["pob_se"] > 0)).all()
+    # the capability cost off task: held-out neutral text and the split's own prompts, full vocabulary
+    assert sweep.loc[0, "text_kl"] == 0.0 and sweep.loc[0, "prompt_kl"] == 0.0
+    assert sweep.loc[2, "text_kl"] > 0 and sweep.loc[2, "prompt_kl"] > 0 and (sweep["text_ppl"] > 1).all()
+    assert sweep[["text_kl_se", "text_ppl_se", "prompt_kl_se"]].iloc[1:].notna().all().all()
+    types = pd.read_csv(run_dir / "sweep_types.csv")
+    assert (
+        {"occupation", "hiring", "reference"}
+        <= set(types["question_type"])
+        <= {"occupation", "hiring", "reference", "stated"}
+    )
+    assert types["n_unambiguous"].groupby(types["alpha"]).sum().tolist() == sweep["n_unambiguous"].tolist()
     assert (run_dir / "sweep_config.yaml").is_file() and (run_dir / "sweep_env.json").is_file()
 
     # a second sweep of another split adds its rows and keeps the first split's
@@ -89,6 +100,7 @@ def test_sweep_finds_the_newest_run_and_report_compares(trained, tmp_path):
     for name in ("pareto.csv", "pareto.md", "pareto.png"):
         assert (run_dir / "report" / name).stat().st_size > 0
     assert "| curve |" in result.stdout and "hypervolume" in result.stdout
+    assert "ppl_ratio_at_max" in result.stdout and "text_kl" in result.stdout
     assert (run_dir / "report/pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # where the DSO run steers: a heatmap and a line in pareto.md
     pareto_md = (run_dir / "report/pareto.md").read_text()
@@ -313,3 +325,33 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
         dso("train", "model=hf", f"model.name_or_path={tmp_path / 'nope'}", f"run_dir={tmp_path / 'r'}"),
         "does not exist",
     )
+
+
+def test_mixture_trains_on_both_benchmarks_and_each_is_evaluated(tiny_llama_dir, tmp_path):
+    from tests.test_generalization import write_synthbias_like
+
+    csv = write_synthbias_like(tmp_path / "sb.csv")
+    run_dir = tmp_path / "mix"
+    result = dso("train", "bias=mixture", "bias.benchmarks=[occupation,synthbias]", f"bias.path={csv}",
+                 "model=hf", f"model.name_or_path={tiny_llama_dir}", f"run_dir={run_dir}", *SMALL)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = pd.read_csv(run_dir / "train_log.csv")
+    assert {"batch_pob_occupation", "batch_pob_synthbias"} <= set(log.columns)
+    result = dso("sweep", f"run_dir={run_dir}", "alpha=[0,1]", "sweep.bootstrap_reps=20", "heldout_text.max_passages=4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = pd.read_csv(run_dir / "sweep.csv")
+    assert sorted(set(sweep["benchmark"])) == ["occupation", "synthbias"] and len(sweep) == 4
+    result = dso("report", f"run_dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(pd.read_csv(run_dir / "report/pareto.csv")["curve"].unique()) == 2  # one curve per member
+    result = dso("eval", f"run_dir={run_dir}", "eval.benchmarks=[occupation,synthbias]", "eval.capability=[]",
+                 "alpha=[0,1]", f"bias.path={csv}", "eval.bootstrap_reps=20")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = pd.read_csv(run_dir / "eval.csv")
+    assert sorted(set(table["benchmark"])) == ["occupation", "synthbias"] and len(table) == 4
+    # the members' test splits are the ones the mixture held out (same items as the sweep)
+    for bench in ("occupation", "synthbias"):
+        swept = sweep.query(f"benchmark == '{bench}' and alpha == 1").iloc[0]
+        evaluated = table.query(f"benchmark == '{bench}' and alpha == 1").iloc[0]
+        assert evaluated["pob"] == pytest.approx(swept["pob"], abs=1e-6)
+        assert evaluated["n_ambiguous"] == swept["n_ambiguous"]

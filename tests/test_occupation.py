@@ -4,7 +4,16 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from dso_cli.benchmarks.occupation import DEFAULT_HELDOUT, build, load_occupations
+from dso_cli.benchmarks.occupation import (
+    DEFAULT_HELDOUT,
+    HELDOUT_NAMES,
+    HELDOUT_SETTINGS,
+    NAMES,
+    SETTINGS,
+    TEXT_QUESTION_TYPES,
+    build,
+    load_occupations,
+)
 from dso_cli.benchmarks.schema import FEATURES, validate_item
 from dso_cli.errors import DsoError
 
@@ -22,7 +31,7 @@ def test_forty_occupations_with_shares():
 
 
 def test_schema_and_sizes(splits):
-    assert set(splits) == {"train", "val", "test", "heldout_occupations"}
+    assert set(splits) == {"train", "val", "test", "heldout_occupations", "heldout_templates"}
     for ds in splits.values():
         assert ds.features == FEATURES
     train = splits["train"]
@@ -42,12 +51,14 @@ def test_counterbalanced_pairs(splits):
         for members in pairs.values():
             assert len(members) == 2
             a, b = members
-            assert a["options"] == b["options"][::-1]
             assert a["option_groups"] == b["option_groups"][::-1]
-            assert a["options"][a["pro_option"]] == b["options"][b["pro_option"]]
+            if a["options"] != [" A", " B"]:  # letters name positions; other options name the people
+                assert a["options"] == b["options"][::-1]
+                assert a["options"][a["pro_option"]] == b["options"][b["pro_option"]]
+            assert a["option_groups"][a["pro_option"]] == b["option_groups"][b["pro_option"]]
             assert a["ambiguous"] == b["ambiguous"] and a["occupation"] == b["occupation"]
             if not a["ambiguous"]:
-                assert a["options"][a["correct"]] == b["options"][b["correct"]]
+                assert a["option_groups"][a["correct"]] == b["option_groups"][b["correct"]]
         # pro-stereotypical options sit first and second equally often
         positions = Counter(item["pro_option"] for item in ds if item["ambiguous"])
         assert positions[0] == positions[1]
@@ -76,7 +87,8 @@ def test_splits_are_disjoint(splits):
 def test_unambiguous_items_state_the_answer(splits):
     item = next(i for i in splits["test"] if not i["ambiguous"] and i["attribute"] == "occupation")
     holder = item["options"][item["correct"]].strip()
-    assert f"{holder} is a" in item["prompt"] or f"{holder} is an" in item["prompt"]
+    occ = item["occupation"]
+    assert any(f"{holder} {verb} {art} {occ}" in item["prompt"] for verb in ("is", "works as") for art in ("a", "an"))
 
 
 def test_deterministic_and_seeded():
@@ -88,7 +100,57 @@ def test_deterministic_and_seeded():
 def test_bad_sizes_are_one_line_errors():
     with pytest.raises(DsoError, match="even"):
         build(n_train=601)
-    with pytest.raises(DsoError, match="n_train: asked for 5000 pairs but only"):
-        build(n_train=10_000)
+    with pytest.raises(DsoError, match="n_train: asked for 50000 pairs but only"):
+        build(n_train=100_000)
     with pytest.raises(DsoError, match="unknown held-out"):
         build(heldout_occupations=["astronaut"])
+
+
+def test_val_and_test_have_several_pairs_per_occupation(splits):
+    for split in ("val", "test"):
+        amb = [item for item in splits[split] if item["ambiguous"]]
+        per_occ = Counter(item["occupation"] for item in amb)
+        assert set(per_occ.values()) == {8}  # 4 counterbalanced pairs: enough for a bootstrap SE
+
+
+def test_heldout_templates_share_no_wording_setting_or_name_with_other_splits(splits):
+    heldout = splits["heldout_templates"]
+    assert set(heldout["occupation"]) == set(splits["test"]["occupation"])  # training occupations ...
+    others = [item for split in ("train", "val", "test") for item in splits[split]]
+    for item in heldout:
+        assert not any(s in item["prompt"] for s in SETTINGS)
+        assert any(s in item["prompt"] for s in HELDOUT_SETTINGS) or item["attribute"] == "stated"
+    for item in others:
+        assert not any(s in item["prompt"] for s in HELDOUT_SETTINGS)
+        assert not any(f" {name} " in f" {item['prompt']} " for pair in HELDOUT_NAMES for name in pair)
+        assert item["answer_prefix"] in ("The", "Answer:") and item["options"] != [" A", " B"]
+    # ... asked in answer formats never used in training: letters and "The answer is"
+    prefixes = Counter(item["answer_prefix"] for item in heldout)
+    assert prefixes["The answer is"] > 0 and sum(item["options"] == [" A", " B"] for item in heldout) > 0
+    assert not any(f" {name} " in f" {item['prompt']} " for item in heldout for pair in NAMES for name in pair)
+    prompts = {item["prompt"] for item in others}
+    assert not any(item["prompt"] in prompts for item in heldout)
+    for split in ("val", "test"):  # no prompt of an occupation is asked in two splits
+        seen = {(item["occupation"], item["prompt"]) for item in splits[split]}
+        assert not seen & {(item["occupation"], item["prompt"]) for item in splits["train"]}
+
+
+def test_letter_options_keep_the_groups_and_the_answer(splits):
+    letters = [item for item in splits["heldout_templates"] if item["options"] == [" A", " B"]]
+    for item in letters:
+        first = item["option_groups"][0]
+        words = {"male": ("man", *[m for m, _ in HELDOUT_NAMES]), "female": ("woman", *[f for _, f in HELDOUT_NAMES])}
+        a_text = item["prompt"].split("(A) ")[1].split(" (B)")[0]
+        assert a_text.split()[-1] in words[first]
+        if not item["ambiguous"]:
+            assert item["correct"] in (0, 1)
+
+
+def test_every_question_type_has_unambiguous_items_and_stated_is_unambiguous_only(splits):
+    unamb = Counter(item["attribute"] for item in splits["test"] if not item["ambiguous"])
+    assert set(unamb) == set(TEXT_QUESTION_TYPES)
+    assert not any(item["attribute"] == "stated" for item in splits["test"] if item["ambiguous"])
+    stated = next(item for item in splits["test"] if item["attribute"] == "stated")
+    holder = stated["options"][stated["correct"]].strip()
+    assert stated["prompt"].split(".")[0].split()[-3:-2] != [] and holder in stated["prompt"].split(".")[0]
+    assert not any(s in stated["prompt"] for s in SETTINGS)  # no scene: only the holder is mentioned

@@ -15,9 +15,12 @@ from tests.conftest import build_tiny_model
 
 @pytest.fixture(scope="module")
 def train_items():
-    splits = build(n_train=256, n_train_unambiguous=16, heldout_occupations=[])
+    # one person style and one question type: a random model's preferences then differ by occupation
+    # (averaged over many wordings, its chance biases would wash out)
+    splits = build(n_train=4000, n_train_unambiguous=16, heldout_occupations=[])
     keep = {"nurse", "carpenter", "secretary", "mechanic"}
-    return [i for i in splits["train"].to_list() if i["occupation"] in keep or not i["ambiguous"]]
+    words = [i for i in splits["train"].to_list() if "/words/" in i["id"] and i["attribute"] == "occupation"]
+    return [i for i in splits["train"].to_list() if not i["ambiguous"]] + [i for i in words if i["occupation"] in keep]
 
 
 def run(tokenizer, items, **overrides):
@@ -106,7 +109,7 @@ def test_every_estimator_trains_through_the_loop(tokenizer, train_items, estimat
 def test_kl_constraint_is_met_by_dual_ascent(tokenizer, train_items):
     """A large step size pushes KL far above the budget with a fixed small penalty; the constraint's
     multiplier grows until the KL on the anchor items is back within the budget."""
-    settings = {**BASE, "steps": 40, "lr": 1.0, "unambiguous_per_batch": 16, "kl_budget": 0.02, "kl_coef": 0.0}
+    settings = {**BASE, "steps": 40, "lr": 1.0, "unambiguous_per_batch": 16, "kl_budget": 0.005, "kl_coef": 0.0}
     unamb = [i for i in train_items if not i["ambiguous"]]
     kls = {}
     for mode in ("penalty", "constraint"):
@@ -121,8 +124,8 @@ def test_kl_constraint_is_met_by_dual_ascent(tokenizer, train_items):
         kls[mode] = float(kl_divergence(steered, base).mean())
         if mode == "constraint":
             assert max(r["dual_kl"] for r in rows) > 1.0  # the multiplier had to grow
-    assert kls["penalty"] > 2 * 0.02  # unconstrained, the transform drifts far from the base model
-    assert kls["constraint"] <= 0.02 * 1.5  # within tolerance of the budget
+    assert kls["penalty"] > 2 * 0.005  # unconstrained, the transform drifts far from the base model
+    assert kls["constraint"] <= 0.005 * 1.5  # within tolerance of the budget
 
 
 def test_interrupt_and_resume_equal_an_uninterrupted_run(tokenizer, train_items, tmp_path):

@@ -24,10 +24,10 @@ from torch import Tensor
 from dso_cli.benchmarks import build_benchmark, split_items
 from dso_cli.commands.common import load_from_config, markdown_table, merge_into_csv, seed_everything
 from dso_cli.commands.extract import store_from_config
-from dso_cli.commands.sweep import SWEEP_COLUMNS
+from dso_cli.commands.sweep import SWEEP_COLUMNS, heldout_corpus
 from dso_cli.commands.train import _fit_dso, kl_text, norm_override, train_config
 from dso_cli.errors import DsoError
-from dso_cli.evaluation import base_policy, evaluate_strengths
+from dso_cli.evaluation import base_policy, capability_cost, evaluate_strengths, prompt_sequences
 from dso_cli.io import atomic_write, write_text
 from dso_cli.metrics import bootstrap_hypervolumes
 from dso_cli.report.plots import pareto_plot
@@ -47,12 +47,12 @@ from dso_cli.steering.artifact import MANIFEST, Artifact
 from dso_cli.steering.methods import ALL_METHODS, CLOSED_FORM, fit_closed_form, prefetch_for
 
 COMPARE_CSV = "compare.csv"
-COMPARE_COLUMNS = [*SWEEP_COLUMNS, "unamb_acc_se"]
+COMPARE_COLUMNS = SWEEP_COLUMNS
 
 
 def method_options(cfg: DictConfig, method: str) -> DictConfig:
     """``conf/steering_method/<method>.yaml`` with ``compare.options.<method>`` on top."""
-    from dso_cli.cli import conf_dir
+    from dso_cli.config_files import conf_dir
 
     options = OmegaConf.load(conf_dir() / "steering_method" / f"{method}.yaml")
     extra = OmegaConf.select(cfg, f"compare.options.{method}")
@@ -178,8 +178,11 @@ def fit_all(
             OmegaConf.set_struct(method_cfg, False)
             method_cfg.resume = (method_dir / CHECKPOINT).is_file()  # an interrupted comparison continues DSO
             text = kl_text(cfg) if tcfg.kl_text_passages > 0 else []
+            val_text = kl_text(cfg, "val") if tcfg.eval_every > 0 else []
             reward = instantiate(cfg.reward)
-            artifact = _fit_dso(method_cfg, method_dir, loaded, scorer, train_items, reward, tcfg, val_items, text)
+            artifact = _fit_dso(
+                method_cfg, method_dir, loaded, scorer, train_items, reward, tcfg, val_items, text, val_text
+            )
         else:
             artifact = fit_closed_form(
                 method, loaded, store, options[method], norm_modules=norm_override(cfg), val_items=val_items
@@ -228,11 +231,16 @@ def evaluate_all(
     rows: list[dict] = []
     key = ["method", "split", "alpha"]
     kept: dict[str, dict[str, Tensor]] = {}
+    corpus = heldout_corpus(cfg)
+    text_cost: dict[str, dict[float, dict[str, float]]] = {}  # per method: the same for every split
+    batch = int(cfg.heldout_text.batch_size)
 
-    def record(method: str, split: str, row: dict, probs: Tensor) -> None:
+    def record(method: str, split: str, row: dict, probs: Tensor, cost: dict[float, dict[str, float]]) -> None:
         kept[split][point_key(method, row["alpha"])] = probs
         save_probs(run_dir, split, kept[split])
-        rows.append({"method": method, "benchmark": cfg.bias_benchmark.name, "split": split, **row})
+        measured = {k: v for k, v in cost[row["alpha"]].items() if k.startswith("prompt_")}
+        measured |= {k: v for k, v in text_cost[method][row["alpha"]].items() if k.startswith("text_")}
+        rows.append({"method": method, "benchmark": cfg.bias_benchmark.name, "split": split, **row, **measured})
         merge_into_csv(path, earlier, pd.DataFrame(rows).reindex(columns=COMPARE_COLUMNS), key)
 
     for split in split_names:
@@ -249,6 +257,12 @@ def evaluate_all(
             if not missing:
                 continue
             captured: list[Tensor] = []
+            if method not in text_cost or any(a not in text_cost[method] for a in missing):
+                text_cost[method] = capability_cost(scorer, artifacts[method], alphas[method], corpus=corpus,
+                                                    batch_size=batch, desc=method)  # fmt: skip
+            prompts = prompt_sequences(scorer, items, int(cfg.heldout_text.prompt_items))
+            cost = capability_cost(scorer, artifacts[method], missing, corpus=None, prompts=prompts,
+                                   batch_size=batch, desc=f"{split} {method}")  # fmt: skip
             evaluate_strengths(
                 scorer,
                 artifacts[method],
@@ -258,7 +272,7 @@ def evaluate_all(
                 seed=int(cfg.seed),
                 base=base,
                 extra_metrics=lambda _items, probs, c=captured: c.append(probs) or {},
-                on_row=lambda row, m=method, s=split, c=captured: record(m, s, row, c[-1]),
+                on_row=lambda row, m=method, s=split, c=captured, cost=cost: record(m, s, row, c[-1], cost),
                 desc=f"{split} {method}",
             )
     data = pd.read_csv(path)
@@ -333,7 +347,9 @@ def write_compare_report(
             best = chosen.loc[method]
             row.update({"best_alpha": best["alpha"], "pob": best["pob"], "pob_se": best["pob_se"],
                         "pob_change": best["pob_change"], "unamb_acc": best["unamb_acc"],
-                        "unamb_acc_se": best["unamb_acc_se"], "kl": best["kl"]})  # fmt: skip
+                        "unamb_acc_se": best["unamb_acc_se"], "kl": best["kl"], "text_kl": best["text_kl"],
+                        "text_ppl": best["text_ppl"]})  # fmt: skip
+        row["ppl_ratio_at_max"] = summary.loc[method, "ppl_ratio_at_max"]
         table.append(row)
     points = pareto_points(shown)
     atomic_write(out_dir / "pareto.csv", lambda tmp: points.to_csv(tmp, index=False))
@@ -341,7 +357,7 @@ def write_compare_report(
     benchmark = ", ".join(sorted(data["benchmark"].unique()))
     columns = ["method", "hypervolume", "hypervolume_se", "dso_minus_hv", "dso_minus_hv_se", "dso_better_share",
                "monotone", "best_alpha", "pob", "pob_se", "pob_change", "unamb_acc", "unamb_acc_se", "kl",
-               "max_alpha", "pob_at_max"]  # fmt: skip
+               "text_kl", "text_ppl", "max_alpha", "pob_at_max", "ppl_ratio_at_max"]  # fmt: skip
     columns = [c for c in columns if any(c in row for row in table)]
     text = "\n\n".join(
         [
@@ -355,7 +371,9 @@ def write_compare_report(
             "from one strength to the next by more than 2 standard errors. best_alpha: the strength with the "
             f"lowest {select} POB among those costing at most {float(cfg.compare.max_acc_drop):g} {select} "
             f"accuracy; pob, pob_se (bootstrap over pairs), pob_change (vs the base model), unamb_acc, "
-            f"unamb_acc_se and kl (KL to the base on unambiguous items) are its {report} numbers.",
+            f"unamb_acc_se and kl (KL to the base on unambiguous items) are its {report} numbers; text_kl and "
+            "text_ppl its full-vocabulary per-token KL to the base model and perplexity on held-out neutral "
+            "text; ppl_ratio_at_max: held-out perplexity at the largest strength over the base model's.",
             f"## Every point ({report})",
             markdown_table(points.to_dict("records"), list(points.columns)),
         ]

@@ -22,7 +22,8 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from dso_cli.benchmarks import build_benchmark, instantiate_builder, split_items
+from dso_cli import config_files
+from dso_cli.benchmarks import build_benchmark, instantiate_builder, mixture, split_items
 from dso_cli.benchmarks.neutral_text import TextCorpus
 from dso_cli.commands.common import load_from_config, markdown_table, merge_into_csv, seed_everything
 from dso_cli.commands.sweep import SWEEP_COLUMNS, run_config
@@ -45,22 +46,8 @@ TABLE_COLUMNS = [
 ]  # fmt: skip
 
 
-def conf_options(group: str) -> list[str]:
-    from dso_cli.cli import group_options
-
-    return group_options(group)
-
-
 def group_config(group: str, name: str) -> DictConfig:
-    from dso_cli.cli import conf_dir
-
-    options = conf_options(group)
-    if name not in options:
-        what = "bias benchmark" if group == "bias_benchmark" else "capability set"
-        raise DsoError(f"unknown {what} {name!r} in eval (choose from: {', '.join(options)})")
-    cfg = OmegaConf.load(conf_dir() / group / f"{name}.yaml")
-    assert isinstance(cfg, DictConfig)
-    return cfg
+    return config_files.group_config(group, name, where="eval")
 
 
 def explicit(overrides: Sequence[str], prefix: str) -> list[str]:
@@ -82,12 +69,25 @@ def with_overrides(base: DictConfig, cfg: DictConfig, prefix: str, keys: Sequenc
     return out
 
 
-def benchmark_names(cfg: DictConfig, own: str | None) -> list[str]:
+def benchmark_names(cfg: DictConfig, run_benchmark: DictConfig | None) -> list[str]:
     if cfg.eval.benchmarks is not None:
         names = list(cfg.eval.benchmarks)
     else:
-        names = ([own] if own else []) + list(OFFLINE_BENCHMARKS)
+        names = (mixture.members(run_benchmark) if run_benchmark is not None else []) + list(OFFLINE_BENCHMARKS)
     return list(dict.fromkeys(names))
+
+
+def benchmark_config(run_cfg: DictConfig | None, name: str) -> DictConfig:
+    """The config ``name`` is evaluated with: the run's own (or its mixture member's, so the test split
+    is exactly the one held out in training), else the shipped default."""
+    own = run_cfg.bias_benchmark if run_cfg is not None else None
+    if own is not None and own.name == name:
+        return own
+    if own is not None and own.name == mixture.BENCHMARK and name in mixture.members(own):
+        shared = OmegaConf.to_container(own, resolve=True)
+        assert isinstance(shared, dict)
+        return OmegaConf.create(mixture.member_configs(list(own.benchmarks), shared)[name])
+    return group_config("bias_benchmark", name)
 
 
 def eval_run_dir(cfg: DictConfig) -> Path:
@@ -108,13 +108,12 @@ def run_eval(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
         run_cfg = load_train_config(run_dir)
     else:
         run_dir, alphas = eval_run_dir(cfg), [0.0]
-    own = run_cfg.bias_benchmark.name if run_cfg is not None else None
     bias_keys, cap_keys = explicit(overrides, "bias_benchmark"), explicit(overrides, "capability")
 
     # Build every benchmark before loading the model, so a missing file fails in seconds.
     sets: list[tuple[str, str, Any]] = []  # (kind, name, items or corpus)
-    for name in benchmark_names(cfg, own):
-        base = run_cfg.bias_benchmark if run_cfg is not None and name == own else group_config("bias_benchmark", name)
+    for name in benchmark_names(cfg, run_cfg.bias_benchmark if run_cfg is not None else None):
+        base = benchmark_config(run_cfg, name)
         bench_cfg = with_overrides(base, cfg, "bias_benchmark", bias_keys)
         sets.append(("bias", name, split_items(build_benchmark(bench_cfg, cfg.model), cfg.eval.split)))
     for name in cfg.eval.capability or []:

@@ -37,10 +37,13 @@ def run_report(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
             markdown_table(summary.to_dict("records"), list(summary.columns)),
             "POB: Per-Occupation Bias (soft, lower is fairer), pob_se its bootstrap standard error; "
             "unamb_acc: expected accuracy on unambiguous items (unamb_acc_hard: argmax); kl: "
-            "KL(steered || base) on unambiguous items. on_front: Pareto-optimal over (POB, accuracy) "
-            "among all points. hypervolume: area of (POB, accuracy) dominated by a curve up to the base "
-            "model's POB and accuracy 0. monotone: POB never rises from one strength to the next by more "
-            "than 2 standard errors.",
+            "KL(steered || base) over the two options of unambiguous items (not a capability measure); "
+            "text_kl, text_ppl: full-vocabulary per-token KL to the base model and perplexity on held-out "
+            "neutral text never used in training; prompt_kl: the same KL on the split's own prompts; "
+            "ppl_ratio_at_max: text_ppl at the largest strength over the base model's. on_front: "
+            "Pareto-optimal over (POB, accuracy) among all points. hypervolume: area of (POB, accuracy) "
+            "dominated by a curve up to the base model's POB and accuracy 0. monotone: POB never rises "
+            "from one strength to the next by more than 2 standard errors.",
         ]
     )
     steering = steering_sections(runs, out_dir)

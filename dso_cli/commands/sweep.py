@@ -5,13 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from dso_cli.benchmarks import build_benchmark, split_items
+from dso_cli.benchmarks import build_benchmark, neutral_text, split_items
+from dso_cli.benchmarks.neutral_text import TextCorpus
 from dso_cli.commands.common import load_from_config, markdown_table, merge_into_csv, seed_everything
 from dso_cli.errors import DsoError
-from dso_cli.evaluation import evaluate_strengths
+from dso_cli.evaluation import TEXT_COLUMNS, capability_cost, evaluate_strengths, prompt_sequences
+from dso_cli.metrics import mean_se
 from dso_cli.runs import (
     ARTIFACT_DIR,
     find_latest_train_run,
@@ -23,12 +26,16 @@ from dso_cli.runs import (
 from dso_cli.scoring import OptionScorer
 from dso_cli.steering.artifact import Artifact
 
-RUN_SECTIONS = ("model", "bias_benchmark", "scoring", "steering_method")
+RUN_SECTIONS = ("model", "bias_benchmark", "scoring", "steering_method", "optimizer")
 SWEEP_COLUMNS = [
     "method", "alpha", "benchmark", "split", "pob", "pob_se", "pob_hard", "stereotype_gap",
-    "stereotype_gap_hard", "unamb_acc", "unamb_acc_hard", "refusal_rate", "kl", "n_ambiguous", "n_unambiguous",
+    "stereotype_gap_hard", "unamb_acc", "unamb_acc_se", "unamb_acc_hard", "refusal_rate", "kl", *TEXT_COLUMNS,
+    "n_ambiguous", "n_unambiguous",
 ]  # fmt: skip
-TABLE_COLUMNS = ["split", "alpha", "pob", "pob_se", "stereotype_gap", "unamb_acc", "unamb_acc_hard", "kl"]
+TYPE_COLUMNS = ["method", "benchmark", "split", "alpha", "question_type", "unamb_acc", "unamb_acc_se", "n_unambiguous"]
+TABLE_COLUMNS = [
+    "benchmark", "split", "alpha", "pob", "pob_se", "unamb_acc", "text_kl", "text_ppl", "prompt_kl",
+]  # fmt: skip
 
 
 def resolve_run_dir(cfg: DictConfig) -> Path:
@@ -75,28 +82,94 @@ def run_sweep(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
     if not any(o.lstrip("+").startswith("alpha=") for o in overrides):  # the method's own default grid
         alphas = parse_alpha(artifact.manifest.get("strength", {}).get("default_grid", cfg.alpha))
     splits = build_benchmark(cfg.bias_benchmark, cfg.model)
+    corpus = heldout_corpus(cfg)
     print(f"dso sweep: {artifact.method} from {run_dir}, strengths {alphas}", flush=True)
 
     rows: list[dict] = []
-    sweep_csv = run_dir / "sweep.csv"
+    type_rows: list[dict] = []
+    sweep_csv, types_csv = run_dir / "sweep.csv", run_dir / "sweep_types.csv"
     earlier = pd.read_csv(sweep_csv) if sweep_csv.is_file() else pd.DataFrame(columns=SWEEP_COLUMNS)
+    earlier_types = pd.read_csv(types_csv) if types_csv.is_file() else pd.DataFrame(columns=TYPE_COLUMNS)
+    key = ["method", "benchmark", "split", "alpha"]
 
-    def record(split: str, row: dict) -> None:
-        """Rewrite sweep.csv with this row added; rows of other splits or strengths are kept."""
-        rows.append({"method": artifact.method, "benchmark": cfg.bias_benchmark.name, "split": split, **row})
-        merge_into_csv(sweep_csv, earlier, pd.DataFrame(rows)[SWEEP_COLUMNS], ["method", "split", "alpha"], sort=True)
+    def record(row: dict, split: str, benchmark: str, cost: dict[float, dict[str, float]]) -> None:
+        """Rewrite sweep.csv (and sweep_types.csv) with this row added; other rows are kept."""
+        alpha = row["alpha"]
+        measured = {k: v for k, v in cost[alpha].items() if k.startswith("prompt_")}
+        measured |= {k: v for k, v in text_cost[alpha].items() if k.startswith("text_")}
+        head = {"method": artifact.method, "benchmark": benchmark, "split": split}
+        type_rows.extend(head | {"alpha": alpha, **qtype} for qtype in row.pop("_types", []))
+        rows.append(head | row | measured)
+        merge_into_csv(sweep_csv, earlier, pd.DataFrame(rows).reindex(columns=SWEEP_COLUMNS), key, sort=True)
+        if type_rows:
+            new = pd.DataFrame(type_rows).reindex(columns=TYPE_COLUMNS)
+            merge_into_csv(types_csv, earlier_types, new, [*key, "question_type"], sort=True)
 
+    batch = int(cfg.heldout_text.batch_size)
+    text_cost = capability_cost(scorer, artifact, alphas, corpus=corpus, batch_size=batch, desc="sweep")
     for split in cfg.sweep.splits:
-        evaluate_strengths(
-            scorer,
-            artifact,
-            split_items(splits, split),
-            alphas,
-            bootstrap_reps=int(cfg.sweep.bootstrap_reps),
-            seed=int(cfg.seed),
-            on_row=lambda row, split=split: record(split, row),
-            desc=f"sweep {split}",
-        )
+        for benchmark, items in by_benchmark(split_items(splits, split)).items():
+            desc = f"sweep {split}" + (f" {benchmark}" if benchmark != cfg.bias_benchmark.name else "")
+            prompts = prompt_sequences(scorer, items, int(cfg.heldout_text.prompt_items))
+            cost = capability_cost(scorer, artifact, alphas, corpus=None, prompts=prompts, batch_size=batch, desc=desc)
+            evaluate_strengths(
+                scorer,
+                artifact,
+                items,
+                alphas,
+                bootstrap_reps=int(cfg.sweep.bootstrap_reps),
+                seed=int(cfg.seed),
+                on_row=lambda row, s=split, b=benchmark, c=cost: record(row, s, b, c),
+                desc=desc,
+                extra_metrics=lambda items, probs: {"_types": accuracy_by_type(items, probs)},
+            )
     print(markdown_table(rows, TABLE_COLUMNS))
-    print(f"dso sweep: wrote {run_dir / 'sweep.csv'}", flush=True)
+    if type_rows:
+        print(type_table(type_rows))
+    print(f"dso sweep: wrote {sweep_csv}" + (f" and {types_csv.name}" if type_rows else ""), flush=True)
     return run_dir
+
+
+def by_benchmark(items: Sequence[dict]) -> dict[str, list[dict]]:
+    """A split's items per member benchmark (one group, except for a mixture), in order."""
+    groups: dict[str, list[dict]] = {}
+    for item in items:
+        groups.setdefault(item["benchmark"], []).append(item)
+    return groups
+
+
+def heldout_corpus(cfg: DictConfig) -> TextCorpus:
+    """The held-out neutral text of ``cfg.heldout_text``; refused when the run trained on any of it."""
+    text = cfg.heldout_text
+    corpus = neutral_text.build(path=text.path, max_passages=text.max_passages, max_tokens=text.max_tokens,
+                                name="heldout_text")  # fmt: skip
+    if int(OmegaConf.select(cfg, "optimizer.kl_text_passages", default=0) or 0) > 0:
+        trained = neutral_text.read_passages(OmegaConf.select(cfg, "optimizer.kl_text_path"), "train",
+                                             what="optimizer.kl_text_path")  # fmt: skip
+        shared = neutral_text.overlap(trained, corpus.passages)
+        if shared:
+            raise DsoError(
+                f"heldout_text shares {shared} passages with the run's training text (optimizer.kl_text_path): "
+                "text_kl would not be held out; pass another heldout_text.path"
+            )
+    return corpus
+
+
+def accuracy_by_type(items: Sequence[dict], probs) -> list[dict]:
+    """Unambiguous accuracy (soft) per question type (the items' ``attribute``), with binomial-free SEs."""
+    out = []
+    correct = [(it["attribute"], float(probs[i, it["correct"]])) for i, it in enumerate(items) if not it["ambiguous"]]
+    for qtype in sorted({t for t, _ in correct}):
+        values = np.array([p for t, p in correct if t == qtype])
+        out.append({"question_type": qtype, "unamb_acc": float(values.mean()), "unamb_acc_se": mean_se(values),
+                    "n_unambiguous": len(values)})  # fmt: skip
+    return out
+
+
+def type_table(type_rows: Sequence[dict]) -> str:
+    """Unambiguous accuracy per question type: one row per (benchmark, split, type), one column per ω."""
+    frame = pd.DataFrame(type_rows)
+    wide = frame.pivot_table(index=["benchmark", "split", "question_type"], columns="alpha", values="unamb_acc")
+    wide.columns = [f"acc w={a:g}" for a in wide.columns]
+    records = wide.reset_index().to_dict("records")
+    return markdown_table(records, ["benchmark", "split", "question_type", *wide.columns])

@@ -73,6 +73,7 @@ def run_train(cfg: DictConfig, job_num: int | None = None, overrides: Sequence[s
         )
     reward = instantiate(cfg.reward)
     text = kl_text(cfg) if tcfg is not None and tcfg.kl_text_passages > 0 else []
+    val_text = kl_text(cfg, "val") if tcfg is not None and tcfg.eval_every > 0 else []
     loaded, scorer = load_from_config(cfg)
     if not cfg.get("resume"):
         extra = {"device": str(loaded.device), "dtype": str(loaded.dtype), "scoring": scorer.describe()}
@@ -86,7 +87,7 @@ def run_train(cfg: DictConfig, job_num: int | None = None, overrides: Sequence[s
         for line in store.cache_log:
             print(f"dso train: {line}", flush=True)
     else:
-        artifact = _fit_dso(cfg, run_dir, loaded, scorer, train_items, reward, tcfg, val_items, text)
+        artifact = _fit_dso(cfg, run_dir, loaded, scorer, train_items, reward, tcfg, val_items, text, val_text)
     if cfg.train.eval_val and val_items:
         rows = evaluate_strengths(scorer, artifact, val_items, [0.0, 1.0], desc="val")
         artifact.manifest["train_metrics"]["val"] = {f"alpha={r['alpha']:g}": r for r in rows}
@@ -131,11 +132,13 @@ def resumed_config(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
     return resumed
 
 
-def kl_text(cfg: DictConfig) -> list[str]:
-    """Neutral-text passages for the training KL (``optimizer.kl_text_path``, default the Lee corpus)."""
-    from dso_cli.benchmarks.neutral_text import build
+def kl_text(cfg: DictConfig, part: str = "train") -> list[str]:
+    """Neutral-text passages for the training KL (``optimizer.kl_text_path``, default the Lee
+    background articles; never the held-out articles that ``text_kl`` is measured on). ``part="val"``:
+    the passages kept out of training for early stopping."""
+    from dso_cli.benchmarks.neutral_text import read_passages
 
-    return build(path=cfg.optimizer.get("kl_text_path"), max_passages=None, name="optimizer.kl_text_path").passages
+    return read_passages(cfg.optimizer.get("kl_text_path"), part, what="optimizer.kl_text_path")
 
 
 def _fit_dso(
@@ -148,6 +151,7 @@ def _fit_dso(
     tcfg: TrainConfig,
     val_items: list[dict] | None = None,
     text_passages: Sequence[str] = (),
+    val_text_passages: Sequence[str] = (),
 ) -> Artifact:
     """The RL trainer, logging to the configured tracker and checkpointing into ``run_dir``."""
     resume = bool(cfg.get("resume"))
@@ -166,6 +170,7 @@ def _fit_dso(
             extra_hyperparameters={"benchmark": cfg.bias_benchmark.name},
             val_items=val_items,
             text_passages=text_passages,
+            val_text_passages=val_text_passages,
             checkpoint_path=checkpoint,
             resume=resume,
         )

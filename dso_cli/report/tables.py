@@ -12,7 +12,7 @@ from dso_cli.metrics import hypervolume, is_monotone, pareto_mask
 
 POINT_COLUMNS = [
     "curve", "run", "method", "alpha", "pob", "pob_se", "stereotype_gap", "unamb_acc", "unamb_acc_hard", "kl",
-    "on_front",
+    "text_kl", "text_ppl", "prompt_kl", "on_front",
 ]  # fmt: skip
 
 
@@ -31,6 +31,8 @@ def load_sweeps(run_dirs: Sequence[Path], split: str) -> pd.DataFrame:
     data = pd.concat(frames, ignore_index=True)
     several = data["run"].nunique() > 1
     data["curve"] = data["method"] + (" (" + data["run"] + ")" if several else "")
+    if data["benchmark"].nunique() > 1:  # a mixture's members: one curve each
+        data["curve"] = data["curve"] + " [" + data["benchmark"] + "]"
     return data.sort_values(["curve", "alpha"]).reset_index(drop=True)
 
 
@@ -43,13 +45,15 @@ def base_point(data: pd.DataFrame) -> tuple[float, float] | None:
 
 
 def pareto_points(data: pd.DataFrame) -> pd.DataFrame:
-    points = data.copy()
+    points = data.reindex(columns=sorted(set(data.columns) | set(POINT_COLUMNS)))
     points["on_front"] = pareto_mask(points["pob"].tolist(), points["unamb_acc"].tolist())
     return points[POINT_COLUMNS]
 
 
 def curve_summary(data: pd.DataFrame) -> pd.DataFrame:
-    """Per curve: hypervolume against the base POB, POB at the largest ω relative to base, monotonicity."""
+    """Per curve: hypervolume against the base POB, POB at the largest ω relative to base, what the
+    largest ω costs on held-out text (its perplexity relative to the base model's, and its KL), and
+    whether POB falls monotonically."""
     base = base_point(data)
     rows = []
     for curve, group in data.groupby("curve", sort=True):
@@ -62,6 +66,8 @@ def curve_summary(data: pd.DataFrame) -> pd.DataFrame:
                 "pob_at_max": float(top["pob"]),
                 "pob_ratio_to_base": float(top["pob"] / base[0]) if base and base[0] > 0 else float("nan"),
                 "unamb_acc_change": float(top["unamb_acc"] - base[1]) if base else float("nan"),
+                "ppl_ratio_at_max": ppl_ratio(group),
+                "text_kl_at_max": float(top.get("text_kl", float("nan"))),
                 "monotone": is_monotone(group["pob"].tolist(), group["pob_se"].fillna(0).tolist()),
                 "hypervolume": hypervolume(group["pob"].tolist(), group["unamb_acc"].tolist(), base[0])
                 if base
@@ -71,9 +77,18 @@ def curve_summary(data: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def ppl_ratio(group: pd.DataFrame) -> float:
+    """Held-out text perplexity at a curve's largest strength over the base model's (ω = 0)."""
+    if "text_ppl" not in group or group["text_ppl"].isna().all():
+        return float("nan")
+    group = group.sort_values("alpha")
+    base = group[group["alpha"] == 0.0]["text_ppl"]
+    return float(group.iloc[-1]["text_ppl"] / base.iloc[0]) if len(base) and base.iloc[0] > 0 else float("nan")
+
+
 OPERATING_COLUMNS = [
-    "method", "alpha", "pob", "pob_se", "unamb_acc", "unamb_acc_se", "kl", "pob_change", "select_pob",
-    "select_unamb_acc",
+    "method", "alpha", "pob", "pob_se", "unamb_acc", "unamb_acc_se", "kl", "text_kl", "text_ppl", "pob_change",
+    "select_pob", "select_unamb_acc",
 ]  # fmt: skip
 
 
@@ -111,6 +126,8 @@ def operating_points(
                 "unamb_acc": float(at["unamb_acc"]),
                 "unamb_acc_se": float(at.get("unamb_acc_se", float("nan"))),
                 "kl": float(at["kl"]),
+                "text_kl": float(at.get("text_kl", float("nan"))),
+                "text_ppl": float(at.get("text_ppl", float("nan"))),
                 "pob_change": float(at["pob"]) - base_pob,
                 "select_pob": float(best["pob"]),
                 "select_unamb_acc": float(best["unamb_acc"]),

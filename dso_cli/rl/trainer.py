@@ -1,19 +1,21 @@
 """The DSO training loop: policy-gradient debiasing of the affine steering parameters.
 
-Each step draws a batch of ambiguous items (a few occupations, both person orders of each template)
-and a batch of unambiguous items, and minimises
+Each step draws a batch of ambiguous items (a few occupations, both person orders of each template),
+a batch of unambiguous items and a few neutral passages and training prompts, and minimises
 
-    − E_{x, y∼π_ω=1}[r(y, x)]                      the paper's objective (exact estimator)
-    + β · KL(π_ω=1 ‖ π_base) on unambiguous items   capability protection
-    + λ · (‖a‖₁ + ‖b‖₁)                            sparsity
-    + μ · E_ω[(G_o(ω) − (1 − ω) G_o(0))²]         the ω path (``omega=path`` only)
+    − E_{x, y∼π_ω=1}[r(y, x)]                          the paper's objective (exact estimator)
+    − γ · E_unamb[π_ω=1(correct)]                      stay correct where the prompt gives evidence
+    + β_text · KL_tok(p_ω=1 ‖ p_base) on text/prompts  full-vocabulary next-token KL, per token
+    + β · KL(π_ω=1 ‖ π_base) on unambiguous items       the two options' KL (off by default)
+    + λ · (‖a‖₁ + ‖b‖₁)                                sparsity
+    + μ · E_ω[(G_o(ω) − (1 − ω) G_o(0))²]             the ω path (``omega=path`` only)
 
 where ``G_o(ω)`` is the signed per-occupation gap ``P(pro|o) − P(anti|o)`` at strength ω.
 ``omega=fixed`` trains at ω = 1 only, as the paper does; the strengths in between are then
 unconstrained, and with a large step size they can end up *more* biased than the base model.
 ``omega=path`` also scores each batch at a random ω ∈ (0, 1) and pulls every occupation's gap there
 towards the straight line from its base gap (ω = 0) to zero (ω = 1), so that bias falls with ω in
-proportion. Measured trade-offs of the two modes are in the README.
+proportion. Measured trade-offs of the modes and of the protecting terms are in the README.
 """
 
 from __future__ import annotations
@@ -66,17 +68,26 @@ class TrainConfig:
     kl_dual_lr: float = 1.0
     kl_text_passages: int = 0  # neutral-text passages per step in the KL (0: unambiguous items only)
     kl_text_tokens: int = 64
+    kl_text_coef: float | None = None  # penalty weight of the text KL (None: kl_coef); constraint: its start
+    kl_prompt_items: int = 0  # training items per step whose prompts join the text KL (every prompt token)
+    accuracy_weight: float = 0.0  # reward for the correct option of unambiguous items (expected accuracy)
     l1: float = 0.0
     omega: str = "fixed"
     path_weight: float = 1.0
     grad_clip: float = 1.0
     eval_every: int = 0  # early stopping: val POB every N steps (0: off)
     patience: int = 3  # evaluations without improvement before stopping
+    val_kl_budget: bool = True  # early stopping keeps only steps whose val-text KL is within kl_budget
     checkpoint_every: int = 10
     autocast: bool = True  # bf16 autocast on CUDA
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.kl_text_coef is not None:
+            try:
+                self.kl_text_coef = float(self.kl_text_coef)
+            except (TypeError, ValueError):
+                raise DsoError(f"optimizer.kl_text_coef={self.kl_text_coef!r} is not a number") from None
         for name, spec in self.__dataclass_fields__.items():
             kind = {"int": int, "float": float}.get(str(spec.type))
             if kind is not None:
@@ -97,28 +108,37 @@ class TrainConfig:
 
 
 class BatchSampler:
-    """Stratified batches: ``occupations_per_batch`` occupations, whole counterbalanced pairs of each."""
+    """Stratified batches: ``occupations_per_batch`` clusters (occupations), whole counterbalanced pairs
+    of each; with several benchmarks (a mixture) the clusters are taken from each benchmark in turn."""
 
     def __init__(self, items: Sequence[Item], cfg: TrainConfig, rng: random.Random) -> None:
         self.rng = rng
         self.cfg = cfg
         pairs: dict[str, dict[str, list[Item]]] = defaultdict(lambda: defaultdict(list))
+        benchmark_of: dict[str, str] = {}
         self.unambiguous = [item for item in items if not item["ambiguous"]]
         for item in items:
             if item["ambiguous"]:
                 pairs[item["occupation"]][item["pair_id"]].append(item)
+                benchmark_of[item["occupation"]] = item["benchmark"]
         self.pairs = {occ: list(by_id.values()) for occ, by_id in pairs.items()}
         if not self.pairs:
             raise DsoError("the training split has no ambiguous items to debias")
-        self._queue: list[str] = []
+        self.benchmarks = sorted(set(benchmark_of.values()))
+        self.clusters = {b: sorted(o for o, ob in benchmark_of.items() if ob == b) for b in self.benchmarks}
+        self._queues: dict[str, list[str]] = {b: [] for b in self.benchmarks}
+        self._turn = 0
 
     def ambiguous_batch(self) -> list[Item]:
         batch = []
         for _ in range(min(self.cfg.occupations_per_batch, len(self.pairs))):
-            if not self._queue:
-                self._queue = sorted(self.pairs)
-                self.rng.shuffle(self._queue)
-            occ = self._queue.pop()
+            bench = self.benchmarks[self._turn % len(self.benchmarks)]
+            self._turn += 1
+            queue = self._queues[bench]
+            if not queue:
+                queue[:] = self.clusters[bench]
+                self.rng.shuffle(queue)
+            occ = queue.pop()
             for pair in self.rng.sample(self.pairs[occ], min(self.cfg.pairs_per_occupation, len(self.pairs[occ]))):
                 batch.extend(pair)
         return batch
@@ -126,6 +146,16 @@ class BatchSampler:
     def unambiguous_batch(self) -> list[Item]:
         k = min(self.cfg.unambiguous_per_batch, len(self.unambiguous))
         return self.rng.sample(self.unambiguous, k)
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint needs besides the RNG: the clusters still queued in this round."""
+        return {"queues": {b: list(q) for b, q in self._queues.items()}, "turn": self._turn}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        if set(state.get("queues", {})) != set(self.benchmarks):
+            raise DsoError("the checkpoint was written for another set of benchmarks")
+        self._queues = {b: list(q) for b, q in state["queues"].items()}
+        self._turn = int(state["turn"])
 
 
 class BaseCache:
@@ -162,6 +192,7 @@ def train_dso(
     *,
     val_items: Sequence[Item] | None = None,
     text_passages: Sequence[str] = (),
+    val_text_passages: Sequence[str] = (),
     checkpoint_path: Path | None = None,
     resume: bool = False,
 ) -> dict[str, float]:
@@ -180,12 +211,16 @@ def train_dso(
     omega_rng = random.Random(cfg.seed + 1)  # separate streams: every mode sees the same batches
     text_rng = random.Random(cfg.seed + 2)
     texts = _tokenized(scorer, text_passages, cfg.kl_text_tokens) if cfg.kl_text_passages > 0 else []
+    prompts = _prompts(scorer, items) if cfg.kl_prompt_items > 0 else []
+    prompt_rng = random.Random(cfg.seed + 3)
     val_ambiguous = [it for it in val_items or [] if it["ambiguous"]] if cfg.eval_every > 0 else []
+    val_texts = _tokenized(scorer, val_text_passages, cfg.kl_text_tokens) if val_ambiguous else []
     base = BaseCache(scorer)
     names = list(params)
     leaves = [params[n] for n in names]
     optimizer = torch.optim.Adam(leaves, lr=cfg.lr, betas=cfg.betas)
-    state: dict[str, Any] = {"step": 0, "duals": {"unambiguous": cfg.kl_coef, "neutral_text": cfg.kl_coef},
+    text_coef = cfg.kl_coef if cfg.kl_text_coef is None else cfg.kl_text_coef
+    state: dict[str, Any] = {"step": 0, "duals": {"unambiguous": cfg.kl_coef, "neutral_text": text_coef},
                              "best": {"pob": math.inf, "step": 0, "params": None}, "bad_evals": 0}  # fmt: skip
 
     def snapshot() -> dict[str, Any]:
@@ -197,9 +232,10 @@ def train_dso(
                 "sampler": rng.getstate(),
                 "omega": omega_rng.getstate(),
                 "text": text_rng.getstate(),
+                "prompt": prompt_rng.getstate(),
                 "estimator": generator.get_state(),
             },
-            "queue": list(sampler._queue),
+            "sampler": sampler.state(),
             "base_cache": dict(base._lp),  # batch composition changes float rounding: keep the exact values
             "duals": dict(state["duals"]),
             "best": state["best"],
@@ -220,8 +256,9 @@ def train_dso(
         rng.setstate(saved["rng"]["sampler"])
         omega_rng.setstate(saved["rng"]["omega"])
         text_rng.setstate(saved["rng"]["text"])
+        prompt_rng.setstate(saved["rng"]["prompt"])
         generator.set_state(saved["rng"]["estimator"])
-        sampler._queue = list(saved["queue"])
+        sampler.restore(saved["sampler"])
         base._lp.update({k: v.to(scorer.device) for k, v in saved["base_cache"].items()})
         state.update(step=saved["step"], duals=saved["duals"], best=saved["best"], bad_evals=saved["bad_evals"])
 
@@ -233,13 +270,14 @@ def train_dso(
         for step in bar:
             started = time.perf_counter()
             metrics = _one_step(scorer, steer, estimator, sampler, base, cfg, state, optimizer, leaves, step,
-                                texts, text_rng, omega_rng)  # fmt: skip
+                                (texts, text_rng), (prompts, prompt_rng), omega_rng)  # fmt: skip
             metrics["step_seconds"] = time.perf_counter() - started  # the optimisation alone, no evaluation
             state["step"] = step
             stop = False
             if val_ambiguous and (step % cfg.eval_every == 0 or step == cfg.steps):
-                metrics["val_pob"] = _val_pob(scorer, steer, val_ambiguous)
-                stop = _early_stop_update(state, metrics["val_pob"], step, params, cfg.patience)
+                metrics |= _validate(scorer, steer, val_ambiguous, val_texts)
+                budget = cfg.kl_budget if cfg.val_kl_budget and "val_text_kl" in metrics else math.inf
+                stop = _early_stop_update(state, metrics, budget, step, params, cfg.patience)
             log(metrics)
             bar.set_postfix(reward=f"{metrics['reward']:.3f}", pob=f"{metrics['batch_pob']:.3f}",
                             kl=f"{metrics.get('kl', 0):.4f}")  # fmt: skip
@@ -255,8 +293,8 @@ def train_dso(
         with torch.no_grad():
             for n in names:
                 params[n].copy_(state["best"]["params"][n].to(params[n].device))
-        metrics |= {"best_val_pob": state["best"]["pob"], "best_step": state["best"]["step"],
-                    "stopped_at": state["step"]}  # fmt: skip
+        metrics |= {"best_val_pob": state["best"]["pob"], "best_val_text_kl": state["best"].get("kl", math.nan),
+                    "best_step": state["best"]["step"], "stopped_at": state["step"]}  # fmt: skip
     return metrics
 
 
@@ -271,20 +309,22 @@ def _one_step(
     optimizer: torch.optim.Optimizer,
     leaves: list[Tensor],
     step: int,
-    texts: list[list[int]],
-    text_rng: random.Random,
+    texts: tuple[list[list[int]], random.Random],
+    prompts: tuple[list[list[int]], random.Random],
     omega_rng: random.Random,
 ) -> dict[str, float]:
     """One optimizer step (``ppo_epochs`` of them for PPO) over ``accumulate`` micro-batches."""
     micro = []
     for _ in range(cfg.accumulate):
         amb, unamb = sampler.ambiguous_batch(), sampler.unambiguous_batch()
-        text = text_rng.sample(texts, min(cfg.kl_text_passages, len(texts))) if texts else []
+        text = _draw(*texts, cfg.kl_text_passages) + _draw(*prompts, cfg.kl_prompt_items)
         omega = omega_rng.uniform(0.0, 1.0) if cfg.omega == "path" else None
         micro.append({"amb": amb, "unamb": unamb, "text": text, "omega": omega, "plan": None})
     duals = state["duals"]
     metrics: dict[str, float] = {"step": step}
-    use_kl = cfg.kl_mode == "constraint" or cfg.kl_coef > 0
+    constrained = cfg.kl_mode == "constraint"
+    use_kl = constrained or cfg.kl_coef > 0  # the unambiguous items' KL
+    use_text_kl = constrained or (cfg.kl_coef if cfg.kl_text_coef is None else cfg.kl_text_coef) > 0
     for _ in range(estimator.epochs):
         optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = defaultdict(float)
@@ -293,13 +333,15 @@ def _one_step(
             steer.strength = 0.0  # the base policy: KL anchor and path target
             base_unamb = base(batch["unamb"]) if batch["unamb"] and use_kl else None
             with torch.no_grad():
-                base_text = scorer.token_logprobs(batch["text"])[0] if batch["text"] and use_kl else None
+                base_text = scorer.token_logprobs(batch["text"])[0] if batch["text"] and use_text_kl else None
             steer.strength = 1.0
             probs = policy(scorer.logprobs(batch["amb"], grad=True))
             if batch["plan"] is None:
                 batch["plan"] = estimator.prepare(batch["amb"], probs.detach())
             sums["reward"] += float(estimator.expected_reward(batch["plan"], probs))
             sums["batch_pob"] += float(per_occupation_gap(batch["amb"], probs.detach()).abs().mean())
+            for bench, pob in per_benchmark_pob(batch["amb"], probs.detach(), sampler.benchmarks).items():
+                sums[f"batch_pob_{bench}"] += pob
             backward(estimator.loss(batch["plan"], probs), 1.0, "policy_loss")
             if batch["omega"] is not None:
                 omega = batch["omega"]
@@ -309,9 +351,18 @@ def _one_step(
                 steer.strength = 1.0
                 backward((gap - target).pow(2).mean(), cfg.path_weight, "path_loss")
                 sums["path_omega"] += omega
-            if base_unamb is not None:
-                kl = kl_divergence(scorer.logprobs(batch["unamb"], grad=True), base_unamb).mean()
-                backward(kl, duals["unambiguous"], "kl")
+            if base_unamb is not None or (cfg.accuracy_weight > 0 and batch["unamb"]):
+                unamb_lp = scorer.logprobs(batch["unamb"], grad=True)
+                terms = []
+                if base_unamb is not None:
+                    kl = kl_divergence(unamb_lp, base_unamb).mean()
+                    sums["kl"] += float(kl.detach())
+                    terms.append(duals["unambiguous"] * kl)
+                if cfg.accuracy_weight > 0:
+                    accuracy = expected_accuracy(batch["unamb"], unamb_lp)
+                    sums["unamb_acc"] += float(accuracy.detach())
+                    terms.append(-cfg.accuracy_weight * accuracy)
+                backward(sum(terms), 1.0, "unambiguous_loss")
             if base_text is not None:
                 logp, lengths = scorer.token_logprobs(batch["text"])
                 backward(_text_kl(logp, base_text, lengths), duals["neutral_text"], "kl_text")
@@ -332,6 +383,25 @@ def _one_step(
                 duals[source] = max(0.0, duals[source] + cfg.kl_dual_lr * (metrics[key] - cfg.kl_budget))
         metrics |= {"dual_kl": duals["unambiguous"], "dual_kl_text": duals["neutral_text"]}
     return metrics
+
+
+def expected_accuracy(items: Sequence[Item], logprobs: Tensor) -> Tensor:
+    """Mean probability of the correct option (the exact expected reward of +1 for a correct answer)."""
+    correct = torch.tensor([item["correct"] for item in items], device=logprobs.device)
+    return policy(logprobs).gather(1, correct[:, None]).mean()
+
+
+def per_benchmark_pob(items: Sequence[Item], probs: Tensor, benchmarks: Sequence[str]) -> dict[str, float]:
+    """POB of a batch per member benchmark (a mixture's training log); nothing for one benchmark."""
+    if len(benchmarks) < 2:
+        return {}
+    out = {}
+    for bench in benchmarks:
+        rows = [i for i, item in enumerate(items) if item["benchmark"] == bench]
+        if rows:
+            sub = [items[i] for i in rows]
+            out[bench] = float(per_occupation_gap(sub, probs[rows]).abs().mean())
+    return out
 
 
 def _backward(
@@ -357,6 +427,16 @@ def _tokenized(scorer: OptionScorer, passages: Sequence[str], max_tokens: int) -
     return [s for s in seqs if len(s) >= 2]
 
 
+def _prompts(scorer: OptionScorer, items: Sequence[Item]) -> list[list[int]]:
+    """The training items' distinct prompts as token ids (text items only), for the prompt KL."""
+    seqs = {tuple(scorer.encode(item).prompt_ids) for item in items if not item.get("images")}
+    return [list(s) for s in sorted(seqs) if len(s) >= 2]
+
+
+def _draw(pool: list[list[int]], rng: random.Random, k: int) -> list[list[int]]:
+    return rng.sample(pool, min(k, len(pool))) if pool and k > 0 else []
+
+
 def _text_kl(logp: Tensor, base: Tensor, lengths: Tensor) -> Tensor:
     """Mean over passages of the per-token ``KL(steered ‖ base)`` of the next-token distribution."""
     per_token = (logp.exp() * (logp - base)).sum(-1)  # [batch, width]
@@ -365,17 +445,42 @@ def _text_kl(logp: Tensor, base: Tensor, lengths: Tensor) -> Tensor:
     return ((per_token * mask).sum(1) / mask.sum(1).clamp_min(1)).mean()
 
 
-def _val_pob(scorer: OptionScorer, steer: Any, val_ambiguous: Sequence[Item]) -> float:
+def _validate(scorer: OptionScorer, steer: Any, val_ambiguous: Sequence[Item], val_texts: list[list[int]]) -> dict:
+    """Val POB at ω = 1 and, with validation text, its per-token KL to the base model."""
     steer.strength = 1.0
     with torch.no_grad():
         probs = policy(scorer.logprobs(val_ambiguous))
-    return float(per_occupation_gap(val_ambiguous, probs).abs().mean())
+        out = {"val_pob": float(per_occupation_gap(val_ambiguous, probs).abs().mean())}
+        if val_texts:
+            logp, lengths = scorer.token_logprobs(val_texts)
+            steer.strength = 0.0
+            base, _ = scorer.token_logprobs(val_texts)
+            steer.strength = 1.0
+            out["val_text_kl"] = float(_text_kl(logp, base, lengths))
+    return out
 
 
-def _early_stop_update(state: dict[str, Any], pob: float, step: int, params: dict[str, Tensor], patience: int) -> bool:
-    """Record a val evaluation; True when ``patience`` evaluations in a row did not improve on the best."""
-    if pob < state["best"]["pob"] - 1e-9:
-        state["best"] = {"pob": pob, "step": step, "params": {n: p.detach().cpu().clone() for n, p in params.items()}}
+def _early_stop_update(
+    state: dict[str, Any], metrics: Mapping[str, float], kl_budget: float, step: int, params: dict[str, Tensor],
+    patience: int,
+) -> bool:  # fmt: skip
+    """Record a val evaluation; True when ``patience`` evaluations in a row did not improve on the best.
+
+    The best is the lowest val POB among evaluations whose val-text KL is within ``kl_budget``; while
+    none is, the one with the lowest KL (so a run that never meets the budget ends at its gentlest)."""
+    pob, kl = metrics["val_pob"], metrics.get("val_text_kl", 0.0)
+    within = kl <= kl_budget
+    best = state["best"]
+    best_within = best.get("kl", 0.0) <= kl_budget and best["params"] is not None
+    if best["params"] is None:
+        better = True
+    elif within != best_within:
+        better = within
+    else:
+        better = pob < best["pob"] - 1e-9 if within else kl < best.get("kl", math.inf) - 1e-12
+    if better:
+        state["best"] = {"pob": pob, "kl": kl, "step": step,
+                         "params": {n: p.detach().cpu().clone() for n, p in params.items()}}  # fmt: skip
         state["bad_evals"] = 0
         return False
     state["bad_evals"] += 1

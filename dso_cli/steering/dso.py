@@ -35,6 +35,7 @@ def fit_dso(
     extra_hyperparameters: Mapping[str, Any] | None = None,
     val_items: Sequence[Mapping[str, Any]] | None = None,
     text_passages: Sequence[str] = (),
+    val_text_passages: Sequence[str] = (),
     checkpoint_path: Path | None = None,
     resume: bool = False,
 ) -> Artifact:
@@ -50,6 +51,7 @@ def fit_dso(
         log=log,
         val_items=val_items,
         text_passages=text_passages,
+        val_text_passages=val_text_passages,
         checkpoint_path=checkpoint_path,
         resume=resume,
     )

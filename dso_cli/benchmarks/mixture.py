@@ -1,0 +1,67 @@
+"""``mixture``: several bias benchmarks as one, so that one transform is trained on all of them.
+
+Each member is built from its own config (``conf/bias_benchmark/<name>.yaml``) exactly as it would be
+alone, so its val/test splits are the ones a single-benchmark run holds out. A key set on the
+mixture (``bias.path=...``) reaches every member whose config has that key; ``null`` keeps each
+member's own value. Items keep their ``benchmark`` field; their cluster (``occupation``) is prefixed
+with it, so that two members' occupations of the same name are separate clusters of POB and of the
+trainer's stratified batches. A split exists when any member has it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import datasets
+from omegaconf import OmegaConf
+
+from dso_cli.benchmarks.schema import to_dataset
+from dso_cli.errors import DsoError
+
+BENCHMARK = "mixture"
+SEPARATOR = ":"
+OWN_KEYS = ("benchmarks", "name", "_target_")
+
+
+def member_configs(benchmarks: Sequence[str], shared: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each member's config with the mixture's non-null ``shared`` keys that the member has."""
+    from dso_cli.config_files import group_config
+
+    if isinstance(benchmarks, str) or not benchmarks:
+        raise DsoError("bias=mixture needs a list of benchmarks: bias.benchmarks=[occupation,synthbias]")
+    if BENCHMARK in benchmarks:
+        raise DsoError("bias.benchmarks: a mixture cannot contain a mixture")
+    if len(set(benchmarks)) != len(benchmarks):
+        raise DsoError(f"bias.benchmarks lists a benchmark twice: {list(benchmarks)}")
+    members = {}
+    for name in benchmarks:
+        cfg = OmegaConf.to_container(group_config("bias_benchmark", name, where="bias.benchmarks"), resolve=True)
+        assert isinstance(cfg, dict)
+        for key, value in shared.items():
+            if key in cfg and value is not None and key not in OWN_KEYS:
+                cfg[key] = value
+        members[name] = cfg
+    return members
+
+
+def build(benchmarks: Sequence[str] = ("occupation", "synthbias"), **shared: Any) -> datasets.DatasetDict:
+    """The members' splits, concatenated split by split (clusters prefixed with the benchmark)."""
+    from dso_cli.benchmarks import build_benchmark
+
+    shared.pop("name", None)
+    built = {name: build_benchmark(cfg) for name, cfg in member_configs(list(benchmarks), shared).items()}
+    names = [split for splits in built.values() for split in splits]
+    out = {}
+    for split in dict.fromkeys(names):
+        items = [item for splits in built.values() if split in splits for item in splits[split].to_list()]
+        out[split] = to_dataset(dict(item, occupation=f"{item['benchmark']}{SEPARATOR}{item['occupation']}")
+                                for item in items)  # fmt: skip
+    return datasets.DatasetDict(out)
+
+
+def members(cfg: Mapping[str, Any]) -> list[str]:
+    """The member benchmarks of a ``bias_benchmark`` config (just itself when it is no mixture)."""
+    if cfg.get("name") == BENCHMARK:
+        return list(cfg.get("benchmarks") or ())
+    return [str(cfg.get("name"))]

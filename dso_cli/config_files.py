@@ -1,0 +1,35 @@
+"""Where the Hydra configs live and how one group option is read (for the CLI, `dso eval`, mixtures)."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from dso_cli.errors import DsoError
+
+WHAT = {"bias_benchmark": "bias benchmark", "capability": "capability set"}
+
+
+def conf_dir() -> Path:
+    """The Hydra config directory: ``conf/`` of a source checkout, else the copy inside the package."""
+    source = Path(__file__).resolve().parent.parent / "conf"
+    if (source / "base.yaml").is_file():
+        return source
+    return Path(str(resources.files("dso_cli") / "conf"))
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+
+
+def group_config(group: str, name: str, *, where: str = "") -> DictConfig:
+    """``conf/<group>/<name>.yaml``; an unknown name is a one-line error listing the choices."""
+    options = group_options(group)
+    if name not in options:
+        what = WHAT.get(group, group)
+        raise DsoError(f"unknown {what} {name!r}{f' in {where}' if where else ''} (choose from: {', '.join(options)})")
+    cfg = OmegaConf.load(conf_dir() / group / f"{name}.yaml")
+    assert isinstance(cfg, DictConfig)
+    return cfg
