@@ -53,6 +53,9 @@ def test_train_sweep_report_on_smollm2(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     sweep = pd.read_csv(run_dir / "sweep.csv").set_index("alpha")
     assert sweep.loc[1.0, "pob"] < sweep.loc[0.0, "pob"], sweep[["pob", "pob_se", "unamb_acc"]]
+    # the default objective protects the model off task (the earlier default: KL about 1 nat/token)
+    assert sweep.loc[0.0, "text_kl"] == 0 and 0 < sweep.loc[1.0, "text_kl"] < 0.1, sweep["text_kl"]
+    assert sweep.loc[1.0, "text_ppl"] < 1.1 * sweep.loc[0.0, "text_ppl"]
     assert (run_dir / "report/pareto.png").stat().st_size > 0
     # one table across the offline benchmarks and capability sets (small sizes)
     result = dso(
