@@ -169,9 +169,10 @@ def capability_cost(
     batch_size: int = 8,
     desc: str = "capability",
 ) -> dict[float, dict[str, float]]:
-    """Per ω: full-vocabulary KL and perplexity on held-out neutral text (``text_*``) and the KL on
-    the benchmark's own held-out prompts (``prompt_kl``); NaN where there is nothing to measure."""
-    out = {a: dict.fromkeys(TEXT_COLUMNS, math.nan) for a in alphas}
+    """Per ω: full-vocabulary KL and perplexity on held-out neutral text (``text_*``, with ``corpus``)
+    and the KL on the benchmark's own held-out prompts (``prompt_*``, with ``prompts``): only the
+    columns measured, so the results of two calls merge with ``|``."""
+    out: dict[float, dict[str, float]] = {a: {} for a in alphas}
     if corpus is not None:
         for row in evaluate_text(scorer, artifact, corpus, alphas, batch_size=batch_size, desc=f"{desc} text"):
             out[row["alpha"]].update(text_kl=row["kl"], text_kl_se=row["kl_se"], text_ppl=row["ppl"],

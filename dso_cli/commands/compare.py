@@ -238,8 +238,7 @@ def evaluate_all(
     def record(method: str, split: str, row: dict, probs: Tensor, cost: dict[float, dict[str, float]]) -> None:
         kept[split][point_key(method, row["alpha"])] = probs
         save_probs(run_dir, split, kept[split])
-        measured = {k: v for k, v in cost[row["alpha"]].items() if k.startswith("prompt_")}
-        measured |= {k: v for k, v in text_cost[method][row["alpha"]].items() if k.startswith("text_")}
+        measured = text_cost[method][row["alpha"]] | cost[row["alpha"]]
         rows.append({"method": method, "benchmark": cfg.bias_benchmark.name, "split": split, **row, **measured})
         merge_into_csv(path, earlier, pd.DataFrame(rows).reindex(columns=COMPARE_COLUMNS), key)
 

@@ -95,8 +95,7 @@ def run_sweep(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
     def record(row: dict, split: str, benchmark: str, cost: dict[float, dict[str, float]]) -> None:
         """Rewrite sweep.csv (and sweep_types.csv) with this row added; other rows are kept."""
         alpha = row["alpha"]
-        measured = {k: v for k, v in cost[alpha].items() if k.startswith("prompt_")}
-        measured |= {k: v for k, v in text_cost[alpha].items() if k.startswith("text_")}
+        measured = text_cost[alpha] | cost[alpha]
         head = {"method": artifact.method, "benchmark": benchmark, "split": split}
         type_rows.extend(head | {"alpha": alpha, **qtype} for qtype in row.pop("_types", []))
         rows.append(head | row | measured)
