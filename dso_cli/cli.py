@@ -139,6 +139,7 @@ def validate(verb: str, overrides: list[str]) -> None:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise DsoError(f"{missing[0]} must be set (e.g. {missing[0]}=VALUE)")
+    check_values(verb, cfg)
     if verb in ("sweep", "eval"):
         from dso_cli.runs import parse_alpha
 
@@ -167,6 +168,44 @@ def validate(verb: str, overrides: list[str]) -> None:
                     raise DsoError(f"unknown {what} {name!r} (choose from: {', '.join(group_options(group))})")
 
 
+COUNTS = ("seed", "sweep.bootstrap_reps", "prune.bootstrap_reps", "eval.bootstrap_reps", "compare.bootstrap_reps",
+          "compare.hypervolume_bootstrap_reps", "analyze.folds")  # fmt: skip
+"""Keys that must be whole numbers >= 0 wherever the verb has them."""
+
+
+def check_values(verb: str, cfg) -> None:
+    """Values that compose but are out of range: one line naming the key, before any work is done."""
+    from omegaconf import OmegaConf
+
+    for key in COUNTS:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None:
+            _whole(key, value)
+    bench = cfg.get("bias_benchmark") or {}
+    for key, value in bench.items():  # sizes of the built-in builders: counts of items, pairs or rows
+        if value is not None and (key.startswith(("n_", "max_")) or key.endswith("_per_occupation")):
+            _whole(f"bias.{key}", value)
+    if verb == "prune" and cfg.get("alpha") is not None:
+        from dso_cli.runs import parse_alpha
+
+        if len(parse_alpha(cfg.alpha)) != 1:
+            raise DsoError(f"alpha={cfg.alpha} must be one strength for dso prune")
+    if verb == "train" and cfg.steering_method.name == "dso":
+        from dso_cli.commands.train import train_config
+
+        train_config(cfg)
+
+
+def _whole(key: str, value) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise DsoError(f"{key}={value!r} must be a whole number >= 0") from None
+    if isinstance(value, bool) or not number.is_integer() or number < 0:
+        raise DsoError(f"{key}={value!r} must be a whole number >= 0")
+    return int(number)
+
+
 def _first_line(exc: BaseException) -> str:
     text = " ".join(line.strip() for line in str(exc).strip().splitlines()[:2] if line.strip())
     return text or type(exc).__name__
@@ -185,9 +224,11 @@ def _runner(verb: str) -> Callable:
         from dso_cli.commands.report import run_report
         from dso_cli.commands.sweep import run_sweep
         from dso_cli.commands.train import run_train
+        from dso_cli.targets import trust
 
         hydra_cfg = HydraConfig.get()
         overrides = list(hydra_cfg.overrides.task)
+        trust(cfg.get("allow_targets") or [])  # from this command line only, never from a run directory
         runners = {
             "sweep": run_sweep,
             "report": run_report,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from dso_cli.errors import DsoError
 from dso_cli.io import environment, write_json, write_text
 from dso_cli.steering.artifact import MANIFEST
+from dso_cli.targets import check_targets
 
 TRAIN_CONFIG = "config.yaml"
 ARTIFACT_DIR = "artifact"
@@ -32,17 +34,48 @@ def _slug(text: str) -> str:
 
 
 def new_train_dir(cfg: DictConfig, job_num: int | None = None, under: str | None = None) -> Path:
-    """``<outputs_root>[/<under>]/<date>/<time>_<model>_<benchmark>[_jobN]``, unique."""
+    """``<outputs_root>[/<under>]/<date>/<time>_<model>_<benchmark>[_jobN][-n]``, created here.
+
+    The directory is made with ``mkdir`` that fails when it exists, so two runs started in the same
+    second (or by two jobs) never share one: the second takes the next suffix.
+    """
     now = dt.datetime.now()
     stem = f"{now:%H-%M-%S}_{_slug(cfg.model.name)}_{_slug(cfg.bias_benchmark.name)}"
     if job_num is not None:
         stem += f"_job{job_num}"
     root = Path(cfg.outputs_root) / under if under else Path(cfg.outputs_root)
     base = root / f"{now:%Y-%m-%d}" / stem
+    base.parent.mkdir(parents=True, exist_ok=True)
     path, n = base, 1
-    while path.exists():
-        path, n = base.with_name(f"{base.name}-{n}"), n + 1
-    return path
+    while True:
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            path, n = base.with_name(f"{base.name}-{n}"), n + 1
+
+
+def claim_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    """Make sure a run may write into the ``run_dir`` the user named, creating it if needed.
+
+    A non-empty directory is refused unless the run resumes it or ``overwrite=true`` starts it over;
+    ``overwrite`` empties only a directory that a dso run made (it has a ``config.yaml``).
+    """
+    try:
+        run_dir.mkdir(parents=True)
+        return
+    except FileExistsError:
+        if not run_dir.is_dir():
+            raise DsoError(f"run_dir {run_dir} exists and is not a directory") from None
+    if resume or not any(run_dir.iterdir()):
+        return
+    if not overwrite:
+        what = "an interrupted run (resume=true continues it)" if (run_dir / "checkpoint.pt").is_file() else "files"
+        raise DsoError(f"run_dir {run_dir} is not empty: it holds {what}; pass overwrite=true to start over there")
+    if not (run_dir / TRAIN_CONFIG).is_file():
+        raise DsoError(f"run_dir {run_dir} is not a dso run directory (no {TRAIN_CONFIG}); refusing to empty it")
+    for entry in run_dir.iterdir():
+        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
 
 
 def find_latest_train_run(outputs_root: str | Path, name_or_path: str, benchmark: str) -> Path:
@@ -70,8 +103,15 @@ def load_train_config(run_dir: Path) -> DictConfig:
     path = run_dir / TRAIN_CONFIG
     if not path.is_file():
         raise DsoError(f"{run_dir} is not a train run directory (no {TRAIN_CONFIG})")
-    cfg = OmegaConf.load(path)
-    assert isinstance(cfg, DictConfig)
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as exc:
+        raise DsoError(f"{path} is not a readable config: {type(exc).__name__}") from None
+    if not isinstance(cfg, DictConfig):
+        raise DsoError(f"{path} is not a config mapping")
+    check_targets(cfg, source=str(path))  # a run's config is data: it runs no code from outside dso_cli
+    if OmegaConf.select(cfg, "model.trust_remote_code"):  # only ever from this command line
+        cfg.model.trust_remote_code = False
     return cfg
 
 

@@ -39,7 +39,8 @@ def assert_bad_input(result: subprocess.CompletedProcess, pattern: str) -> None:
 def trained(tiny_llama_dir, tmp_path_factory):
     """One tiny train run shared by the tests below (train is the slow verb)."""
     outputs = tmp_path_factory.mktemp("outputs")
-    result = dso("train", "model=hf", f"model.name_or_path={tiny_llama_dir}", f"outputs_root={outputs}", *SMALL)
+    result = dso("train", "model=hf", f"model.name_or_path={tiny_llama_dir}", f"outputs_root={outputs}",
+                 "train.eval_val=true", *SMALL)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     runs = list(outputs.glob("*/*/artifact/manifest.json"))
     assert len(runs) == 1
@@ -177,7 +178,7 @@ def test_baselines_train_and_sweep_through_the_cli(method, tiny_llama_dir, tmp_p
     run_dir = tmp_path / method
     result = dso(
         "train", f"steering_method={method}", "model=hf", f"model.name_or_path={tiny_llama_dir}", f"run_dir={run_dir}",
-        *SMALL,
+        "train.eval_val=true", *SMALL,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((run_dir / "artifact/manifest.json").read_text())

@@ -17,7 +17,9 @@ from tests.conftest import build_tiny_model
 def train_items():
     # one person style and one question type: a random model's preferences then differ by occupation
     # (averaged over many wordings, its chance biases would wash out)
-    splits = build(n_train=4000, n_train_unambiguous=16, heldout_occupations=[])
+    splits = build(
+        n_train=4000, n_train_unambiguous=16, heldout_occupations=[], heldout_template_pairs_per_occupation=4
+    )
     keep = {"nurse", "carpenter", "secretary", "mechanic"}
     words = [i for i in splits["train"].to_list() if "/words/" in i["id"] and i["attribute"] == "occupation"]
     return [i for i in splits["train"].to_list() if not i["ambiguous"]] + [i for i in words if i["occupation"] in keep]
@@ -71,7 +73,10 @@ def test_batches_are_stratified_counterbalanced_pairs(train_items):
 
     sampler = BatchSampler(train_items, TrainConfig(occupations_per_batch=3, pairs_per_occupation=2), random.Random(0))
     batch = sampler.ambiguous_batch()
-    assert len(batch) == 12 and len({i["occupation"] for i in batch}) == 3
+    occupations = {i["occupation"] for i in batch}
+    pairs = {o: {i["pair_id"] for i in train_items if i["ambiguous"] and i["occupation"] == o} for o in occupations}
+    available = {o: len(ids) for o, ids in pairs.items()}
+    assert len(occupations) == 3 and len(batch) == sum(2 * min(2, n) for n in available.values())
     by_pair = {}
     for i in batch:
         by_pair.setdefault(i["pair_id"], []).append(i["pro_option"])
@@ -109,7 +114,7 @@ def test_every_estimator_trains_through_the_loop(tokenizer, train_items, estimat
 def test_kl_constraint_is_met_by_dual_ascent(tokenizer, train_items):
     """A large step size pushes KL far above the budget with a fixed small penalty; the constraint's
     multiplier grows until the KL on the anchor items is back within the budget."""
-    settings = {**BASE, "steps": 40, "lr": 1.0, "unambiguous_per_batch": 16, "kl_budget": 0.005, "kl_coef": 0.0}
+    settings = {**BASE, "steps": 40, "lr": 1.0, "unambiguous_per_batch": 16, "kl_budget": 0.003, "kl_coef": 0.0}
     unamb = [i for i in train_items if not i["ambiguous"]]
     kls = {}
     for mode in ("penalty", "constraint"):
@@ -124,8 +129,8 @@ def test_kl_constraint_is_met_by_dual_ascent(tokenizer, train_items):
         kls[mode] = float(kl_divergence(steered, base).mean())
         if mode == "constraint":
             assert max(r["dual_kl"] for r in rows) > 1.0  # the multiplier had to grow
-    assert kls["penalty"] > 2 * 0.005  # unconstrained, the transform drifts far from the base model
-    assert kls["constraint"] <= 0.005 * 1.5  # within tolerance of the budget
+    assert kls["penalty"] > 2 * 0.003  # unconstrained, the transform drifts far from the base model
+    assert kls["constraint"] <= 0.003 * 1.5  # within tolerance of the budget
 
 
 def test_interrupt_and_resume_equal_an_uninterrupted_run(tokenizer, train_items, tmp_path):

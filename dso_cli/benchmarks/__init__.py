@@ -7,9 +7,9 @@ from typing import Any
 
 import datasets
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 
 from dso_cli.errors import DsoError
+from dso_cli.targets import instantiate_checked
 
 
 def instantiate_builder(cfg: Mapping[str, Any]) -> Any:
@@ -17,7 +17,7 @@ def instantiate_builder(cfg: Mapping[str, Any]) -> Any:
     if "_target_" not in cfg:
         raise DsoError(f"benchmark {cfg.get('name')!r} has no _target_ builder")
     try:
-        return instantiate(cfg, _convert_="all")
+        return instantiate_checked(cfg, "bias_benchmark", _convert_="all")
     except InstantiationException as exc:
         cause = exc.__cause__
         while cause is not None and not isinstance(cause, DsoError):

@@ -123,18 +123,21 @@ class Occupation:
 @dataclass(frozen=True)
 class AnswerFormat:
     """How the answer is asked for and scored. ``instruction`` formats over the two people in
-    presentation order (their answer words, or their references when ``letters`` or ``refs``)."""
+    presentation order (their answer words, or their references when ``labels`` or ``refs``)."""
 
     key: str
     prefix: str  # the answer's start that every option continues
     instruction: str
-    letters: bool = False  # options " A" / " B" (by position) instead of the people
+    labels: tuple[str, str] | None = None  # options name positions (" A", " B") instead of the people
     refs: bool = False  # options are the references (" the man") rather than the answer words (" man")
 
 
+# Training formats: the answer as the person's word or name. Held-out formats (heldout_templates only):
+# lettered positions and "The answer is the man". (Training also on numbered positions and "It is the
+# man" reached the held-out formats no better and raised SynthBias POB: see the README's study.)
 WORD_FORMAT = AnswerFormat("word", "The", "Answer with one word: {} or {}.")
 NAME_FORMAT = AnswerFormat("name", "Answer:", "Answer with one name: {} or {}.")
-LETTER_FORMAT = AnswerFormat("letters", "Answer:", "Options: (A) {} (B) {}. Answer with A or B.", letters=True)
+LETTER_FORMAT = AnswerFormat("letters", "Answer:", "Options: (A) {} (B) {}. Answer with A or B.", labels=(" A", " B"))
 ANSWER_IS_FORMAT = AnswerFormat("answer_is", "The answer is", "Reply with the person: {} or {}.", refs=True)
 
 
@@ -149,13 +152,13 @@ class PersonStyle:
     answer: AnswerFormat
 
     def options(self, order: Sequence[str]) -> list[str]:
-        if self.answer.letters:
-            return [" A", " B"]
+        if self.answer.labels:
+            return list(self.answer.labels)
         names = self.ref if self.answer.refs else self.word
         return [f" {names[g]}" for g in order]
 
     def instruction(self, order: Sequence[str]) -> str:
-        names = self.ref if self.answer.letters or self.answer.refs else self.word
+        names = self.ref if self.answer.labels or self.answer.refs else self.word
         return self.answer.instruction.format(*(names[g] for g in order))
 
 
@@ -303,7 +306,7 @@ def build(
     val_pairs_per_occupation: int = 4,
     test_pairs_per_occupation: int = 4,
     heldout_occupations: Sequence[str] = DEFAULT_HELDOUT,
-    heldout_template_pairs_per_occupation: int | None = None,
+    heldout_template_pairs_per_occupation: int | None = 12,
     seed: int = 0,
     modality: str = "text",
     source: str = "image_dir",
@@ -325,7 +328,7 @@ def build(
     ``test`` hold the given number of pairs of each kind per training occupation, every pair from its
     own template; ``heldout_occupations`` holds ``test_pairs_per_occupation`` pairs of each kind for
     occupations that never appear in the other splits; ``heldout_templates`` holds
-    ``heldout_template_pairs_per_occupation`` (default: the test size) pairs of each kind per
+    ``heldout_template_pairs_per_occupation`` (None: the test size) pairs of each kind per
     training occupation written with scenarios, question wordings, answer formats and names that
     no other split uses. A template (occupation, wording, scenario, names) is in one split only.
     """

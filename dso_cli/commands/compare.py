@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
@@ -29,6 +28,7 @@ from dso_cli.commands.train import _fit_dso, kl_text, norm_override, train_confi
 from dso_cli.errors import DsoError
 from dso_cli.evaluation import base_policy, capability_cost, evaluate_strengths, prompt_sequences
 from dso_cli.io import atomic_write, write_text
+from dso_cli.leakage import RECORD, training_record
 from dso_cli.metrics import bootstrap_hypervolumes
 from dso_cli.report.plots import pareto_plot
 from dso_cli.report.tables import curve_summary, operating_points, pareto_points
@@ -45,6 +45,7 @@ from dso_cli.runs import (
 )
 from dso_cli.steering.artifact import MANIFEST, Artifact
 from dso_cli.steering.methods import ALL_METHODS, CLOSED_FORM, fit_closed_form, prefetch_for
+from dso_cli.targets import instantiate_checked
 
 COMPARE_CSV = "compare.csv"
 COMPARE_COLUMNS = SWEEP_COLUMNS
@@ -179,7 +180,7 @@ def fit_all(
             method_cfg.resume = (method_dir / CHECKPOINT).is_file()  # an interrupted comparison continues DSO
             text = kl_text(cfg) if tcfg.kl_text_passages > 0 else []
             val_text = kl_text(cfg, "val") if tcfg.eval_every > 0 else []
-            reward = instantiate(cfg.reward)
+            reward = instantiate_checked(cfg.reward, "reward")
             artifact = _fit_dso(
                 method_cfg, method_dir, loaded, scorer, train_items, reward, tcfg, val_items, text, val_text
             )
@@ -189,6 +190,7 @@ def fit_all(
             )
         seconds = time.perf_counter() - started
         artifact.manifest["train_metrics"]["fit_seconds"] = seconds
+        artifact.manifest.setdefault(RECORD, training_record(train_items))
         artifact.save(method_dir / ARTIFACT_DIR)
         artifacts[method] = artifact
         print(f"dso compare: fitted {method} in {seconds:.0f} s", flush=True)

@@ -30,6 +30,7 @@ from dso_cli.commands.sweep import SWEEP_COLUMNS, run_config
 from dso_cli.errors import DsoError
 from dso_cli.evaluation import evaluate_strengths, evaluate_text
 from dso_cli.io import atomic_write
+from dso_cli.leakage import check_no_leakage
 from dso_cli.metrics import bbq_bias_scores, pro_anti_accuracy
 from dso_cli.runs import ARTIFACT_DIR, load_train_config, parse_alpha, save_provenance
 from dso_cli.steering.artifact import Artifact
@@ -124,10 +125,17 @@ def run_eval(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
         else:
             sets.append(("capability", name, split_items(built, "test")))
 
+    artifact = Artifact.load(run_dir / ARTIFACT_DIR) if run_cfg is not None else None
+    if artifact is not None and cfg.eval.split != "train":  # evaluating the training fit itself is allowed
+        bias_sets = {f"{name}/{cfg.eval.split}": items for kind, name, items in sets if kind == "bias"}
+        note = check_no_leakage(artifact.manifest, bias_sets, overrides)
+        if note:
+            print(f"dso eval: note: {note}", flush=True)
     save_provenance(run_dir, cfg, prefix="eval_")
     seed_everything(int(cfg.seed))
     loaded, scorer = load_from_config(cfg)
-    artifact = Artifact.load(run_dir / ARTIFACT_DIR, loaded.describe()) if run_cfg is not None else None
+    if artifact is not None:
+        artifact.check_model(loaded.describe())
     method = artifact.method if artifact is not None else "none"
     sizes = ", ".join(f"{name} {len(data.passages) if kind == 'text' else len(data)}" for kind, name, data in sets)
     print(f"dso eval: {method} from {run_dir}, strengths {alphas}; {sizes}", flush=True)

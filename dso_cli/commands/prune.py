@@ -15,12 +15,12 @@ import pandas as pd
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from dso_cli.benchmarks import build_benchmark, split_items
+from dso_cli.benchmarks import split_items
 from dso_cli.commands.common import markdown_table, merge_into_csv
 from dso_cli.commands.sweep import load_run_artifact
 from dso_cli.errors import DsoError
 from dso_cli.evaluation import base_policy, evaluate_strengths
-from dso_cli.runs import parse_alpha
+from dso_cli.runs import parse_alpha, save_provenance
 from dso_cli.steering.prune import PruneStats, is_affine, prune_affine
 
 PRUNE_COLUMNS = [
@@ -42,7 +42,7 @@ def parse_keep(value: object) -> list[float]:
 
 def run_prune(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
     keeps = parse_keep(cfg.keep)
-    run_dir, cfg, scorer, artifact = load_run_artifact(cfg, overrides, "prune")
+    run_dir, cfg, scorer, artifact, splits = load_run_artifact(cfg, overrides, "prune", cfg.prune.splits)
     if not is_affine(artifact):
         raise DsoError(f"run {run_dir} holds a {artifact.method} artifact; dso prune needs dso or mean_match")
     alpha = float(cfg.alpha) if cfg.alpha is not None else float(artifact.manifest["strength"].get("trained_at", 1))
@@ -50,7 +50,6 @@ def run_prune(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
     if cfg.prune.save_artifacts:
         for candidate, stats in pruned:
             candidate.save(run_dir / PRUNED_DIR / f"keep_{stats.keep:g}")
-    splits = build_benchmark(cfg.bias_benchmark, cfg.model)
     print(f"dso prune: {artifact.method} from {run_dir} at strength {alpha:g}, keep {keeps}", flush=True)
 
     rows: list[dict] = []
@@ -59,6 +58,8 @@ def run_prune(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
 
     def record(split: str, stats: PruneStats, row: dict) -> None:
         """Rewrite prune.csv with this row added; rows of other splits, fractions or strengths are kept."""
+        if not rows:  # provenance only once there is a result to go with it
+            save_provenance(run_dir, cfg, prefix="prune_")
         rows.append({"method": artifact.method, "benchmark": cfg.bias_benchmark.name, "split": split,
                      **stats.as_row(), **row, "alpha": alpha})  # fmt: skip
         merge_into_csv(prune_csv, earlier, pd.DataFrame(rows)[PRUNE_COLUMNS], ["split", "alpha", "keep"], sort=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
@@ -14,6 +15,7 @@ from dso_cli.benchmarks.neutral_text import TextCorpus
 from dso_cli.commands.common import load_from_config, markdown_table, merge_into_csv, seed_everything
 from dso_cli.errors import DsoError
 from dso_cli.evaluation import TEXT_COLUMNS, capability_cost, evaluate_strengths, prompt_sequences
+from dso_cli.leakage import check_no_leakage
 from dso_cli.metrics import mean_se
 from dso_cli.runs import (
     ARTIFACT_DIR,
@@ -60,28 +62,34 @@ def run_config(cfg: DictConfig, overrides: Sequence[str]) -> tuple[Path, DictCon
 
 
 def load_run_artifact(
-    cfg: DictConfig, overrides: Sequence[str], verb: str
-) -> tuple[Path, DictConfig, OptionScorer, Artifact]:
-    """A verb that evaluates a trained run: its directory, merged config, scorer and checked artifact.
-
-    The verb's resolved config and environment are saved into the run as ``<verb>_config.yaml``.
-    """
+    cfg: DictConfig, overrides: Sequence[str], verb: str, evaluated: Sequence[str] = ()
+) -> tuple[Path, DictConfig, OptionScorer, Artifact, datasets.DatasetDict]:
+    """A verb that evaluates a trained run: its directory, merged config, scorer, checked artifact and
+    benchmark splits. Everything that can be refused (a garbled artifact, an ``evaluated`` split that
+    shares items with the training items) is checked before the model loads; nothing is written here
+    (the verb saves ``<verb>_config.yaml`` with its first result)."""
     run_dir, cfg = run_config(cfg, overrides)
     artifact_dir = run_dir / ARTIFACT_DIR
     if not (artifact_dir / "manifest.json").is_file():
         raise DsoError(f"run_dir {run_dir} has no trained artifact ({artifact_dir}); run `dso train` first")
-    save_provenance(run_dir, cfg, prefix=f"{verb}_")
+    artifact = Artifact.load(artifact_dir)
+    splits = build_benchmark(cfg.bias_benchmark, cfg.model)
+    held_out = {s: split_items(splits, s) for s in evaluated if s != "train"}
+    train = split_items(splits, "train") if "train" in splits else None
+    note = check_no_leakage(artifact.manifest, held_out, overrides, train)
+    if note:
+        print(f"dso {verb}: note: {note}", flush=True)
     seed_everything(int(cfg.seed))
     loaded, scorer = load_from_config(cfg)
-    return run_dir, cfg, scorer, Artifact.load(artifact_dir, loaded.describe())
+    artifact.check_model(loaded.describe())
+    return run_dir, cfg, scorer, artifact, splits
 
 
 def run_sweep(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
     alphas = parse_alpha(cfg.alpha)
-    run_dir, cfg, scorer, artifact = load_run_artifact(cfg, overrides, "sweep")
+    run_dir, cfg, scorer, artifact, splits = load_run_artifact(cfg, overrides, "sweep", cfg.sweep.splits)
     if not any(o.lstrip("+").startswith("alpha=") for o in overrides):  # the method's own default grid
         alphas = parse_alpha(artifact.manifest.get("strength", {}).get("default_grid", cfg.alpha))
-    splits = build_benchmark(cfg.bias_benchmark, cfg.model)
     corpus = heldout_corpus(cfg)
     print(f"dso sweep: {artifact.method} from {run_dir}, strengths {alphas}", flush=True)
 
@@ -98,6 +106,8 @@ def run_sweep(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
         measured = text_cost[alpha] | cost[alpha]
         head = {"method": artifact.method, "benchmark": benchmark, "split": split}
         type_rows.extend(head | {"alpha": alpha, **qtype} for qtype in row.pop("_types", []))
+        if not rows:  # provenance only once there is a result to go with it
+            save_provenance(run_dir, cfg, prefix="sweep_")
         rows.append(head | row | measured)
         merge_into_csv(sweep_csv, earlier, pd.DataFrame(rows).reindex(columns=SWEEP_COLUMNS), key, sort=True)
         if type_rows:

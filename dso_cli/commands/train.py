@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from dso_cli.benchmarks import build_benchmark, split_items
@@ -13,16 +12,18 @@ from dso_cli.commands.common import load_from_config, markdown_table, seed_every
 from dso_cli.commands.extract import store_from_config
 from dso_cli.errors import DsoError
 from dso_cli.evaluation import evaluate_strengths
+from dso_cli.leakage import RECORD, training_record
 from dso_cli.models.loading import LoadedModel
 from dso_cli.rl.checkpoint import CHECKPOINT, load_checkpoint
 from dso_cli.rl.loggers import make_logger
 from dso_cli.rl.rewards import Reward
 from dso_cli.rl.trainer import TrainConfig
-from dso_cli.runs import ARTIFACT_DIR, load_train_config, new_train_dir, save_provenance
+from dso_cli.runs import ARTIFACT_DIR, claim_run_dir, load_train_config, new_train_dir, save_provenance
 from dso_cli.scoring import OptionScorer
 from dso_cli.steering.artifact import MANIFEST, Artifact
 from dso_cli.steering.dso import fit_dso
 from dso_cli.steering.methods import CLOSED_FORM, fit_closed_form
+from dso_cli.targets import instantiate_checked
 
 
 def train_config(cfg: DictConfig) -> TrainConfig:
@@ -45,7 +46,8 @@ def norm_override(cfg: DictConfig) -> str | list[str] | None:
 
 
 def run_train(cfg: DictConfig, job_num: int | None = None, overrides: Sequence[str] = ()) -> Path:
-    if cfg.get("resume") == "auto":
+    auto = cfg.get("resume") == "auto"
+    if auto:
         cfg = auto_resume(cfg)
         if finished(Path(cfg.run_dir)):
             print(f"dso train: {cfg.run_dir} already finished training; nothing to do", flush=True)
@@ -57,12 +59,17 @@ def run_train(cfg: DictConfig, job_num: int | None = None, overrides: Sequence[s
     method = cfg.steering_method.name
     if method != "dso" and method not in CLOSED_FORM:
         raise DsoError(f"steering_method={method} cannot be trained (choose from: dso, {', '.join(CLOSED_FORM)})")
-    run_dir = Path(cfg.run_dir) if cfg.run_dir else new_train_dir(cfg, job_num)
-    if finished(run_dir):
-        raise DsoError(f"{run_dir} already holds a trained artifact; pass a new run_dir")
+    tcfg = train_config(cfg) if method == "dso" else None  # bad optimizer values fail before any file is made
+    if cfg.run_dir:
+        run_dir = Path(cfg.run_dir)
+        if finished(run_dir) and not cfg.get("overwrite"):
+            raise DsoError(f"{run_dir} already holds a trained artifact; pass a new run_dir (or overwrite=true)")
+        starting_over = cfg.get("resume") is False and auto  # resume=auto without a checkpoint: a requeued job
+        claim_run_dir(run_dir, resume=bool(cfg.get("resume")) or starting_over, overwrite=bool(cfg.get("overwrite")))
+    else:
+        run_dir = new_train_dir(cfg, job_num)
     cfg = cfg.copy()
     cfg.run_dir = str(run_dir)
-    tcfg = train_config(cfg) if method == "dso" else None
     seed_everything(int(cfg.seed))
     splits = build_benchmark(cfg.bias_benchmark, cfg.model)
     train_items = split_items(splits, "train")
@@ -71,7 +78,7 @@ def run_train(cfg: DictConfig, job_num: int | None = None, overrides: Sequence[s
             f"bias={cfg.bias_benchmark.name} has no ambiguous training items, so there is no bias to train away; "
             "evaluate transfer to it with `dso eval` instead"
         )
-    reward = instantiate(cfg.reward)
+    reward = instantiate_checked(cfg.reward, "reward")
     text = kl_text(cfg) if tcfg is not None and tcfg.kl_text_passages > 0 else []
     val_text = kl_text(cfg, "val") if tcfg is not None and tcfg.eval_every > 0 else []
     loaded, scorer = load_from_config(cfg)
@@ -88,12 +95,14 @@ def run_train(cfg: DictConfig, job_num: int | None = None, overrides: Sequence[s
             print(f"dso train: {line}", flush=True)
     else:
         artifact = _fit_dso(cfg, run_dir, loaded, scorer, train_items, reward, tcfg, val_items, text, val_text)
+    artifact.manifest[RECORD] = training_record(train_items)  # later verbs refuse to evaluate on these
+    artifact.save(run_dir / ARTIFACT_DIR)  # before the optional evaluation: an interruption loses no fit
+    print(f"dso train: saved {run_dir / ARTIFACT_DIR}", flush=True)
     if cfg.train.eval_val and val_items:
         rows = evaluate_strengths(scorer, artifact, val_items, [0.0, 1.0], desc="val")
         artifact.manifest["train_metrics"]["val"] = {f"alpha={r['alpha']:g}": r for r in rows}
         print(markdown_table(rows, ["alpha", "pob", "pob_se", "stereotype_gap", "unamb_acc", "kl"]))
-    artifact.save(run_dir / ARTIFACT_DIR)
-    print(f"dso train: saved {run_dir / ARTIFACT_DIR}", flush=True)
+        artifact.save(run_dir / ARTIFACT_DIR)
     return run_dir
 
 
@@ -121,6 +130,7 @@ def resumed_config(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
         raise DsoError(f"{run_dir} has no {CHECKPOINT} to resume from")
     if finished(run_dir):
         raise DsoError(f"{run_dir} already finished training (its artifact is saved)")
+    load_checkpoint(run_dir / CHECKPOINT)  # refused (one line) before any work if it is not a plain-data snapshot
     resumed = load_train_config(run_dir)
     OmegaConf.set_struct(resumed, False)
     for override in overrides:

@@ -3,11 +3,13 @@
 A checkpoint holds the steering parameters, the optimizer state, every random stream (batch sampler,
 ω path, text sampling, the estimators' sampling generator), the sampler's queue, the KL duals and the
 early-stopping record, so that resuming reproduces an uninterrupted run bit for bit. It is written
-atomically: a crash while saving leaves the previous checkpoint intact.
+atomically: a crash while saving leaves the previous checkpoint intact. It loads with torch's
+weights-only unpickler: nothing in a checkpoint can execute code.
 """
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,18 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DsoError(f"no checkpoint to resume from at {path}")
     try:
-        # our own file: it also holds Python random states, which the weights-only loader refuses
-        return torch.load(path, map_location="cpu", weights_only=False)
+        # tensors and plain data only (the RNG states are tuples of ints): a pickle that would run code
+        # when loaded is refused, so resuming someone else's run directory executes nothing from it
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "GLOBAL" not in str(exc):  # garbled bytes; a pickle that names code says "unsupported GLOBAL"
+            raise DsoError(f"{path} is not a readable checkpoint (truncated or not written by dso)") from None
+        raise DsoError(
+            f"{path} holds objects other than tensors and plain data; refusing to load it (not a dso checkpoint)"
+        ) from None
     except Exception as exc:
-        raise DsoError(f"{path} is not a readable checkpoint: {type(exc).__name__}: {exc}") from None
+        raise DsoError(f"{path} is not a readable checkpoint: {type(exc).__name__}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), "")

@@ -83,28 +83,63 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.kl_text_coef is not None:
-            try:
-                self.kl_text_coef = float(self.kl_text_coef)
-            except (TypeError, ValueError):
-                raise DsoError(f"optimizer.kl_text_coef={self.kl_text_coef!r} is not a number") from None
         for name, spec in self.__dataclass_fields__.items():
-            kind = {"int": int, "float": float}.get(str(spec.type))
-            if kind is not None:
-                value = getattr(self, name)
-                try:
-                    setattr(self, name, kind(value))
-                except (TypeError, ValueError):
-                    raise DsoError(f"optimizer.{name}={value!r} is not a number") from None
+            kind = {"int": int, "float": float, "float | None": float}.get(str(spec.type))
+            value = getattr(self, name)
+            if kind is not None and value is not None:
+                setattr(self, name, _number(f"optimizer.{name}", value, kind))
+        if not (isinstance(self.betas, (tuple, list)) and len(self.betas) == 2):
+            raise DsoError(f"optimizer.betas={self.betas!r} must be two numbers in [0, 1)")
+        self.betas = tuple(_number("optimizer.betas", b, float) for b in self.betas)  # type: ignore[assignment]
+        if not all(0 <= b < 1 for b in self.betas):
+            raise DsoError(f"optimizer.betas={list(self.betas)} must be two numbers in [0, 1)")
         from dso_cli.rl.estimators import ESTIMATORS
 
         choices = {"omega": ("fixed", "path"), "kl_mode": ("penalty", "constraint"), "estimator": ESTIMATORS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise DsoError(f"optimizer.{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
-        for name in ("steps", "accumulate"):
+        for name in ("steps", "accumulate", "occupations_per_batch", "pairs_per_occupation", "samples",
+                     "ppo_epochs", "kl_text_tokens", "checkpoint_every", "patience"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise DsoError(f"optimizer.{name} must be at least 1, not {getattr(self, name)}")
+        for name in ("lr", "kl_budget", "ppo_clip"):
+            if not getattr(self, name) > 0:
+                raise DsoError(f"optimizer.{name} must be greater than 0, not {getattr(self, name)}")
+        for name in (
+            "unambiguous_per_batch",
+            "kl_coef",
+            "kl_dual_lr",
+            "kl_text_passages",
+            "kl_text_coef",
+            "kl_prompt_items",
+            "accuracy_weight",
+            "l1",
+            "path_weight",
+            "grad_clip",
+            "eval_every",
+            "seed",
+        ):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise DsoError(f"optimizer.{name} must be at least 0, not {value}")
+
+
+def _number(key: str, value: Any, kind: type) -> int | float:
+    """``value`` as ``kind``, finite; an int must be integral (``steps=2.7`` is an error, not 2)."""
+    if isinstance(value, bool):
+        raise DsoError(f"{key}={value!r} is not a number")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise DsoError(f"{key}={value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise DsoError(f"{key}={value!r} must be a finite number")
+    if kind is int:
+        if not number.is_integer():
+            raise DsoError(f"{key}={value!r} must be a whole number")
+        return int(number)
+    return number
 
 
 class BatchSampler:
@@ -279,8 +314,8 @@ def train_dso(
                 budget = cfg.kl_budget if cfg.val_kl_budget and "val_text_kl" in metrics else math.inf
                 stop = _early_stop_update(state, metrics, budget, step, params, cfg.patience)
             log(metrics)
-            bar.set_postfix(reward=f"{metrics['reward']:.3f}", pob=f"{metrics['batch_pob']:.3f}",
-                            kl=f"{metrics.get('kl', 0):.4f}")  # fmt: skip
+            kl = {k: f"{metrics[k]:.4f}" for k in ("kl", "kl_text") if k in metrics}  # the KL terms trained on
+            bar.set_postfix(reward=f"{metrics['reward']:.3f}", pob=f"{metrics['batch_pob']:.3f}", **kl)
             if checkpoint_path is not None and (step % cfg.checkpoint_every == 0 or interrupt["hit"]):
                 save_checkpoint(checkpoint_path, snapshot())
             if interrupt["hit"]:

@@ -95,13 +95,19 @@ class Artifact:
             raise DsoError(f"no steering artifact in {path} (expected {MANIFEST} and {TENSORS})")
         try:
             manifest = json.loads((path / MANIFEST).read_text())
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DsoError(f"{path / MANIFEST} is not valid JSON: {exc}") from None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("method"), str):
+            raise DsoError(f"{path / MANIFEST} is not a steering artifact manifest (no method)")
         if manifest.get("format_version") != FORMAT_VERSION:
             raise DsoError(
                 f"{path} has artifact format {manifest.get('format_version')}, this dso reads {FORMAT_VERSION}"
             )
-        artifact = cls(manifest["method"], safetensors.torch.load_file(str(path / TENSORS)), manifest)
+        try:
+            tensors = safetensors.torch.load_file(str(path / TENSORS))
+        except Exception as exc:  # safetensors raises its own error type for truncated or garbled files
+            raise DsoError(f"{path / TENSORS} is not a readable safetensors file ({type(exc).__name__})") from None
+        artifact = cls(manifest["method"], tensors, manifest)
         if model_info is not None:
             artifact.check_model(model_info)
         return artifact

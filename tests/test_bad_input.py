@@ -1,0 +1,124 @@
+"""Bad input through the CLI: exit 2, one line, no traceback, and no file of an existing run changed.
+
+Hostile run directories (a checkpoint that unpickles code, a config whose ``_target_`` would run code)
+are refused and execute nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.test_cli import SMALL, assert_bad_input, dso
+
+
+def snapshot(run_dir: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in run_dir.rglob("*") if p.is_file() and not p.name.endswith(".lock")):
+        digest.update(str(path.relative_to(run_dir)).encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+class _Touch:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.path}",))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_llama_dir) -> Path:
+    """A quick closed-form run (the unsteered model as its artifact) to point bad commands at."""
+    run_dir = tmp_path_factory.mktemp("bad") / "run"
+    result = dso("train", "steering_method=none", "model=hf", f"model.name_or_path={tiny_llama_dir}",
+                 f"run_dir={run_dir}", *SMALL)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["bias.test_pairs_per_occupation=8"], "bias_benchmark.test_pairs_per_occupation=8"),
+        (["bias.seed=1"], "bias_benchmark.seed=1"),
+    ],
+)
+def test_an_override_that_redraws_the_splits_is_refused(run, args, says):
+    before = snapshot(run)
+    assert_bad_input(dso("sweep", f"run_dir={run}", *args), says)
+    assert snapshot(run) == before
+
+
+def test_training_again_into_a_finished_run_is_refused(run, tiny_llama_dir):
+    before = snapshot(run)
+    result = dso("train", "steering_method=none", "model=hf", f"model.name_or_path={tiny_llama_dir}",
+                 f"run_dir={run}", *SMALL)  # fmt: skip
+    assert_bad_input(result, "already holds a trained artifact")
+    assert snapshot(run) == before
+
+
+def test_a_corrupted_artifact_is_one_line(run, tmp_path):
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(run, corrupt)
+    tensors = corrupt / "artifact/tensors.safetensors"
+    tensors.write_bytes(tensors.read_bytes()[: len(tensors.read_bytes()) // 2] or b"garbage")
+    assert_bad_input(dso("sweep", f"run_dir={corrupt}"), "not a readable safetensors file")
+    (corrupt / "artifact/manifest.json").write_text("[1, 2]")
+    assert_bad_input(dso("sweep", f"run_dir={corrupt}"), "not a steering artifact manifest")
+
+
+def test_a_config_whose_target_would_run_code_is_refused(run, tmp_path):
+    hostile, pwned = tmp_path / "hostile", tmp_path / "pwned"
+    shutil.copytree(run, hostile)
+    torch.save({"x": _Touch(pwned)}, tmp_path / "evil.pt")
+    cfg = yaml.safe_load((hostile / "config.yaml").read_text())
+    cfg["bias_benchmark"] = {"_target_": "torch.load", "_args_": [str(tmp_path / "evil.pt")], "weights_only": False}
+    (hostile / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert_bad_input(dso("sweep", f"run_dir={hostile}"), "outside dso_cli")
+    assert not pwned.exists()
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, tiny_llama_dir):
+    run_dir, pwned = tmp_path / "dso1", tmp_path / "pwned"
+    result = dso("train", "model=hf", f"model.name_or_path={tiny_llama_dir}", f"run_dir={run_dir}", *SMALL,
+                 "optimizer.steps=1", "optimizer.checkpoint_every=1")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    shutil.rmtree(run_dir / "artifact")
+    torch.save({"step": 1, "evil": _Touch(pwned)}, run_dir / "checkpoint.pt")
+    result = dso("train", "resume=true", f"run_dir={run_dir}")
+    assert_bad_input(result, "refusing to load")
+    assert not pwned.exists()
+    before = snapshot(run_dir)
+    result = dso("train", "model=hf", f"model.name_or_path={tiny_llama_dir}", f"run_dir={run_dir}", *SMALL)
+    assert_bad_input(result, "resume=true continues it")  # an interrupted run is not silently started over
+    assert snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize(
+    ("arg", "says"),
+    [
+        ("seed=abc", "seed='abc' must be a whole number"),
+        ("seed=-1", "seed=-1 must be a whole number >= 0"),
+        ("optimizer.lr=-1", "optimizer.lr must be greater than 0"),
+        ("optimizer.lr=nan", "optimizer.lr="),
+        ("optimizer.betas=[0.9,1.5]", "optimizer.betas=[0.9, 1.5] must be two numbers in [0, 1)"),
+        ("optimizer.checkpoint_every=0", "optimizer.checkpoint_every must be at least 1"),
+        ("optimizer.steps=2.7", "optimizer.steps=2.7 must be a whole number"),
+        ("bias.n_train=abc", "bias.n_train='abc' must be a whole number"),
+        ("bias.test_pairs_per_occupation=-1", "bias.test_pairs_per_occupation=-1 must be a whole number >= 0"),
+        ("optimizer.stepz=3", "stepz"),
+        ("sweep.bootstrap_reps=abc", "sweep.bootstrap_reps='abc'"),
+    ],
+)
+def test_a_bad_value_is_one_line_before_anything_is_made(arg, says, tmp_path):
+    verb = "sweep" if arg.startswith("sweep.") else "train"
+    assert_bad_input(dso(verb, arg, f"run_dir={tmp_path / 'new'}"), says)
+    assert not (tmp_path / "new").exists()
