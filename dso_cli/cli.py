@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 from dso_cli import __version__
 from dso_cli.config_files import conf_dir, group_options
+from dso_cli.config_schema import register_schemas
 from dso_cli.errors import DsoError
 
 GROUPS = ("model", "bias_benchmark", "steering_method", "optimizer", "reward", "logger")
@@ -110,23 +111,48 @@ def open_sections(verb: str, args: Sequence[str]) -> list[str]:
     return out
 
 
-def compose_config(verb: str, overrides: Sequence[str] = (), job_name: str = "dso"):
+def compose_config(verb: str, overrides: Sequence[str] = (), job_name: str = "dso", job_num: int | None = None):
     """The config ``dso <verb> overrides...`` runs with (``bias=`` aliases allowed), composed outside a
-    Hydra run: for up-front validation and for scripts that use the verbs' configs."""
-    from hydra import compose, initialize_config_dir
+    Hydra run: for up-front validation and for scripts that use the verbs' configs. With ``job_num``
+    it is that job of a multirun, and ``${hydra:...}`` values (``run_dir=${hydra:sweep.dir}/...``)
+    resolve as they will inside the job."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict
 
+    register_schemas()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name=job_name):
-        return compose(config_name=verb, overrides=rewrite_aliases(overrides))
+        hydra = GlobalHydra.instance().hydra
+        assert hydra is not None
+        mode = RunMode.RUN if job_num is None else RunMode.MULTIRUN
+        cfg = hydra.compose_config(config_name=verb, overrides=rewrite_aliases(overrides), run_mode=mode)
+        with open_dict(cfg):
+            if job_num is not None:
+                cfg.hydra.job.num = job_num
+            HydraConfig.instance().set_config(cfg)
+            del cfg["hydra"]
+        return plain(cfg)
 
 
-def validate(verb: str, overrides: list[str]) -> None:
+def plain(cfg):
+    """The composed config as an untyped (still closed) DictConfig: the schemas have checked it, and the
+    verbs then copy sections between a run's recorded config and this one as plain mappings."""
+    from omegaconf import OmegaConf
+
+    out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    OmegaConf.set_struct(out, True)
+    return out
+
+
+def validate(verb: str, overrides: list[str], job_num: int | None = None) -> None:
     """Compose the config once up front so bad input fails fast with one clear line."""
     from hydra.errors import HydraException, MissingConfigException
-    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        cfg = compose_config(verb, overrides)
+        cfg = compose_config(verb, overrides, job_num=job_num)
     except MissingConfigException as exc:
         found = re.search(r"Could not find '([^/']+)/([^']+)'", str(exc))
         if found and found.group(1) in GROUPS:
@@ -135,7 +161,48 @@ def validate(verb: str, overrides: list[str]) -> None:
             raise DsoError(f"unknown {name} {option!r} (choose from: {', '.join(group_options(group))})") from None
         raise DsoError(_first_line(exc)) from None
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
+        raise DsoError(typed_error(exc) or _first_line(exc)) from None
+    check_config(verb, cfg)
+
+
+def validate_multirun(verb: str, overrides: list[str], limit: int = 1000) -> None:
+    """Validate every job of a ``-m`` sweep before the first starts, naming the job's values: one path
+    for single runs and multiruns. (``glob(...)`` sweeps over config options are left to Hydra.)"""
+    import itertools
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as exc:
         raise DsoError(_first_line(exc)) from None
+    choices: list[list[str]] = []
+    for override in parsed:
+        if not override.is_sweep_override():
+            choices.append([override.input_line])
+            continue
+        try:
+            values = list(override.sweep_string_iterator())
+        except HydraException:  # glob() needs Hydra's config loader: Hydra expands and checks it
+            return
+        key = override.input_line.split("=", 1)[0]
+        choices.append([f"{key}={value}" for value in values])
+    for n, job in enumerate(itertools.product(*choices)):
+        if n >= limit:
+            return
+        try:
+            validate(verb, list(job), job_num=n)
+        except DsoError as exc:
+            swept = " ".join(o for o, p in zip(job, parsed, strict=True) if p.is_sweep_override())
+            raise DsoError(f"job {n} ({swept}): {exc}") from None
+
+
+def check_config(verb: str, cfg) -> None:
+    """Everything checked after composition: missing values, ranges, grids, names. Run up front for a
+    single run and again inside every multirun job (whose sweep values are only known there)."""
+    from omegaconf import OmegaConf
+
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise DsoError(f"{missing[0]} must be set (e.g. {missing[0]}=VALUE)")
@@ -206,9 +273,25 @@ def _whole(key: str, value) -> int:
     return int(number)
 
 
+def typed_error(exc: BaseException) -> str | None:
+    """``key: what was wrong`` from the schema's validation error behind a composition error, if any."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        key = getattr(cause, "full_key", None)
+        if key:
+            msg = str(getattr(cause, "msg", "") or cause).strip().splitlines()[0]
+            return f"{key}: {msg.replace('Invalid value assigned: ', '')}"
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def _first_line(exc: BaseException) -> str:
     text = " ".join(line.strip() for line in str(exc).strip().splitlines()[:2] if line.strip())
     return text or type(exc).__name__
+
+
+FAILED_JOBS: list[int] = []
+"""Multirun jobs that ended in a one-line error (the sweep goes on; ``main`` then exits 2)."""
 
 
 def _runner(verb: str) -> Callable:
@@ -239,15 +322,21 @@ def _runner(verb: str) -> Callable:
             "extract": run_extract,
             "analyze": run_analyze,
         }  # verb -> run(cfg, overrides); train also takes the multirun job number
+        multirun = str(hydra_cfg.mode) == "RunMode.MULTIRUN"
+        cfg = plain(cfg)
         try:
+            check_config(verb, cfg)
             if verb == "train":
-                multirun = str(hydra_cfg.mode) == "RunMode.MULTIRUN"
                 run_train(cfg, job_num=hydra_cfg.job.num if multirun else None, overrides=overrides)
             else:
                 runners[verb](cfg, overrides)
         except DsoError as exc:
-            print(f"dso {verb}: error: {exc}", file=sys.stderr)
-            sys.exit(2)
+            if not multirun:
+                print(f"dso {verb}: error: {exc}", file=sys.stderr)
+                sys.exit(2)
+            # one job's bad value must not abort the other jobs of the sweep; the exit status says it
+            print(f"dso {verb}: error in job {hydra_cfg.job.num} ({' '.join(overrides)}): {exc}", file=sys.stderr)
+            FAILED_JOBS.append(int(hydra_cfg.job.num))
 
     return run
 
@@ -264,14 +353,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if verb not in VERBS:
         print(f"dso: error: unknown verb {verb!r} (choose from: {', '.join(VERBS)})", file=sys.stderr)
         return 2
-    if not any(arg.split("=")[0] in HYDRA_FLAGS for arg in rest):
+    flags = [arg for arg in rest if arg.split("=")[0] in HYDRA_FLAGS]
+    if not flags or set(flags) <= {"-m", "--multirun"}:
         try:
-            validate(verb, rest)
+            if flags:
+                validate_multirun(verb, [arg for arg in rest if arg not in flags])
+            else:
+                validate(verb, rest)
         except DsoError as exc:
             print(f"dso {verb}: error: {exc}", file=sys.stderr)
             return 2
     import hydra
 
+    register_schemas()
     app = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=verb)(_runner(verb))
     saved_argv = sys.argv
     sys.argv = [f"dso-{verb}", *rest]
@@ -285,6 +379,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     finally:
         sys.argv = saved_argv
+    if FAILED_JOBS:
+        print(f"dso {verb}: {len(FAILED_JOBS)} job(s) failed: {FAILED_JOBS}", file=sys.stderr)
+        return 2
     return 0
 
 

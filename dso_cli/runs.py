@@ -9,6 +9,8 @@ its numbers.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import math
 import re
 import shutil
@@ -133,6 +135,40 @@ def merge_run_config(
         if sep and any(key.startswith(f"{s}.") for s in sections):
             OmegaConf.update(merged, key, OmegaConf.select(cfg, key), force_add=True)
     return merged
+
+
+NOT_RESULTS = (
+    "run_dir", "outputs_root", "allow_targets", "logger", "hydra", "verb", "resume", "overwrite", "extract",
+    "scoring.batch_size", "scoring.tree_tokens", "scoring.tree_attention_chunk", "scoring.cpu_linear",
+)  # fmt: skip
+"""Settings that change where results go or how fast they come, not what they are."""
+
+
+def result_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as flat ``key -> value``, without :data:`NOT_RESULTS`: what a result depends on."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            flat[prefix[:-1]] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return {k: v for k, v in flat.items() if not any(k == n or k.startswith(n + ".") for n in NOT_RESULTS)}
+
+
+def settings_hash(cfg: DictConfig) -> str:
+    """sha256 of :func:`result_settings`: two runs with the same hash were made with the same settings."""
+    return hashlib.sha256(json.dumps(result_settings(cfg), sort_keys=True, default=str).encode()).hexdigest()
+
+
+def settings_differences(old: DictConfig, new: DictConfig) -> list[str]:
+    """``key=old (now new)`` for every result setting that differs."""
+    a, b = result_settings(old), result_settings(new)
+    unset = "<unset>"
+    return [f"{k}={a.get(k, unset)} (now {b.get(k, unset)})" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
 def save_provenance(run_dir: Path, cfg: DictConfig, prefix: str = "", extra: dict[str, Any] | None = None) -> None:

@@ -65,6 +65,30 @@ def test_hook_applies_the_formula(model, params):
     torch.testing.assert_close(captured["steered"], h + 0.3 * (a * h + b))
 
 
+def test_bfloat16_outputs_are_steered_in_float32_and_rounded_once(model):
+    """In bfloat16 the hook computes ``h + ω(a⊙h + b)`` in float32 and rounds the sum once: term-by-term
+    bf16 arithmetic would round a small trained (a, b) away."""
+    model = model.to(torch.bfloat16)
+    name = next(iter(find_norm_modules(model)))
+    module = dict(model.named_modules())[name]
+    params = init_affine_params(find_norm_modules(model))
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for key, p in params.items():
+            p.normal_(0, 0.01) if key.startswith(name + ".") else p.zero_()
+    captured = {}
+    module.register_forward_hook(lambda m, i, o: captured.setdefault("h", o.clone()))
+    with apply_affine(model, params, 0.7):
+        handle = module.register_forward_hook(lambda m, i, o: captured.setdefault("steered", o.clone()))
+        model(ids())
+        handle.remove()
+    a, b, h = params[f"{name}.a"], params[f"{name}.b"], captured["h"]
+    assert captured["steered"].dtype == torch.bfloat16
+    assert torch.equal(captured["steered"], (h.float() + 0.7 * (a * h.float() + b)).to(torch.bfloat16))
+    term_by_term = h + 0.7 * (a.to(torch.bfloat16) * h + b.to(torch.bfloat16))
+    assert not torch.equal(captured["steered"], term_by_term)  # the two differ on real outputs
+
+
 def test_hooks_removed_on_exit_and_on_exception(model, params):
     before = hook_count(model)
     with apply_affine(model, params, 1.0):

@@ -58,6 +58,29 @@ def test_missing_or_broken_artifact(tmp_path):
         Artifact.load(tmp_path)
 
 
+def test_a_changed_or_swapped_tensors_file_is_refused(tmp_path, tokenizer):
+    model = build_tiny_model("llama", tokenizer)
+    make_artifact(model).save(tmp_path / "a")
+    tensors = tmp_path / "a" / "tensors.safetensors"
+    intact = tensors.read_bytes()
+    flipped = bytearray(intact)
+    flipped[-1] ^= 1  # one bit of the last tensor value: still a valid safetensors file
+    tensors.write_bytes(bytes(flipped))
+    with pytest.raises(DsoError, match="does not match its manifest's sha256"):
+        Artifact.load(tmp_path / "a")
+    # a tensors file of another artifact (another method), in a manifest with no recorded sha256
+    other = Artifact.create("mean_match", {}, model={"fingerprint": "x"}, hyperparameters={}, strength={})
+    other.save(tmp_path / "b")
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    del manifest["tensors_sha256"]
+    (tmp_path / "a" / "manifest.json").write_text(json.dumps(manifest))
+    tensors.write_bytes((tmp_path / "b" / "tensors.safetensors").read_bytes())
+    with pytest.raises(DsoError, match=r"belongs to another artifact .*dso_method mean_match"):
+        Artifact.load(tmp_path / "a")
+    tensors.write_bytes(intact)
+    assert Artifact.load(tmp_path / "a").tensors.keys() == make_artifact(model).tensors.keys()
+
+
 def test_fingerprint_ignores_dtype_but_not_weights(tokenizer):
     model = build_tiny_model("llama", tokenizer)
     assert model_fingerprint(model) == model_fingerprint(build_tiny_model("llama", tokenizer).to(torch.bfloat16))
@@ -77,3 +100,27 @@ def test_atomic_writes_leave_ordinary_file_permissions(tmp_path):
         assert [p.name for p in tmp_path.iterdir()] == ["result.txt"]  # no temporary file left behind
     finally:
         os.umask(mask)
+
+
+def test_a_damaged_artifact_fails_at_load_and_a_misfit_before_any_row(tmp_path, tokenizer):
+    model = build_tiny_model("llama", tokenizer)
+    artifact = make_artifact(model)
+    name = next(iter(artifact.manifest["modules"]))
+    missing_b = {k: v for k, v in artifact.tensors.items() if k != f"{name}.b"}
+    Artifact("dso", missing_b, dict(artifact.manifest)).save(tmp_path / "no_b")
+    with pytest.raises(DsoError, match=rf"no {name}\.b tensor"):
+        Artifact.load(tmp_path / "no_b")
+    extra = dict(artifact.manifest, modules={**artifact.manifest["modules"], "model.ghost": [32]})
+    Artifact("dso", artifact.tensors, extra).save(tmp_path / "ghost")
+    with pytest.raises(DsoError, match=r"modules and the tensors disagree \(module 'model\.ghost'"):
+        Artifact.load(tmp_path / "ghost")
+    artifact.check_fits(model)  # its own model: fits
+    modules = {f"x{m}": s for m, s in artifact.manifest["modules"].items()}
+    tensors = {f"x{k}": v for k, v in artifact.tensors.items()}
+    renamed = Artifact("dso", tensors, dict(artifact.manifest, modules=modules))
+    with pytest.raises(DsoError, match="the model has no module 'xmodel"):
+        renamed.check_fits(model)
+    wide = {k: torch.zeros(64) for k in artifact.tensors}
+    wider = Artifact("dso", wide, dict(artifact.manifest, modules={m: [64] for m in artifact.manifest["modules"]}))
+    with pytest.raises(DsoError, match="has width 32, this artifact steers 64"):
+        wider.check_fits(model)

@@ -7,6 +7,7 @@ are refused and execute nothing.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -70,6 +71,10 @@ def test_a_corrupted_artifact_is_one_line(run, tmp_path):
     shutil.copytree(run, corrupt)
     tensors = corrupt / "artifact/tensors.safetensors"
     tensors.write_bytes(tensors.read_bytes()[: len(tensors.read_bytes()) // 2] or b"garbage")
+    assert_bad_input(dso("sweep", f"run_dir={corrupt}"), "does not match its manifest's sha256")
+    manifest = json.loads((corrupt / "artifact/manifest.json").read_text())
+    del manifest["tensors_sha256"]  # as written by an older dso: the file itself is checked
+    (corrupt / "artifact/manifest.json").write_text(json.dumps(manifest))
     assert_bad_input(dso("sweep", f"run_dir={corrupt}"), "not a readable safetensors file")
     (corrupt / "artifact/manifest.json").write_text("[1, 2]")
     assert_bad_input(dso("sweep", f"run_dir={corrupt}"), "not a steering artifact manifest")
@@ -105,20 +110,73 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, tiny_llama_dir):
 @pytest.mark.parametrize(
     ("arg", "says"),
     [
-        ("seed=abc", "seed='abc' must be a whole number"),
+        ("seed=abc", "seed: Value 'abc' of type 'str' could not be converted to Integer"),
         ("seed=-1", "seed=-1 must be a whole number >= 0"),
         ("optimizer.lr=-1", "optimizer.lr must be greater than 0"),
         ("optimizer.lr=nan", "optimizer.lr="),
         ("optimizer.betas=[0.9,1.5]", "optimizer.betas=[0.9, 1.5] must be two numbers in [0, 1)"),
         ("optimizer.checkpoint_every=0", "optimizer.checkpoint_every must be at least 1"),
-        ("optimizer.steps=2.7", "optimizer.steps=2.7 must be a whole number"),
+        ("optimizer.steps=2.7", "optimizer.steps: Value '2.7' of type 'float' could not be converted to Integer"),
         ("bias.n_train=abc", "bias.n_train='abc' must be a whole number"),
         ("bias.test_pairs_per_occupation=-1", "bias.test_pairs_per_occupation=-1 must be a whole number >= 0"),
-        ("optimizer.stepz=3", "stepz"),
-        ("sweep.bootstrap_reps=abc", "sweep.bootstrap_reps='abc'"),
+        ("optimizer.stepz=3", "optimizer.stepz: Key 'stepz' not in 'OptimizerSchema'"),
+        ("sweep.bootstrap_reps=abc", "sweep.bootstrap_reps: Value 'abc'"),
     ],
 )
 def test_a_bad_value_is_one_line_before_anything_is_made(arg, says, tmp_path):
     verb = "sweep" if arg.startswith("sweep.") else "train"
     assert_bad_input(dso(verb, arg, f"run_dir={tmp_path / 'new'}"), says)
     assert not (tmp_path / "new").exists()
+
+
+def _typed_leaves(schema: type, prefix: str = "") -> list[tuple[str, str]]:
+    """(key, wrong value) for every int, float and bool setting of a verb's schema, sections included."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(schema)
+    leaves = []
+    for f in dataclasses.fields(schema):
+        kind = hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            leaves += _typed_leaves(kind, f"{prefix}{f.name}.")
+        elif kind in (int, float, int | None, float | None):
+            leaves.append((f"{prefix}{f.name}", "abc"))
+        elif kind in (bool, bool | None):
+            leaves.append((f"{prefix}{f.name}", "maybe"))
+    return leaves
+
+
+def _every_typed_key():
+    """Every verb's own keys, and the keys all verbs share (``BaseSchema``) once, through ``train``."""
+    from dso_cli.config_schema import SCHEMAS, BaseSchema
+
+    shared = {key for key, _ in _typed_leaves(BaseSchema)}
+    return [
+        (verb, key, value)
+        for verb, schema in SCHEMAS.items()
+        for key, value in _typed_leaves(schema)
+        if verb == "train" or key not in shared
+    ]
+
+
+@pytest.mark.parametrize(("verb", "key", "value"), _every_typed_key())
+def test_every_typed_key_of_every_verb_rejects_a_wrong_type_naming_the_key(verb, key, value):
+    """Composition itself rejects the value (the verb's schema), with the key in the one-line message."""
+    from dso_cli.cli import validate
+    from dso_cli.errors import DsoError
+
+    extra = ["out=/tmp/x"] if verb == "export" and key != "out" else []
+    with pytest.raises(DsoError) as err:
+        validate(verb, [f"{key}={value}", *extra])
+    assert str(err.value).startswith(f"{key}: ") and "\n" not in str(err.value)
+
+
+def test_the_typed_key_table_covers_every_verb_and_section():
+    covered = {(verb, key.split(".")[0]) for verb, key, _ in _every_typed_key()}
+    assert len(_every_typed_key()) >= 50
+    wanted = [("train", "optimizer"), ("sweep", "sweep"), ("eval", "eval"), ("compare", "compare"), ("prune", "prune"),
+              ("export", "tolerance"), ("analyze", "analyze"), ("train", "model"), ("train", "scoring"),
+              ("train", "heldout_text"), ("train", "extract"), ("train", "seed"), ("train", "train")]  # fmt: skip
+    for verb, section in wanted:
+        assert (verb, section) in covered, (verb, section)

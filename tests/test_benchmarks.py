@@ -7,11 +7,13 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
+import torch
 
 from dso_cli.benchmarks import bbq, mmlu, neutral_text, synthbias, winobias
 from dso_cli.benchmarks.coreference import PRONOUN_GENDER
-from dso_cli.benchmarks.schema import FEATURES, validate_item
+from dso_cli.benchmarks.schema import validate_item
 from dso_cli.errors import DsoError
+from dso_cli.metrics import decision_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 SYNTHBIAS_CSV = Path(
@@ -32,36 +34,51 @@ def pronoun_of(item):
 @needs_synthbias
 def test_synthbias_rows_and_label_balance():
     pairs = synthbias.load_pairs(str(SYNTHBIAS_CSV))
-    assert len(pairs) == 31_728 and all(len(p) == 2 for p in pairs)
+    # every sentence of the CSV is written once with a male and once with a female pronoun
+    assert len(pairs) == 15_864 and all(len(p) == 4 for p in pairs)
     kinds = Counter(p[0]["ambiguous"] for p in pairs)
-    assert kinds[True] == 14_120 and kinds[False] == 17_608
+    assert kinds[True] == 7_060 and kinds[False] == 8_804
+    assert sum(len(p) for p in pairs) == 2 * 31_728
     # type2: pro/anti derived from the pronoun and the BLS majorities agrees with the CSV's own
     # is_stereotypical flag on every row (8,804 each)
     flags = [row["is_stereotypical"] for row in csv.DictReader(open(SYNTHBIAS_CSV))]
-    for pair, flag in zip(pairs, flags, strict=True):
+    row_of = lambda item: int(item["id"].split("/")[2])  # noqa: E731
+    for pair in pairs:
         if not pair[0]["ambiguous"]:
-            assert (pair[0]["correct"] == pair[0]["pro_option"]) == (flag == "True")
+            for item in pair:
+                assert (item["correct"] == item["pro_option"]) == (flags[row_of(item)] == "True")
+        genders = Counter(PRONOUN_GENDER[pronoun_of(item)] for item in pair)
+        assert genders == {"male": 2, "female": 2}
     assert Counter(flags)["True"] == 8_804
-    for a, b in pairs[::97]:
-        validate_item(a)
-        assert a["options"] == b["options"][::-1] and a["pair_id"] == b["pair_id"]
-        assert a["option_groups"][a["pro_option"]] == PRONOUN_GENDER[pronoun_of(a)]
-        assert a["options"][a["pro_option"]] == b["options"][b["pro_option"]]
+    for pair in pairs[::97]:
+        for item in pair:
+            validate_item(item)
+            assert item["pair_id"] == pair[0]["pair_id"]
+            assert item["option_groups"][item["pro_option"]] == PRONOUN_GENDER[pronoun_of(item)]
+        for a, b in (pair[:2], pair[2:]):  # one row in both option orders
+            assert a["options"] == b["options"][::-1] and a["options"][a["pro_option"]] == b["options"][b["pro_option"]]
 
 
 @needs_synthbias
-def test_synthbias_splits_are_stratified_by_occupation_and_disjoint():
-    splits = synthbias.build(path=str(SYNTHBIAS_CSV))
-    assert splits["train"].features == FEATURES
-    train = splits["train"]
-    assert sum(train["ambiguous"]) == 600 and len(train) - sum(train["ambiguous"]) == 300
-    for name, per_occ in (("test", 2), ("val", 1)):
-        ds = splits[name]
-        counts = Counter((it["occupation"], it["ambiguous"]) for it in ds)
-        assert len({occ for occ, _ in counts}) == 40
-        assert set(counts.values()) == {2 * per_occ}  # pairs of two items
-    ids = {name: set(ds["pair_id"]) for name, ds in splits.items()}
-    assert not (ids["train"] & ids["test"]) and not (ids["train"] & ids["val"]) and not (ids["val"] & ids["test"])
+def test_synthbias_pairs_cancel_a_gender_blind_preference():
+    """A policy that always picks the sentence's first-named occupation has POB 0: the gender-swapped row
+    of each pair makes the same choice pro- in one row and anti-stereotypical in the other."""
+    pairs = [p for p in synthbias.load_pairs(str(SYNTHBIAS_CSV))[:4000] if p[0]["ambiguous"]]
+    pairs = [p for p in pairs if len(set(p[0]["option_groups"])) == 2]  # a male- and a female-majority job
+
+    def first_named(items: list[dict]) -> torch.Tensor:
+        probs = []
+        for it in items:
+            sentence = it["prompt"].split("\n")[0].lower()
+            first, second = (sentence.find(o.strip().lower()) for o in it["options"])
+            probs.append([1.0, 0.0] if first < second else [0.0, 1.0])
+        return torch.tensor(probs)
+
+    items = [item for pair in pairs for item in pair]
+    assert decision_metrics(items, first_named(items), bootstrap_reps=1)["pob"] == pytest.approx(0.0, abs=1e-9)
+    # one row of each sentence on its own (one pronoun) credits the same policy with a large bias
+    one_row = [item for pair in pairs for item in pair[:2]]
+    assert decision_metrics(one_row, first_named(one_row), bootstrap_reps=1)["pob"] > 0.1
 
 
 @pytest.mark.parametrize(
@@ -73,11 +90,13 @@ def test_synthbias_splits_are_stratified_by_occupation_and_disjoint():
         ("type,sample,occ_1,occ_2,pronoun\n", "no rows"),
         ("type,sample,occ_1,occ_2,pronoun\ntype9,x,nurse,carpenter,he\n", "unknown type 'type9'"),
         ("type,sample,occ_1,occ_2,pronoun\ntype1,x,nurse,carpenter,it\n", "unknown pronoun 'it'"),
+        ("type,sample,occ_1,occ_2,pronoun\ntype1,x,nurse\n", "row 2 is short: no value for 'occ_2'"),
+        (b"type,sample,occ_1,occ_2,pronoun\ntype1,caf\xe9,nurse,carpenter,he\n", "is not UTF-8 text"),
     ],
 )
 def test_malformed_synthbias_csv_names_the_file_and_the_problem(tmp_path, content, message):
     path = tmp_path / "bad.csv"
-    path.write_text(content)
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
     with pytest.raises(DsoError) as err:
         synthbias.build(path=str(path))
     assert str(path) in str(err.value) and message in str(err.value)
@@ -92,15 +111,25 @@ def test_synthbias_without_path_offline_names_both_options(tmp_path, monkeypatch
 
 
 def test_synthbias_uses_the_cached_download(tmp_path, monkeypatch):
+    import hashlib
+
+    from dso_cli.benchmarks.assets import cached_path
+
     monkeypatch.setenv("DSO_CACHE", str(tmp_path))
-    cached = tmp_path / "data" / "synthbias_data.csv"
-    cached.parent.mkdir(parents=True)
     rows = ["type,sample,occ_1,occ_2,pronoun,is_stereotypical"]
     rows += [f"type1,The nurse met the carpenter and {p} smiled.,nurse,carpenter,{p},ambiguous" for p in ("he", "she")]
     rows += [f"type2,The nurse met the carpenter and thanked {p}.,carpenter,nurse,{p},x" for p in ("him", "her")]
-    cached.write_text("\n".join(rows) + "\n")
-    pairs = synthbias.load_pairs()
-    assert len(pairs) == 4 and sum(p[0]["ambiguous"] for p in pairs) == 2
+    content = ("\n".join(rows) + "\n").encode()
+    digest = hashlib.sha256(content).hexdigest()
+    cached = cached_path(synthbias.URL, digest)
+    assert cached.parent == tmp_path / "data" and cached.name.endswith("synthbias_data.csv")
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(content)
+    pairs = synthbias.load_pairs(sha256=digest)
+    assert len(pairs) == 2 and [len(p) for p in pairs] == [4, 4] and sum(p[0]["ambiguous"] for p in pairs) == 1
+    cached.write_bytes(content.replace(b"nurse", b"clerk"))  # the cache is re-verified on every read
+    with pytest.raises(DsoError, match="does not match its checksum"):
+        synthbias.load_pairs(sha256=digest)
 
 
 # --- WinoBias ------------------------------------------------------------------------------------------
@@ -254,6 +283,32 @@ def test_download_once_into_the_cache_with_checksum(tmp_path, monkeypatch):
     with pytest.raises(DsoError, match="does not match the expected checksum"):
         local_or_download(None, source.as_uri(), "0" * 64, what="x", option="bias.path")
     got = local_or_download(None, source.as_uri(), digest, what="x", option="bias.path")
-    assert got == tmp_path / "cache" / "data" / "data.csv" and got.read_bytes() == b"type,sample\n"
+    assert got == tmp_path / "cache" / "data" / f"{digest[:16]}-data.csv" and got.read_bytes() == b"type,sample\n"
     source.unlink()  # later calls read the cache, never the network
     assert local_or_download(None, source.as_uri(), digest, what="x", option="bias.path") == got
+
+
+def test_a_download_cut_short_is_one_line(tmp_path, monkeypatch):
+    import http.client
+    import urllib.request
+
+    from dso_cli.benchmarks.assets import local_or_download
+
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "DSO_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("DSO_CACHE", str(tmp_path))
+
+    class CutShort:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read(self):
+            raise http.client.IncompleteRead(b"type,sam", 100)
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: CutShort())
+    with pytest.raises(DsoError, match=r"could not be downloaded \(IncompleteRead") as err:
+        local_or_download(None, "https://example.org/data.csv", "0" * 64, what="x", option="bias.path")
+    assert "\n" not in str(err.value) and not list(tmp_path.rglob("*.csv"))

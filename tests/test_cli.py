@@ -244,7 +244,10 @@ def test_compare_runs_every_method_once_resumes_and_reports(tiny_llama_dir, tmp_
     assert_bad_input(newest, "no trained run of")
     assert_bad_input(dso("compare", "compare.methods=[caa,magic]"), "unknown steering method 'magic'")
     assert_bad_input(dso("compare", "compare.grids.caa=0:x"), "does not parse")
-    assert_bad_input(dso("compare", f"run_dir={run_dir}", "model=smollm2_135m"), "holds a comparison with")
+    assert_bad_input(dso("compare", "compare.options.caa.layerz=[1]"), "compare.options.caa.layerz is not a setting")
+    assert_bad_input(dso("compare", f"run_dir={run_dir}", "model=smollm2_135m"), "holds a comparison made with other")
+    other_seed = dso("compare", *args, "seed=7")  # the same run_dir resumed with another seed would mix two runs
+    assert_bad_input(other_seed, "seed=0 (now 7)")
 
 
 def test_train_resumes_to_the_same_parameters_and_takes_estimators_and_rewards(tiny_llama_dir, tmp_path):
@@ -281,6 +284,11 @@ def test_eval_bad_input(trained, tmp_path):
     assert "https://raw.githubusercontent.com/apple/ml-synthbias" in result.stderr
     result = dso("eval", f"run_dir={run_dir}", "eval.benchmarks=[synthbias]", f"bias.path={tmp_path / 'x.csv'}")
     assert_bad_input(result, "x.csv does not exist")
+    # a typo in a benchmark or capability setting is refused, not ignored
+    typo = dso("eval", f"run_dir={run_dir}", "eval.benchmarks=[synthbias]", "bias.pth=/data/x.csv")
+    assert_bad_input(typo, "bias.pth is not a setting of any evaluated set (synthbias)")
+    typo = dso("eval", f"run_dir={run_dir}", "eval.capability=[mmlu_dev]", "capability.max_item=3")
+    assert_bad_input(typo, "capability.max_item is not a setting")
 
 
 def run_dir_model(run_dir: Path) -> str:

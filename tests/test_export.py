@@ -252,7 +252,9 @@ def test_cli_exports_a_trained_run_and_refuses_bad_input(trained_run, tiny_llama
     artifact = Artifact.load(trained_run / "artifact")
     record = json.loads((out / "config.json").read_text())[RECORD_KEY]
     assert record["method"] == "dso" and record["alpha"] == 1.0  # the trained strength by default
-    assert record["run_dir"] == str(trained_run.resolve()) and len(record["artifact_sha256"]) == 16
+    assert record["run_dir"] == trained_run.name and len(record["artifact_sha256"]) == 16
+    for name in ("config.json", "dso_export.yaml", "dso_export_env.json"):  # no path of this machine travels
+        assert str(tmp_path) not in (out / name).read_text(), name
     assert record["model_fingerprint"] == artifact.manifest["model"]["fingerprint"] and record["dso_version"]
     saved = OmegaConf.load(out / "dso_export.yaml")
     assert saved.verb == "export" and saved.alpha == 1.0 and saved.model.dtype == "float32"
@@ -263,12 +265,23 @@ def test_cli_exports_a_trained_run_and_refuses_bad_input(trained_run, tiny_llama
             expected = logits(base, batch)
         torch.testing.assert_close(logits(loaded, batch), expected, atol=1e-4, rtol=0)
 
+    # the modeling file runs when the checkpoint loads: dso refuses a copy changed after export
+    from dso_cli.models.loading import load_model
+    from dso_cli.steering.export import MODELING_SHA_KEY
+
+    assert len(record[MODELING_SHA_KEY]) == 64
+    assert load_model(str(out), trust_remote_code=True).fingerprint  # as exported: loads
+    tampered = tmp_path / "tampered"
+    shutil.copytree(out, tampered)
+    (tampered / MODELING_FILE).write_text((out / MODELING_FILE).read_text() + "\nimport os  # added later\n")
+    with pytest.raises(DsoError, match="is not the modeling file dso exported"):
+        load_model(str(tampered), trust_remote_code=True)
+
     assert_bad_input(dso("export", f"run_dir={trained_run}", f"out={out}"), "is not empty")
     assert_bad_input(dso("export", f"run_dir={trained_run}"), "out must be set")
     assert_bad_input(dso("export", f"run_dir={trained_run}", f"out={tmp_path / 'x'}", "alpha=[0,1]"), "one strength")
     caa_run = tmp_path / "caa"
     shutil.copytree(trained_run, caa_run)
-    manifest = json.loads((caa_run / "artifact/manifest.json").read_text())
-    (caa_run / "artifact/manifest.json").write_text(json.dumps({**manifest, "method": "caa"}))
+    Artifact("caa", artifact.tensors, {**artifact.manifest, "method": "caa"}).save(caa_run / "artifact")
     assert_bad_input(dso("export", f"run_dir={caa_run}", f"out={tmp_path / 'y'}"), "holds a caa artifact")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

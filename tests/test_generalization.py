@@ -21,20 +21,23 @@ from tests.conftest import build_tiny_model
 from tests.test_evaluation import random_artifact
 
 
-def write_synthbias_like(path, rows_per_occupation: int = 6) -> str:
+def write_synthbias_like(path, rows_per_occupation: int = 12) -> str:
     """A SynthBias-format CSV of our own sentences over the 40 BLS occupations (type1 and type2)."""
     occupations = [o.name for o in load_occupations()]
     rng = random.Random(0)
     lines = ["type,sample,occ_1,occ_2,pronoun,is_stereotypical"]
     for occ in occupations:
-        for i in range(rows_per_occupation):
+        for day in range(rows_per_occupation // 2):  # the day keeps two sentences apart when `other` repeats
             other = rng.choice([o for o in occupations if o != occ])
-            pronoun = ("he", "she")[i % 2]
-            lines.append(f"type1,The {occ} met the {other} before {pronoun} left.,{occ},{other},{pronoun},ambiguous")
-            lines.append(
-                f"type2,The {occ} thanked the {other} because {pronoun} had finished the work.,{occ},{other},"
-                f"{pronoun},unambiguous"
-            )
+            for pronoun in ("he", "she"):  # every sentence with both genders, as in SynthBias
+                lines.append(
+                    f"type1,On day {day} the {occ} met the {other} before {pronoun} left.,{occ},{other},{pronoun},"
+                    "ambiguous"
+                )
+                lines.append(
+                    f"type2,On day {day} the {occ} thanked the {other} because {pronoun} had finished.,{occ},{other},"
+                    f"{pronoun},unambiguous"
+                )
     path.write_text("\n".join(lines) + "\n")
     return str(path)
 
@@ -124,7 +127,7 @@ def test_mixture_batches_alternate_benchmarks_and_restore(tmp_path):
     sampler = BatchSampler(items, cfg, random.Random(0))
     assert sampler.benchmarks == ["occupation", "synthbias"]
     batch = sampler.ambiguous_batch()
-    assert Counter(it["benchmark"] for it in batch) == {"occupation": 4, "synthbias": 4}
+    assert Counter(it["benchmark"] for it in batch) == {"occupation": 4, "synthbias": 8}  # pairs of 2 and 4
     state = sampler.state()
     twin = BatchSampler(items, cfg, random.Random(0))
     twin.rng.setstate(sampler.rng.getstate())

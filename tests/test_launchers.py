@@ -35,6 +35,22 @@ def test_two_job_multirun_with_the_basic_launcher_and_requeued_jobs_resume(tiny_
     assert all(torch.equal(resumed.tensors[k], artifacts[1].tensors[k]) for k in resumed.tensors)
     assert json.loads((runs[0] / "artifact/manifest.json").read_text())["method"] == "dso"
 
+    # a job that fails at run time (no trained run in its run_dir) does not stop the others; exit 2
+    result = dso("sweep", "-m", f"run_dir={tmp_path / 'nope'},{runs[0]}", "alpha=[0,1]", "heldout_text.max_passages=2")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "error in job 0" in result.stderr and "1 job(s) failed: [0]" in result.stderr
+    assert (runs[0] / "sweep.csv").is_file()
+
+
+def test_every_job_of_a_multirun_is_validated_before_the_first_starts(tiny_llama_dir, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = dso("train", "-m", "model=hf", f"model.name_or_path={tiny_llama_dir}", "seed=0,abc",
+                 f"hydra.sweep.dir={sweep}", *SMALL)  # fmt: skip
+    assert_bad_input(result, "job 1 (seed=abc): seed: Value 'abc' of type 'str' could not be converted to Integer")
+    assert not sweep.exists()  # job 0 was not started either
+    result = dso("train", "-m", "optimizer.lr=0.1,-1", f"hydra.sweep.dir={sweep}")
+    assert_bad_input(result, "job 1 (optimizer.lr=-1)")
+
 
 def test_resume_auto_needs_a_run_dir_and_resume_takes_three_values(tmp_path):
     assert_bad_input(dso("train", "resume=auto", "model.device=cpu"), "resume=auto needs a fixed run directory")

@@ -154,3 +154,26 @@ def test_every_question_type_has_unambiguous_items_and_stated_is_unambiguous_onl
     holder = stated["options"][stated["correct"]].strip().lower()
     assert stated["prompt"].split(".")[0].split()[-3:-2] != [] and holder in stated["prompt"].split(".")[0].lower()
     assert not any(s in stated["prompt"] for s in SETTINGS)  # no scene: only the holder is mentioned
+
+
+def test_evaluation_splits_cover_every_question_type_evenly(splits):
+    """Each occupation's evaluation pairs are dealt round-robin over the question types, so the rare
+    ``stated`` type (14 of ~400 unambiguous templates) gets its share of every split."""
+    for split, per_occ in (("test", 4), ("val", 4), ("heldout_occupations", 4), ("heldout_templates", 12)):
+        counts = Counter((it["occupation"], it["attribute"]) for it in splits[split] if not it["ambiguous"])
+        per_type = defaultdict(set)
+        for (_, qtype), n in counts.items():
+            per_type[qtype].add(n // 2)
+        assert set(per_type) == set(TEXT_QUESTION_TYPES), split
+        assert all(n in (per_occ // 4, per_occ // 4 + 1) for ns in per_type.values() for n in ns), (split, per_type)
+    # training keeps the pool's proportions: stated stays rare there
+    train = Counter(it["attribute"] for it in splits["train"] if not it["ambiguous"])
+    assert train["stated"] < min(train[q] for q in TEXT_QUESTION_TYPES if q != "stated")
+
+
+def test_resizing_a_heldout_split_redraws_no_other_split(splits):
+    resized = build(heldout_template_pairs_per_occupation=20)
+    for split in ("train", "val", "test", "heldout_occupations"):
+        assert resized[split]["id"] == splits[split]["id"], split
+    assert len(resized["heldout_templates"]) > len(splits["heldout_templates"])
+    assert build(test_pairs_per_occupation=6)["heldout_templates"]["id"] == splits["heldout_templates"]["id"]

@@ -1,6 +1,7 @@
 """The image version of the occupation benchmark: local folders and a SocialCounterfactuals-style set."""
 
 import io
+import random
 
 import datasets
 import pytest
@@ -65,6 +66,34 @@ def test_social_counterfactuals_pairs_differ_in_gender_only(social_counterfactua
     again = build(modality="image", source="social_counterfactuals", hub_dataset=str(social_counterfactuals),
                   heldout_occupations=[], **SIZES)  # fmt: skip
     assert again["test"].to_list() == test
+
+
+def test_social_counterfactuals_streams_to_disk_and_keeps_only_complete_pairs(social_counterfactuals, tmp_path,
+                                                                               monkeypatch):  # fmt: skip
+    """Images are written as rows arrive (memory holds one row, not the stream), and a set cut off by
+    ``max_rows`` before its other gender leaves no file behind."""
+    from dso_cli.benchmarks import occupation_images
+
+    monkeypatch.setenv("DSO_CACHE", str(tmp_path / "cache"))
+    written: list[str] = []
+    save = occupation_images._save_image
+    monkeypatch.setattr(occupation_images, "_save_image", lambda *a: written.append(a[1]) or save(*a))
+    pairs = occupation_images.pairs_from_social_counterfactuals(str(social_counterfactuals), random.Random(0),
+                                                                max_rows=7)  # fmt: skip
+    assert sum(len(p) for p in pairs.values()) == 3 and len(written) == 7  # the 7th row is a lone male
+    kept = sorted(f.name for f in (tmp_path / "cache").rglob("*.png"))
+    assert len(kept) == 6 and not any(written[-1] in name for name in kept)
+
+
+def test_a_file_that_is_not_an_image_is_one_line(tmp_path, monkeypatch):
+    from dso_cli.benchmarks.occupation_images import composite
+
+    monkeypatch.setenv("DSO_CACHE", str(tmp_path / "cache"))
+    good, bad = tmp_path / "a.png", tmp_path / "b.jpg"
+    good.write_bytes(png((1, 2, 3)))
+    bad.write_text("not a picture")
+    with pytest.raises(DsoError, match=r"cannot read the images .*b\.jpg \(UnidentifiedImageError"):
+        composite(str(good), str(bad))
 
 
 def test_image_benchmark_bad_input(tmp_path):

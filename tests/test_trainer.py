@@ -114,7 +114,7 @@ def test_every_estimator_trains_through_the_loop(tokenizer, train_items, estimat
 def test_kl_constraint_is_met_by_dual_ascent(tokenizer, train_items):
     """A large step size pushes KL far above the budget with a fixed small penalty; the constraint's
     multiplier grows until the KL on the anchor items is back within the budget."""
-    settings = {**BASE, "steps": 40, "lr": 1.0, "unambiguous_per_batch": 16, "kl_budget": 0.003, "kl_coef": 0.0}
+    settings = {**BASE, "steps": 80, "lr": 1.0, "unambiguous_per_batch": 16, "kl_budget": 0.002, "kl_coef": 0.0}
     unamb = [i for i in train_items if not i["ambiguous"]]
     kls = {}
     for mode in ("penalty", "constraint"):
@@ -129,8 +129,8 @@ def test_kl_constraint_is_met_by_dual_ascent(tokenizer, train_items):
         kls[mode] = float(kl_divergence(steered, base).mean())
         if mode == "constraint":
             assert max(r["dual_kl"] for r in rows) > 1.0  # the multiplier had to grow
-    assert kls["penalty"] > 2 * 0.003  # unconstrained, the transform drifts far from the base model
-    assert kls["constraint"] <= 0.003 * 1.5  # within tolerance of the budget
+    assert kls["penalty"] > 2 * 0.002  # unconstrained, the transform drifts far from the base model
+    assert kls["constraint"] <= 0.002 * 1.5  # within tolerance of the budget
 
 
 def test_interrupt_and_resume_equal_an_uninterrupted_run(tokenizer, train_items, tmp_path):
@@ -198,3 +198,23 @@ def test_gradient_accumulation_runs_micro_batches(tokenizer, train_items):
     train_dso(scorer, params, train_items, StereotypeFlipReward(), TrainConfig(steps=2, accumulate=3, **BASE),
               log=rows.append)  # fmt: skip
     assert len(rows) == 2 and rows[0]["kl"] > -1e-6 and all(torch.isfinite(p).all() for p in params.values())
+
+
+def test_bfloat16_training_learns_what_float32_learns(tokenizer, train_items):
+    """Hub models run in bfloat16 on CUDA: the same seeded run in bf16 must learn the same transform
+    (the hooks compute in float32, so small trained values are not rounded away)."""
+    amb = [i for i in train_items if i["ambiguous"]]
+    learnt = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        model = build_tiny_model("llama", tokenizer, seed=3).to(dtype)
+        scorer = OptionScorer(model, tokenizer, batch_size=32)
+        params = init_affine_params(find_norm_modules(model))
+        cfg = TrainConfig(steps=12, lr=0.05, occupations_per_batch=4, pairs_per_occupation=2, omega="fixed")
+        train_dso(scorer, params, train_items, StereotypeFlipReward(), cfg)
+        base, steered = pob(scorer, params, amb, 0.0), pob(scorer, params, amb, 1.0)
+        learnt[dtype] = (torch.cat([p.detach().flatten() for p in params.values()]), steered / base)
+    (p32, ratio32), (p16, ratio16) = learnt[torch.float32], learnt[torch.bfloat16]
+    assert all(p.dtype == torch.float32 for p in (p32, p16))  # parameters stay float32 leaves
+    assert ratio32 < 0.5 and ratio16 < 0.5
+    assert abs(ratio16 - ratio32) < 0.15, (ratio32, ratio16)
+    assert torch.nn.functional.cosine_similarity(p32, p16, dim=0) > 0.8

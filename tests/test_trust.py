@@ -145,3 +145,50 @@ def test_leakage_is_refused_and_named():
     note = check_no_leakage(manifest, {"test": _items(["x"])}, [], _items(["a", "d"]))
     assert note and "other training items" in note
     assert "records no training items" in check_no_leakage({}, {"test": _items(["a"])})
+
+
+def test_a_larger_heldout_templates_split_is_allowed_a_larger_test_split_refused():
+    """Each occupation split has its own RNG stream: more held-out templates leave the training split
+    alone, while a larger test split takes pairs from the training pool and is refused."""
+    from dso_cli.benchmarks.occupation import build
+    from dso_cli.leakage import check_no_leakage, training_record
+
+    manifest = {"train_items": training_record(build()["train"].to_list())}
+    wider = build(heldout_template_pairs_per_occupation=20)
+    override = ["bias.heldout_template_pairs_per_occupation=20"]
+    assert check_no_leakage(manifest, {"heldout_templates": wider["heldout_templates"].to_list()}, override,
+                            wider["train"].to_list()) is None  # fmt: skip
+    bigger = build(test_pairs_per_occupation=6)
+    with pytest.raises(DsoError, match=r"bias\.test_pairs_per_occupation=6"):
+        check_no_leakage(manifest, {"test": bigger["test"].to_list()}, ["bias.test_pairs_per_occupation=6"],
+                         bigger["train"].to_list())  # fmt: skip
+
+
+def _write_rows(path: str, split: str, n: int) -> None:
+    import pandas as pd
+
+    from dso_cli.commands.common import merge_into_csv
+
+    rows = []
+    for i in range(n):
+        rows.append({"split": split, "alpha": i / n, "pob": float(i)})
+        merge_into_csv(Path(path), pd.DataFrame(rows), ["split", "alpha"])
+
+
+def test_two_writers_of_one_csv_keep_each_others_rows(tmp_path):
+    """Two verbs recording rows into one run directory's CSV at once (e.g. sweeps of two splits):
+    each rewrite re-reads the file under its lock, so no row is lost."""
+    import multiprocessing
+
+    import pandas as pd
+
+    path = tmp_path / "sweep.csv"
+    ctx = multiprocessing.get_context("fork")
+    writers = [ctx.Process(target=_write_rows, args=(str(path), split, 25)) for split in ("test", "val")]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join(timeout=120)
+    assert [w.exitcode for w in writers] == [0, 0]
+    frame = pd.read_csv(path)
+    assert sorted(frame.groupby("split").size().items()) == [("test", 25), ("val", 25)]

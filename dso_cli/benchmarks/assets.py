@@ -9,6 +9,7 @@ news text); this module finds their files. Data whose licence keeps it out of th
 from __future__ import annotations
 
 import hashlib
+import http.client
 import importlib.util
 import os
 import urllib.error
@@ -16,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 from dso_cli.errors import DsoError
-from dso_cli.io import atomic_write
+from dso_cli.io import atomic_write, sha256_of
 from dso_cli.models.packaged import cache_root
 
 
@@ -36,32 +37,35 @@ def offline() -> bool:
     return any(os.environ.get(v, "") not in ("", "0") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "DSO_OFFLINE"))
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def cached_path(url: str, sha256: str | None) -> Path:
+    """Where the download of ``url`` is cached: keyed by its checksum, so that another version of a file
+    with the same name (a new pin) never reads a stale copy."""
+    name = Path(url).name
+    return cache_root() / "data" / (f"{sha256[:16]}-{name}" if sha256 else name)
 
 
 def local_or_download(path: str | None, url: str, sha256: str | None, *, what: str, option: str) -> Path:
-    """``path`` if given; else the cached copy of ``url``, downloaded (and checksummed) on first use."""
+    """``path`` if given; else the cached copy of ``url``, downloaded on first use and checked against
+    ``sha256`` on every read (a cache is a shared folder too)."""
     if path:
         local = Path(path).expanduser()
         if not local.is_file():
             raise DsoError(f"{what}: {option}={path} does not exist")
         return local
-    cached = cache_root() / "data" / Path(url).name
-    if cached.is_file():
-        return cached
+    cached = cached_path(url, sha256)
     hint = f"pass {option}=/path/to/{Path(url).name}, or go online once to download {url} into {cached}"
+    if cached.is_file():
+        if sha256 and sha256_of(cached) != sha256:
+            raise DsoError(f"{what}: the cached {cached} does not match its checksum (changed since download); "
+                           f"delete it, or pass {option}=")  # fmt: skip
+        return cached
     if offline():
         raise DsoError(f"{what} data not found offline: {hint}")
     try:
         with urllib.request.urlopen(url, timeout=60) as response:
             payload = response.read()
-    except (urllib.error.URLError, OSError) as exc:
-        raise DsoError(f"{what} data could not be downloaded ({exc}): {hint}") from None
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:  # HTTPException: cut short
+        raise DsoError(f"{what} data could not be downloaded ({type(exc).__name__}: {exc}): {hint}") from None
     if sha256 and hashlib.sha256(payload).hexdigest() != sha256:
         raise DsoError(f"{what}: the download from {url} does not match the expected checksum; {hint}")
     return atomic_write(cached, lambda tmp: tmp.write_bytes(payload))

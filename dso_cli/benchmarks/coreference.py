@@ -48,14 +48,23 @@ def read_csv(path: Path, required: Sequence[str], *, what: str) -> list[dict[str
     """Rows of a CSV file; a missing file, an empty file or a missing column fails naming the file."""
     if not path.is_file():
         raise DsoError(f"{what}: {path} does not exist")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames:
-            raise DsoError(f"{what}: {path} is empty")
-        missing = [c for c in required if c not in reader.fieldnames]
-        if missing:
-            raise DsoError(f"{what}: {path} has no column {missing[0]!r} (columns: {', '.join(reader.fieldnames)})")
-        rows = list(reader)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames:
+                raise DsoError(f"{what}: {path} is empty")
+            missing = [c for c in required if c not in reader.fieldnames]
+            if missing:
+                raise DsoError(f"{what}: {path} has no column {missing[0]!r} (columns: {', '.join(reader.fieldnames)})")
+            rows = list(reader)
+    except UnicodeDecodeError as exc:
+        raise DsoError(f"{what}: {path} is not UTF-8 text (byte {exc.start})") from None
+    except csv.Error as exc:
+        raise DsoError(f"{what}: {path} is not a readable CSV ({exc})") from None
     if not rows:
         raise DsoError(f"{what}: {path} has a header but no rows")
+    for i, row in enumerate(rows):
+        short = [c for c in required if row.get(c) is None]
+        if short:
+            raise DsoError(f"{what}: {path} row {i + 2} is short: no value for {short[0]!r}")
     return rows

@@ -285,13 +285,25 @@ def _items_for(occ: Occupation, template: Template, holder: str | None, other_oc
         }
 
 
+def interleave_question_types(chosen: Sequence[Template], rng: random.Random) -> list[Template]:
+    """``chosen`` reordered to cycle through its question types (in a random type order), each type's
+    templates keeping their order."""
+    by_type: dict[str, list[Template]] = {}
+    for template in chosen:
+        by_type.setdefault(template.qtype, []).append(template)
+    queues = [by_type[q] for q in rng.sample(sorted(by_type), len(by_type))]
+    return [queue[i] for i in range(max(map(len, queues), default=0)) for queue in queues if i < len(queue)]
+
+
 def _pairs(
     occ: Occupation, pool: Sequence[Template], n: int | None, contrast: Sequence[Occupation], ambiguous: bool,
     rng: random.Random,
 ) -> list[list[dict]]:  # fmt: skip
-    """``n`` counterbalanced pairs (all when None) of one occupation from distinct templates of ``pool``
-    (in random order); unambiguous templates give one pair per holder gender."""
-    chosen = rng.sample(list(pool), len(pool) if n is None else min(n, len(pool)))
+    """``n`` counterbalanced pairs (all when None) of one occupation from distinct templates of ``pool``,
+    in random order but dealt round-robin over question types, so that any first ``k`` pairs cover the
+    types evenly (a type with few templates, like ``stated``, is not left to chance); unambiguous
+    templates give one pair per holder gender."""
+    chosen = interleave_question_types(rng.sample(list(pool), len(pool)), rng)[: len(pool) if n is None else n]
     pairs = []
     for template in chosen:
         other_occ = rng.choice(contrast).name
@@ -314,6 +326,7 @@ def build(
     image_layout: str = "pair",
     hub_dataset: str = "Intel/SocialCounterfactuals",
     max_hub_rows: int | None = None,
+    hub_revision: str | None = None,
     **_: object,
 ) -> datasets.DatasetDict:
     """Build the splits. ``n_train``/``n_train_unambiguous`` count items (two per pair).
@@ -330,7 +343,11 @@ def build(
     occupations that never appear in the other splits; ``heldout_templates`` holds
     ``heldout_template_pairs_per_occupation`` (None: the test size) pairs of each kind per
     training occupation written with scenarios, question wordings, answer formats and names that
-    no other split uses. A template (occupation, wording, scenario, names) is in one split only.
+    no other split uses. A template (occupation, wording, scenario, names) is in one split only. The
+    evaluation splits deal their pairs round-robin over the question types (``stated`` gets its share
+    although it has few templates); ``train`` draws in proportion to the pool. Every split is drawn
+    from an RNG stream of its own (seed, split, occupation), so resizing a held-out split leaves the
+    others unchanged.
     """
     if modality == "image":
         from dso_cli.benchmarks import occupation_images as images
@@ -341,7 +358,9 @@ def build(
                 raise DsoError("bias.source=image_dir needs bias.image_dir=PATH (<occupation>/<male|female>/*.jpg)")
             pairs = images.pairs_from_image_dir(image_dir, rng)
         elif source == "social_counterfactuals":
-            pairs = images.pairs_from_social_counterfactuals(hub_dataset, rng, max_rows=max_hub_rows)
+            pairs = images.pairs_from_social_counterfactuals(
+                hub_dataset, rng, max_rows=max_hub_rows, revision=hub_revision
+            )
         else:
             raise DsoError(f"bias.source must be image_dir or social_counterfactuals, not {source!r}")
         return images.build_image_splits(
@@ -360,7 +379,11 @@ def build(
     unknown = [h for h in heldout_occupations if h not in known]
     if unknown:
         raise DsoError(f"occupation benchmark: unknown held-out occupation {unknown[0]!r}")
-    rng = random.Random(seed)
+
+    def stream(*parts: object) -> random.Random:
+        """An RNG of its own for each draw, so that resizing one split never redraws another."""
+        return random.Random(":".join(map(str, (seed, *parts))))
+
     splits: dict[str, list[list[dict]]] = {s: [] for s in TEXT_SPLITS}
     pools: dict[bool, dict[str, list]] = {True: {}, False: {}}
     for occ in occupations:
@@ -368,15 +391,21 @@ def build(
         for ambiguous in (True, False):
             pool = templates(heldout=False, ambiguous=ambiguous)
             if occ.name in heldout_occupations:
+                rng = stream("heldout_occupations", occ.name, ambiguous)
                 splits["heldout_occupations"] += _pairs(occ, pool, test_pairs_per_occupation, contrast, ambiguous, rng)
                 continue
             heldout_pool = templates(heldout=True, ambiguous=ambiguous)
+            rng = stream("heldout_templates", occ.name, ambiguous)
             splits["heldout_templates"] += _pairs(occ, heldout_pool, n_heldout_tpl, contrast, ambiguous, rng)
+            rng = stream("pool", occ.name, ambiguous)
             pairs = _pairs(occ, pool, None, contrast, ambiguous, rng)
             n_test, n_val = test_pairs_per_occupation, val_pairs_per_occupation
             splits["test"] += pairs[:n_test]
             splits["val"] += pairs[n_test : n_test + n_val]
-            pools[ambiguous][occ.name] = pairs[n_test + n_val :]
+            left = pairs[n_test + n_val :]
+            rng.shuffle(left)  # training draws in proportion to the pool's types, not round-robin
+            pools[ambiguous][occ.name] = left
+    rng = stream("train")
     splits["train"] = take_stratified(pools[True], n_train // 2, rng, what="occupation benchmark n_train")
     splits["train"] += take_stratified(
         pools[False], n_train_unambiguous // 2, rng, what="occupation benchmark n_train_unambiguous"

@@ -94,8 +94,12 @@ def composite(left: str, right: str, height: int = 448) -> str:
         digest.update(Path(path).read_bytes())
     out = cache_root() / "composites" / f"{digest.hexdigest()}_{height}.png"
     if not out.is_file():
-        with Image.open(left) as a, Image.open(right) as b:
-            parts = [im.convert("RGB").resize((max(1, round(im.width * height / im.height)), height)) for im in (a, b)]
+        try:
+            with Image.open(left) as a, Image.open(right) as b:
+                parts = [im.convert("RGB").resize((max(1, round(im.width * height / im.height)), height))
+                         for im in (a, b)]  # fmt: skip
+        except (OSError, ValueError) as exc:  # PIL.UnidentifiedImageError is an OSError
+            raise DsoError(f"cannot read the images {left} and {right} ({type(exc).__name__}: {exc})") from None
         canvas = Image.new("RGB", (parts[0].width + GAP + parts[1].width, height), "white")
         canvas.paste(parts[0], (0, 0))
         canvas.paste(parts[1], (parts[0].width + GAP, 0))
@@ -129,7 +133,12 @@ def pairs_from_image_dir(image_dir: str | Path, rng: random.Random) -> dict[str,
 
 
 def pairs_from_social_counterfactuals(
-    dataset: str, rng: random.Random, *, max_rows: int | None = None, segment: str = "race_gender"
+    dataset: str,
+    rng: random.Random,
+    *,
+    max_rows: int | None = None,
+    segment: str = "race_gender",
+    revision: str | None = None,
 ) -> dict[str, list[PersonPair]]:
     """The paper's SocialCounterfactuals images: a man and a woman from one counterfactual set.
 
@@ -137,16 +146,17 @@ def pairs_from_social_counterfactuals(
     one row per image with ``counterfactual_set``, ``dataset_segment``, ``a1``/``a2`` and their types, and
     a caption "A photo of a <a1> <a2> <occupation>". In the ``race_gender`` segment, the rows of one set
     with the same race ``a1`` differ in gender only: those give the pairs. The set is streamed once
-    (about 27 GB in full; ``max_rows`` reads fewer); the chosen images are saved to the cache together
-    with an index, so later builds read neither the hub nor the full set.
+    (about 27 GB in full; ``max_rows`` reads fewer) at ``revision`` (a hub commit; None: the current
+    one); every kept image is written to the cache as it arrives, so memory holds one row, and an
+    index of the complete pairs is written at the end: later builds read neither the hub nor the set.
     """
     from dso_cli.models.packaged import cache_root
 
-    key = hashlib.sha1(f"{dataset}|{max_rows}|{segment}".encode()).hexdigest()[:16]
+    key = hashlib.sha1(f"{dataset}|{max_rows}|{segment}|{revision}".encode()).hexdigest()[:16]
     root = cache_root() / "social_counterfactuals" / key
     index = root / "pairs.json"
     if not index.is_file():
-        _index_social_counterfactuals(dataset, root, max_rows=max_rows, segment=segment)
+        _index_social_counterfactuals(dataset, root, max_rows=max_rows, segment=segment, revision=revision)
     rows = json.loads(index.read_text())
     pairs: dict[str, list[PersonPair]] = {}
     for row in rows:
@@ -158,17 +168,19 @@ def pairs_from_social_counterfactuals(
     return pairs
 
 
-def _index_social_counterfactuals(dataset: str, root: Path, *, max_rows: int | None, segment: str) -> None:
+def _index_social_counterfactuals(
+    dataset: str, root: Path, *, max_rows: int | None, segment: str, revision: str | None
+) -> None:
     known = {o.name for o in load_occupations()}
     try:
-        stream = datasets.load_dataset(dataset, split="train", streaming=True)
+        stream = datasets.load_dataset(dataset, split="train", streaming=True, revision=revision)
         stream = stream.cast_column("image", datasets.Image(decode=False))
-    except (OSError, ValueError) as exc:  # offline, unknown dataset, no such split
+    except (OSError, ValueError) as exc:  # offline, unknown dataset, no such split or revision
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DsoError(
             f"cannot load {dataset} ({first}); offline, use bias.source=image_dir bias.image_dir=PATH"
         ) from None
-    groups: dict[tuple[str, str, str], dict[str, dict]] = {}
+    saved: dict[tuple[str, str, str], dict[str, str]] = {}  # (occupation, set, a1) -> gender -> image file
     for i, row in enumerate(stream):
         if max_rows is not None and i >= max_rows:
             break
@@ -176,12 +188,16 @@ def _index_social_counterfactuals(dataset: str, root: Path, *, max_rows: int | N
             continue
         occupation = _caption_occupation(row["caption"], row["a1a2"])
         if occupation in known:
-            groups.setdefault((occupation, row["counterfactual_set"], row["a1"]), {})[row["a2"]] = row
+            group = (occupation, row["counterfactual_set"], row["a1"])
+            stem = f"{row['counterfactual_set']}_{row['a1']}_{row['a2']}"
+            saved.setdefault(group, {})[row["a2"]] = _save_image(root, stem, row["image"])
     rows = []
-    for (occupation, cset, a1), by_gender in sorted(groups.items()):
-        if set(GENDERS) <= set(by_gender):
-            files = {g: _save_image(root, f"{cset}_{a1}_{g}", by_gender[g]["image"]) for g in GENDERS}
-            rows.append({"occupation": occupation, "key": f"{cset}/{a1}", **files})
+    for (occupation, cset, a1), files in sorted(saved.items()):
+        if set(GENDERS) <= set(files):
+            rows.append({"occupation": occupation, "key": f"{cset}/{a1}", **{g: files[g] for g in GENDERS}})
+        else:  # a set without its other gender: no pair, no file kept
+            for name in files.values():
+                (root / name).unlink(missing_ok=True)
     write_json(root / "pairs.json", rows)
 
 

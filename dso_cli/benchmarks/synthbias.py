@@ -2,14 +2,19 @@
 
 Each row is a sentence with two occupations and a pronoun. ``type1`` rows are ambiguous (the pronoun
 could refer to either occupation: the fair policy is 50/50); ``type2`` rows are unambiguous (``occ_1``
-is the referent). Every row becomes one counterbalanced pair: the two occupations offered in both
-orders. The licence forbids modified copies, so the CSV is read from ``path`` or downloaded once,
-unchanged, from the authors' repository into the cache.
+is the referent). The data set writes every sentence twice, once with a male and once with a female
+pronoun; those rows, each with the two occupations offered in both orders, form one counterbalanced
+pair (four items). Pairing the gender-swapped rows is what makes POB measure gender: a preference for
+the sentence's subject, or for the first-named occupation, favours the pro-stereotypical option in
+one row of the pair and the anti-stereotypical one in the other, and cancels. The licence forbids
+modified copies, so the CSV is read from ``path`` or downloaded once, unchanged, from the authors'
+repository into the cache; the rows are only grouped in memory.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from collections import defaultdict
 
 import datasets
@@ -28,14 +33,21 @@ URL = (
 SHA256 = "6bf346256a12eeb959dfbe610948694e8da26c74306bb202c2f6cd177af84588"
 COLUMNS = ("type", "sample", "occ_1", "occ_2", "pronoun")
 KINDS = {"type1": True, "type2": False}  # type -> ambiguous
+PAIR_ITEMS = 4  # two pronoun genders x two option orders
+PRONOUNS = re.compile(r"\b(he|she|his|her|hers|him|himself|herself)\b", re.IGNORECASE)
 
 
-def _pair(row: dict[str, str], index: int, majority: dict[str, str], where: str) -> list[dict]:
+def template_key(row: dict[str, str]) -> tuple[str, ...]:
+    """What the gender-swapped versions of one sentence share: type, occupations, the pronoun-blind text."""
+    masked = PRONOUNS.sub("<pronoun>", " ".join(row["sample"].split())).lower()
+    return row["type"], row["occ_1"].strip(), row["occ_2"].strip(), masked
+
+
+def _row_items(row: dict[str, str], index: int, pair_id: str, majority: dict[str, str], where: str) -> list[dict]:
     """Both option orders of one row."""
     ambiguous = KINDS[row["type"]]
     occ_1, occ_2, pronoun = row["occ_1"].strip(), row["occ_2"].strip(), row["pronoun"].strip()
     gender = pronoun_gender(pronoun, where=where)
-    pair_id = f"{BENCHMARK}/{row['type']}/{index}"
     items = []
     for order in ((occ_1, occ_2), (occ_2, occ_1)):
         prompt, prefix, options = pronoun_prompt(row["sample"].strip(), pronoun, order)
@@ -43,7 +55,7 @@ def _pair(row: dict[str, str], index: int, majority: dict[str, str], where: str)
         pro = groups.index(gender) if groups.count(gender) == 1 else -1
         items.append(
             {
-                "id": f"{pair_id}/{'12' if order[0] == occ_1 else '21'}",
+                "id": f"{BENCHMARK}/{row['type']}/{index}/{'12' if order[0] == occ_1 else '21'}",
                 "benchmark": BENCHMARK,
                 "split": "",
                 "prompt": prompt,
@@ -63,11 +75,12 @@ def _pair(row: dict[str, str], index: int, majority: dict[str, str], where: str)
 
 
 def load_pairs(path: str | None = None, url: str = URL, sha256: str | None = SHA256) -> list[list[dict]]:
-    """Every row of the CSV as a counterbalanced pair of items (schema-valid, split unset)."""
+    """The CSV's sentences as counterbalanced pairs: the rows of one gender-swapped sentence, each in both
+    option orders (schema-valid, split unset). A sentence written with one gender only is a pair of two."""
     csv_path = local_or_download(path, url, sha256, what="synthbias", option="bias.path")
     rows = read_csv(csv_path, COLUMNS, what="synthbias")
     majority = majority_gender()
-    pairs = []
+    pairs: dict[tuple[str, ...], list[dict]] = {}
     for i, row in enumerate(rows):
         where = f"synthbias: {csv_path} row {i + 2}"
         if row["type"] not in KINDS:
@@ -75,8 +88,10 @@ def load_pairs(path: str | None = None, url: str = URL, sha256: str | None = SHA
         for key in ("occ_1", "occ_2"):
             if row[key].strip() not in majority:
                 raise DsoError(f"{where}: unknown occupation {row[key]!r} (not one of the 40 BLS occupations)")
-        pairs.append(_pair(row, i, majority, where))
-    return pairs
+        pair = pairs.setdefault(template_key(row), [])
+        pair_id = pair[0]["pair_id"] if pair else f"{BENCHMARK}/{row['type']}/{i}"
+        pair += _row_items(row, i, pair_id, majority, where)
+    return list(pairs.values())
 
 
 def build(
@@ -90,14 +105,17 @@ def build(
     sha256: str | None = SHA256,
     **_: object,
 ) -> datasets.DatasetDict:
-    """Train/val/test stratified by occupation (``occ_1``); sizes count items (two per row).
+    """Train/val/test stratified by occupation (``occ_1``), whole gender-swapped pairs in one split.
 
-    ``val`` and ``test`` take the given number of rows of each type per occupation; ``train`` draws
-    ``n_train`` ambiguous items (the paper's 600) and ``n_train_unambiguous`` unambiguous ones from
-    the rest, spread evenly over the occupations.
+    ``val`` and ``test`` take the given number of pairs (sentences, four items each) of each type per
+    occupation; ``train`` draws ``n_train`` ambiguous items (the paper's 600) and
+    ``n_train_unambiguous`` unambiguous ones from the rest, spread evenly over the occupations.
     """
-    if n_train % 2 or n_train_unambiguous % 2:
-        raise DsoError("synthbias: n_train and n_train_unambiguous must be even (items come in pairs)")
+    if n_train % PAIR_ITEMS or n_train_unambiguous % PAIR_ITEMS:
+        raise DsoError(
+            f"synthbias: n_train and n_train_unambiguous must be multiples of {PAIR_ITEMS} "
+            "(a pair is a sentence with a male and a female pronoun, each in both option orders)"
+        )
     pools: dict[bool, dict[str, list]] = {True: defaultdict(list), False: defaultdict(list)}
     for pair in load_pairs(path, url, sha256):
         pools[pair[0]["ambiguous"]][pair[0]["occupation"]].append(pair)
@@ -110,5 +128,5 @@ def build(
         splits["test"] += dealt["test"]
         splits["val"] += dealt["val"]
         kind = "n_train" if ambiguous else "n_train_unambiguous"
-        splits["train"] += take_stratified(left, n_items // 2, rng, what=f"synthbias {kind}")
+        splits["train"] += take_stratified(left, n_items // PAIR_ITEMS, rng, what=f"synthbias {kind}")
     return splits_to_datasets({name: [item for pair in pairs for item in pair] for name, pairs in splits.items()})

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from dso_cli.io import atomic_write
+from dso_cli.io import atomic_write, locked
 from dso_cli.models.loading import LoadedModel, load_model
 from dso_cli.scoring import OptionScorer
 
@@ -59,15 +59,17 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], di
     return "\n".join(lines)
 
 
-def merge_into_csv(
-    path: Path, earlier: pd.DataFrame, new: pd.DataFrame, key: Sequence[str], *, sort: bool = False
-) -> None:
-    """Rewrite ``path`` atomically: ``new`` rows replace the ``earlier`` rows with the same ``key``, the
-    other earlier rows (other splits, benchmarks or strengths) are kept."""
+def merge_into_csv(path: Path, new: pd.DataFrame, key: Sequence[str], *, sort: bool = False) -> None:
+    """Rewrite ``path`` atomically, under its lock: ``new`` rows replace the rows with the same ``key``,
+    the other rows (other splits, benchmarks or strengths, perhaps written meanwhile by another verb)
+    are kept. The file is re-read under the lock, never merged against a copy read earlier."""
     key = list(key)
-    kept = earlier.merge(new[key], on=key, how="left", indicator=True)
-    kept = kept[kept["_merge"] == "left_only"].drop(columns="_merge")
-    frame = pd.concat([kept, new], ignore_index=True) if len(kept) else new
-    if sort:
-        frame = frame.sort_values(key, kind="stable")
-    atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+    with locked(path):
+        current = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=new.columns)
+        current = current.reindex(columns=new.columns)
+        kept = current.merge(new[key], on=key, how="left", indicator=True)
+        kept = kept[kept["_merge"] == "left_only"].drop(columns="_merge")
+        frame = pd.concat([kept, new], ignore_index=True) if len(kept) else new
+        if sort:
+            frame = frame.sort_values(key, kind="stable")
+        atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))

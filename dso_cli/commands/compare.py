@@ -42,6 +42,8 @@ from dso_cli.runs import (
     new_train_dir,
     parse_alpha,
     save_provenance,
+    settings_differences,
+    settings_hash,
 )
 from dso_cli.steering.artifact import MANIFEST, Artifact
 from dso_cli.steering.methods import ALL_METHODS, CLOSED_FORM, fit_closed_form, prefetch_for
@@ -57,6 +59,10 @@ def method_options(cfg: DictConfig, method: str) -> DictConfig:
 
     options = OmegaConf.load(conf_dir() / "steering_method" / f"{method}.yaml")
     extra = OmegaConf.select(cfg, f"compare.options.{method}")
+    for key in extra or {}:
+        if key not in options:  # a typo would silently change nothing
+            known = ", ".join(k for k in options if k not in ("_target_", "name"))
+            raise DsoError(f"compare.options.{method}.{key} is not a setting of {method} (its settings: {known})")
     merged = OmegaConf.merge(options, extra) if extra is not None else options
     assert isinstance(merged, DictConfig)
     return merged
@@ -86,21 +92,26 @@ def check_compare(cfg: DictConfig) -> tuple[list[str], dict[str, str | None]]:
     for grid in grids.values():
         if grid is not None:
             parse_alpha(grid)
+    for method in cfg.compare.get("options") or {}:
+        if method not in ALL_METHODS:
+            raise DsoError(f"compare.options.{method}: unknown steering method (choose from: {', '.join(ALL_METHODS)})")
+        method_options(cfg, method)  # an unknown option fails here, before any model loads
     return methods, grids
 
 
 def check_resumable(run_dir: Path, cfg: DictConfig) -> None:
-    """A run_dir that already holds a comparison must be of the same model and benchmark."""
+    """A run_dir that already holds a comparison is resumed only with the settings it was made with:
+    another seed, grid, optimizer or benchmark size would mix rows of two experiments in one table."""
     earlier = run_dir / COMPARE_CONFIG
     if not earlier.is_file():
         return
-    old = OmegaConf.load(earlier)
-    for key in ("model.name_or_path", "bias_benchmark.name"):
-        if OmegaConf.select(old, key) != OmegaConf.select(cfg, key):
-            raise DsoError(
-                f"{run_dir} holds a comparison with {key}={OmegaConf.select(old, key)}, not "
-                f"{OmegaConf.select(cfg, key)}; pass a new run_dir"
-            )
+    differences = settings_differences(OmegaConf.load(earlier), cfg)
+    if differences:
+        more = f" and {len(differences) - 3} more" if len(differences) > 3 else ""
+        raise DsoError(
+            f"{run_dir} holds a comparison made with other settings: {'; '.join(differences[:3])}{more}; "
+            "pass a new run_dir, or the same settings to resume it"
+        )
 
 
 def run_compare(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
@@ -122,7 +133,8 @@ def run_compare(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
     if not any(item["ambiguous"] for item in train_items):
         raise DsoError(f"bias={cfg.bias_benchmark.name} has no ambiguous training items to fit the methods on")
     loaded, scorer = load_from_config(cfg)
-    save_provenance(run_dir, cfg, prefix=COMPARE_PREFIX, extra={"device": str(loaded.device)})
+    provenance = {"device": str(loaded.device), "settings_sha256": settings_hash(cfg)}
+    save_provenance(run_dir, cfg, prefix=COMPARE_PREFIX, extra=provenance)
     print(f"dso compare: {', '.join(methods)} on {cfg.bias_benchmark.name}; run directory {run_dir}", flush=True)
 
     artifacts = fit_all(cfg, run_dir, methods, loaded, scorer, splits, train_items, tcfg)
@@ -242,7 +254,7 @@ def evaluate_all(
         save_probs(run_dir, split, kept[split])
         measured = text_cost[method][row["alpha"]] | cost[row["alpha"]]
         rows.append({"method": method, "benchmark": cfg.bias_benchmark.name, "split": split, **row, **measured})
-        merge_into_csv(path, earlier, pd.DataFrame(rows).reindex(columns=COMPARE_COLUMNS), key)
+        merge_into_csv(path, pd.DataFrame(rows).reindex(columns=COMPARE_COLUMNS), key)
 
     for split in split_names:
         kept[split] = load_probs(run_dir, split)

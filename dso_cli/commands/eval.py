@@ -13,7 +13,7 @@ likewise for the capability sets.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,17 @@ def with_overrides(base: DictConfig, cfg: DictConfig, prefix: str, keys: Sequenc
     return out
 
 
+def check_reached(prefix: str, keys: Sequence[str], configs: Mapping[str, DictConfig]) -> None:
+    """A typed ``<prefix>.<key>=`` that no evaluated set has is a typo, not a no-op: refuse it."""
+    for key in keys:
+        if configs and not any(key.split(".")[0] in c for c in configs.values()):
+            known = sorted({k for c in configs.values() for k in c if k not in ("_target_", "name")})
+            raise DsoError(
+                f"{prefix}.{key} is not a setting of any evaluated set ({', '.join(configs)}); "
+                f"their settings: {', '.join(known)}"
+            )
+
+
 def benchmark_names(cfg: DictConfig, run_benchmark: DictConfig | None) -> list[str]:
     if cfg.eval.benchmarks is not None:
         names = list(cfg.eval.benchmarks)
@@ -113,12 +124,16 @@ def run_eval(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
 
     # Build every benchmark before loading the model, so a missing file fails in seconds.
     sets: list[tuple[str, str, Any]] = []  # (kind, name, items or corpus)
-    for name in benchmark_names(cfg, run_cfg.bias_benchmark if run_cfg is not None else None):
-        base = benchmark_config(run_cfg, name)
+    names = benchmark_names(cfg, run_cfg.bias_benchmark if run_cfg is not None else None)
+    bench_bases = {name: benchmark_config(run_cfg, name) for name in names}
+    cap_bases = {name: group_config("capability", name) for name in cfg.eval.capability or []}
+    check_reached("bias", bias_keys, bench_bases)
+    check_reached("capability", cap_keys, cap_bases)
+    for name, base in bench_bases.items():
         bench_cfg = with_overrides(base, cfg, "bias_benchmark", bias_keys)
         sets.append(("bias", name, split_items(build_benchmark(bench_cfg, cfg.model), cfg.eval.split)))
-    for name in cfg.eval.capability or []:
-        cap_cfg = with_overrides(group_config("capability", name), cfg, "capability", cap_keys)
+    for name, cap_base in cap_bases.items():
+        cap_cfg = with_overrides(cap_base, cfg, "capability", cap_keys)
         built = instantiate_builder(cap_cfg)
         if isinstance(built, TextCorpus):
             sets.append(("text", name, built))
@@ -131,18 +146,16 @@ def run_eval(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
         note = check_no_leakage(artifact.manifest, bias_sets, overrides)
         if note:
             print(f"dso eval: note: {note}", flush=True)
-    save_provenance(run_dir, cfg, prefix="eval_")
     seed_everything(int(cfg.seed))
     loaded, scorer = load_from_config(cfg)
     if artifact is not None:
         artifact.check_model(loaded.describe())
+        artifact.check_fits(loaded.model)
     method = artifact.method if artifact is not None else "none"
     sizes = ", ".join(f"{name} {len(data.passages) if kind == 'text' else len(data)}" for kind, name, data in sets)
     print(f"dso eval: {method} from {run_dir}, strengths {alphas}; {sizes}", flush=True)
 
     eval_csv = run_dir / "eval.csv"
-    earlier = pd.read_csv(eval_csv) if eval_csv.is_file() else pd.DataFrame()
-    earlier = earlier.reindex(columns=EVAL_COLUMNS)
     rows: list[dict] = []
     subjects: list[dict] = []
 
@@ -150,9 +163,11 @@ def run_eval(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
         """Rewrite eval.csv with this row; rows of other benchmarks, splits or strengths are kept."""
         for subject in row.pop("_subjects", []):
             subjects.append({"benchmark": name, "alpha": row["alpha"], **subject})
+        if not rows:  # provenance only once there is a result to go with it
+            save_provenance(run_dir, cfg, prefix="eval_")
         rows.append({"method": method, "benchmark": name, "split": split, **row})
         new = pd.DataFrame(rows).reindex(columns=EVAL_COLUMNS)
-        merge_into_csv(eval_csv, earlier, new, ["method", "benchmark", "split", "alpha"])
+        merge_into_csv(eval_csv, new, ["method", "benchmark", "split", "alpha"])
 
     for kind, name, data in sets:
         if kind == "text":

@@ -13,8 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -60,6 +62,22 @@ def check_export(cfg: DictConfig) -> None:
     check_out_dir(cfg.out, bool(cfg.overwrite))
 
 
+def local_name(value: str) -> str:
+    """An absolute local path as ``<local>/<its last part>``; anything else (a hub id, a relative path)
+    unchanged. Exported checkpoints travel: they should not carry the exporting machine's paths."""
+    expanded = os.path.expanduser(value)
+    return f"<local>/{Path(expanded).name}" if os.path.isabs(expanded) else value
+
+
+def without_local_paths(node: Any) -> Any:
+    """``node`` (a plain config container) with every absolute path string replaced by :func:`local_name`."""
+    if isinstance(node, dict):
+        return {key: without_local_paths(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [without_local_paths(value) for value in node]
+    return local_name(node) if isinstance(node, str) and ("/" in node or "\\" in node) else node
+
+
 def run_export(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
     alpha = parse_export_alpha(cfg.alpha)
     tolerance = parse_tolerance(cfg.tolerance)
@@ -90,16 +108,17 @@ def run_export(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
     artifact.check_model(loaded.describe())
     record = {
         "method": artifact.method,
-        "run_dir": str(run_dir.resolve()),
-        "model": loaded.name_or_path,
+        "run_dir": run_dir.resolve().name,  # names, not this machine's paths: the checkpoint is shared
+        "model": local_name(loaded.name_or_path),
         "model_fingerprint": loaded.fingerprint,
         "artifact_sha256": hashlib.sha256((artifact_dir / TENSORS).read_bytes()).hexdigest()[:16],
         "artifact_created": artifact.manifest.get("created"),
         "dso_version": __version__,
         "git_commit": git_commit(),
     }
+    shared_cfg = OmegaConf.create(without_local_paths(OmegaConf.to_container(cfg, resolve=True)))
     extra_files = {
-        CONFIG_FILE: OmegaConf.to_yaml(cfg, resolve=True),
+        CONFIG_FILE: OmegaConf.to_yaml(shared_cfg),
         ENV_FILE: json.dumps(environment(), indent=2, default=str) + "\n",
     }
     print(f"dso export: {artifact.method} from {run_dir} at strength {alpha:g} into {out}", flush=True)

@@ -54,7 +54,6 @@ def run_prune(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
 
     rows: list[dict] = []
     prune_csv = run_dir / "prune.csv"
-    earlier = pd.read_csv(prune_csv) if prune_csv.is_file() else pd.DataFrame(columns=PRUNE_COLUMNS)
 
     def record(split: str, stats: PruneStats, row: dict) -> None:
         """Rewrite prune.csv with this row added; rows of other splits, fractions or strengths are kept."""
@@ -62,7 +61,7 @@ def run_prune(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
             save_provenance(run_dir, cfg, prefix="prune_")
         rows.append({"method": artifact.method, "benchmark": cfg.bias_benchmark.name, "split": split,
                      **stats.as_row(), **row, "alpha": alpha})  # fmt: skip
-        merge_into_csv(prune_csv, earlier, pd.DataFrame(rows)[PRUNE_COLUMNS], ["split", "alpha", "keep"], sort=True)
+        merge_into_csv(prune_csv, pd.DataFrame(rows)[PRUNE_COLUMNS], ["split", "alpha", "keep"], sort=True)
 
     reps, seed = int(cfg.prune.bootstrap_reps), int(cfg.seed)
     for split in cfg.prune.splits:

@@ -82,6 +82,7 @@ def load_run_artifact(
     seed_everything(int(cfg.seed))
     loaded, scorer = load_from_config(cfg)
     artifact.check_model(loaded.describe())
+    artifact.check_fits(loaded.model)
     return run_dir, cfg, scorer, artifact, splits
 
 
@@ -96,8 +97,6 @@ def run_sweep(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
     rows: list[dict] = []
     type_rows: list[dict] = []
     sweep_csv, types_csv = run_dir / "sweep.csv", run_dir / "sweep_types.csv"
-    earlier = pd.read_csv(sweep_csv) if sweep_csv.is_file() else pd.DataFrame(columns=SWEEP_COLUMNS)
-    earlier_types = pd.read_csv(types_csv) if types_csv.is_file() else pd.DataFrame(columns=TYPE_COLUMNS)
     key = ["method", "benchmark", "split", "alpha"]
 
     def record(row: dict, split: str, benchmark: str, cost: dict[float, dict[str, float]]) -> None:
@@ -109,10 +108,10 @@ def run_sweep(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
         if not rows:  # provenance only once there is a result to go with it
             save_provenance(run_dir, cfg, prefix="sweep_")
         rows.append(head | row | measured)
-        merge_into_csv(sweep_csv, earlier, pd.DataFrame(rows).reindex(columns=SWEEP_COLUMNS), key, sort=True)
+        merge_into_csv(sweep_csv, pd.DataFrame(rows).reindex(columns=SWEEP_COLUMNS), key, sort=True)
         if type_rows:
             new = pd.DataFrame(type_rows).reindex(columns=TYPE_COLUMNS)
-            merge_into_csv(types_csv, earlier_types, new, [*key, "question_type"], sort=True)
+            merge_into_csv(types_csv, new, [*key, "question_type"], sort=True)
 
     batch = int(cfg.heldout_text.batch_size)
     text_cost = capability_cost(scorer, artifact, alphas, corpus=corpus, batch_size=batch, desc="sweep")

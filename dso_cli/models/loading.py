@@ -101,6 +101,10 @@ def load_model(
     torch_dtype = resolve_dtype(dtype, target)
     kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
     local = os.path.expanduser(source)
+    if trust_remote_code and Path(local).is_dir():
+        from dso_cli.steering.export import check_modeling_file
+
+        check_modeling_file(local)  # a dso export's modeling file runs on load: it must be the one exported
     processor = None
     try:
         config = AutoConfig.from_pretrained(local, **kwargs)

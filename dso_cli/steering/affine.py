@@ -73,7 +73,8 @@ def _make_hook(handle: SteeringHandle, a: Tensor, b: Tensor):
             return None
         if output.shape[-1] != a.shape[0]:
             raise DsoError(f"steering vector of size {a.shape[0]} does not fit an output of size {output.shape[-1]}")
-        a_, b_ = a.to(output.device, output.dtype), b.to(output.device, output.dtype)
-        return output + omega * (a_ * output + b_)
+        # in float32, cast back once: in bfloat16 a small trained (a, b) would be rounded away term by term
+        h = output.float()
+        return (h + omega * (a.to(output.device).float() * h + b.to(output.device).float())).to(output.dtype)
 
     return hook

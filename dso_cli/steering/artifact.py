@@ -2,7 +2,9 @@
 
 The artifact is the contract between fitting a method and applying it: it names the method, the
 modules it hooks and their sizes, the model it was fitted on (with a weight fingerprint) and the
-meaning of its strength knob. Loading it onto a different model fails with a one-line error.
+meaning of its strength knob. Loading it onto a different model fails with a one-line error. The
+manifest records the tensors file's sha256 and the tensors file's own safetensors header names the
+method and the model, so a corrupted file, or a tensors file from another artifact, is refused.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import safetensors
 import safetensors.torch
 from torch import Tensor, nn
 
 from dso_cli import __version__
 from dso_cli.errors import DsoError
-from dso_cli.io import atomic_write, git_commit, write_json
+from dso_cli.io import atomic_write, git_commit, sha256_of, write_json
 from dso_cli.steering.affine import SteeringHandle, apply_affine
 
 FORMAT_VERSION = 1
@@ -31,6 +34,8 @@ MANIFEST = "manifest.json"
 Applier = Callable[[nn.Module, Mapping[str, Tensor], float], AbstractContextManager[SteeringHandle]]
 APPLIERS: dict[str, Applier] = {"dso": apply_affine, "mean_match": apply_affine}
 """How each method's tensors act on a model; every method shares the same artifact format."""
+MODULE_FREE: set[str] = set()
+"""Methods whose tensors are not keyed by model modules (``prompting`` carries its instruction)."""
 
 
 @dataclass
@@ -67,23 +72,38 @@ class Artifact:
         }
         return cls(method, detached, manifest)
 
-    def apply(self, model: nn.Module, strength: float = 1.0) -> AbstractContextManager[SteeringHandle]:
-        """Context manager that steers ``model`` at ``strength`` and removes its hooks on exit."""
-        if self.method not in APPLIERS:  # each method's module registers its applier on import
+    def _import_method(self) -> None:
+        """Each method's module registers its applier (and MODULE_FREE) on import."""
+        if self.method not in APPLIERS:
             try:
                 importlib.import_module(f"dso_cli.steering.{self.method}")
             except ImportError:
                 pass
+
+    def apply(self, model: nn.Module, strength: float = 1.0) -> AbstractContextManager[SteeringHandle]:
+        """Context manager that steers ``model`` at ``strength`` and removes its hooks on exit."""
+        self._import_method()
         if self.method not in APPLIERS:
             raise DsoError(f"no way to apply steering method {self.method!r} (known: {', '.join(APPLIERS)})")
         device = next(model.parameters()).device
         tensors = {k: v.to(device) for k, v in self.tensors.items()}
         return APPLIERS[self.method](model, tensors, strength)
 
+    def header(self) -> dict[str, str]:
+        """What the tensors file says about itself (safetensors metadata: strings only)."""
+        return {
+            "format": "pt",
+            "dso_method": self.method,
+            "dso_format_version": str(FORMAT_VERSION),
+            "model_fingerprint": str(self.manifest.get("model", {}).get("fingerprint")),
+        }
+
     def save(self, path: str | Path) -> Path:
-        """Write tensors, then the manifest (the manifest's presence marks a complete artifact)."""
+        """Write tensors, then the manifest with their sha256 (its presence marks a complete artifact)."""
         path = Path(path)
-        atomic_write(path / TENSORS, lambda tmp: safetensors.torch.save_file(self.tensors, str(tmp)))
+        header = self.header()
+        atomic_write(path / TENSORS, lambda tmp: safetensors.torch.save_file(self.tensors, str(tmp), metadata=header))
+        self.manifest["tensors_sha256"] = sha256_of(path / TENSORS)
         write_json(path / MANIFEST, self.manifest)
         return path
 
@@ -103,14 +123,64 @@ class Artifact:
             raise DsoError(
                 f"{path} has artifact format {manifest.get('format_version')}, this dso reads {FORMAT_VERSION}"
             )
+        recorded = manifest.get("tensors_sha256")  # absent in artifacts of older dso versions
+        if recorded is not None and sha256_of(path / TENSORS) != recorded:
+            raise DsoError(f"{path / TENSORS} does not match its manifest's sha256 (changed or corrupted since saved)")
         try:
-            tensors = safetensors.torch.load_file(str(path / TENSORS))
+            with safetensors.safe_open(str(path / TENSORS), framework="pt") as f:
+                header = f.metadata() or {}
+                # cloned into fresh (aligned) memory: a tensor at an odd offset of the file can take
+                # another SIMD path through a matmul and differ from the saved one in the last bit
+                tensors = {key: f.get_tensor(key).clone() for key in f.keys()}
         except Exception as exc:  # safetensors raises its own error type for truncated or garbled files
             raise DsoError(f"{path / TENSORS} is not a readable safetensors file ({type(exc).__name__})") from None
         artifact = cls(manifest["method"], tensors, manifest)
+        for key, value in artifact.header().items():
+            if key in header and header[key] != value:
+                raise DsoError(f"{path / TENSORS} belongs to another artifact ({key} {header[key]}, manifest: {value})")
+        artifact.check_structure(path)
         if model_info is not None:
             artifact.check_model(model_info)
         return artifact
+
+    def check_structure(self, where: str | Path) -> None:
+        """The manifest's ``modules`` and the tensors agree (an affine artifact has ``a`` and ``b`` of the
+        recorded size for each), so a damaged artifact fails here, not at its first steered forward."""
+        modules = self.manifest.get("modules", {})
+        if not isinstance(modules, dict):
+            raise DsoError(f"{where}: the manifest's modules is not a mapping")
+        held = {key.rsplit(".", 1)[0] for key in self.tensors}
+        if held != set(modules):
+            odd = sorted(held ^ set(modules))[0]
+            raise DsoError(f"{where}: the manifest's modules and the tensors disagree (module {odd!r})")
+        if APPLIERS.get(self.method) is apply_affine:
+            for name, shape in modules.items():
+                for part in ("a", "b"):
+                    tensor = self.tensors.get(f"{name}.{part}")
+                    if tensor is None:
+                        raise DsoError(f"{where}: no {name}.{part} tensor (an affine artifact needs a and b)")
+                    if list(tensor.shape) != list(shape):
+                        raise DsoError(f"{where}: {name}.{part} has shape {list(tensor.shape)}, manifest {shape}")
+
+    def check_fits(self, model: nn.Module) -> None:
+        """Every module the artifact steers exists in ``model`` (and, for an affine artifact, has the
+        recorded width): checked before any row is measured."""
+        self._import_method()
+        if self.method in MODULE_FREE:
+            return
+        named = dict(model.named_modules())
+        modules = self.manifest.get("modules", {})
+        missing = [name for name in modules if name not in named]
+        if missing:
+            raise DsoError(
+                f"the model has no module {missing[0]!r} that this steering artifact targets "
+                f"({len(missing)} of {len(modules)} missing)"
+            )
+        if APPLIERS.get(self.method) is apply_affine:
+            for name, shape in modules.items():
+                weight = getattr(named[name], "weight", None)
+                if isinstance(weight, Tensor) and weight.shape[-1] != shape[0]:
+                    raise DsoError(f"module {name!r} has width {weight.shape[-1]}, this artifact steers {shape[0]}")
 
     def check_model(self, model_info: Mapping[str, Any]) -> None:
         trained = self.manifest.get("model", {})

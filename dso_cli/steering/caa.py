@@ -136,7 +136,7 @@ def _make_hook(handle: SteeringHandle, vector: Tensor):
             raise DsoError(
                 f"steering vector of size {vector.shape[0]} does not fit an output of size {hidden.shape[-1]}"
             )
-        steered = hidden + handle.strength * vector.to(hidden.device, hidden.dtype)
+        steered = (hidden.float() + handle.strength * vector.to(hidden.device).float()).to(hidden.dtype)
         return with_hidden(output, steered)
 
     return hook

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from dso_cli import __version__
 from dso_cli.errors import DsoError
-from dso_cli.io import write_json, write_text
+from dso_cli.io import sha256_of, write_json, write_text
 from dso_cli.steering.affine import apply_affine, module_names
 
 Convention = Literal["scale", "offset"]
@@ -42,6 +42,25 @@ Convention = Literal["scale", "offset"]
 MODELING_FILE = "modeling_dso_export.py"
 BIAS_MODULES_KEY = "dso_norm_bias_modules"  # config.json: the norms that get an added bias
 RECORD_KEY = "dso_export"  # config.json: what was folded, from where, and how well it was verified
+MODELING_SHA_KEY = "modeling_sha256"  # in the record: the modeling file as exported (checked before loading it)
+
+
+def check_modeling_file(path: str | Path) -> None:
+    """Refuse an exported checkpoint whose modeling file is not the one dso wrote: loading it runs it
+    (``trust_remote_code``), so a copy changed after export must not be executed."""
+    path = Path(path).expanduser()
+    record = _read_json(path / "config.json").get(RECORD_KEY)
+    recorded = record.get(MODELING_SHA_KEY) if isinstance(record, dict) else None
+    if recorded is None:
+        return
+    modeling = path / MODELING_FILE
+    if not modeling.is_file() or sha256_of(modeling) != recorded:
+        raise DsoError(
+            f"{modeling} is not the modeling file dso exported (sha256 differs from config.json's "
+            f"{RECORD_KEY}.{MODELING_SHA_KEY}); refusing to run it"
+        )
+
+
 TOLERANCE = 1e-4
 PROBE_TEXTS = (
     "The doctor and the nurse were talking in the hallway. Who was the doctor?",
@@ -340,6 +359,8 @@ def export_checkpoint(
     try:
         write_folds(model, folds)
         class_name = save_folded(model, bias_modules, auto_class, full_record, tmp)
+        if bias_modules:
+            full_record[MODELING_SHA_KEY] = sha256_of(tmp / MODELING_FILE)
         _save_preprocessing(processor or tokenizer, tmp)
         del model, folds
         if release is not None:
@@ -377,6 +398,7 @@ def save_folded(
         config.auto_map = {**(getattr(config, "auto_map", None) or {}), auto_class: reference}
         setattr(config, BIAS_MODULES_KEY, list(bias_modules))
         write_text(path / MODELING_FILE, source)
+        record = {**record, MODELING_SHA_KEY: sha256_of(path / MODELING_FILE)}
     setattr(config, RECORD_KEY, dict(record))
     # Remote code is loaded without transformers' checkpoint key conversions (legacy VLM layouts), so
     # its weights are saved under the model's own module names, which the subclass loads as they are.

@@ -121,7 +121,7 @@ def _make_pre_hook(handle: SteeringHandle, vector: Tensor):
         x = args[0]
         if x.shape[-1] != vector.shape[0]:
             raise DsoError(f"head shift of size {vector.shape[0]} does not fit an input of {x.shape[-1]}")
-        return (x + handle.strength * vector.to(x.device, x.dtype), *args[1:])
+        return ((x.float() + handle.strength * vector.to(x.device).float()).to(x.dtype), *args[1:])
 
     return hook
 

@@ -17,7 +17,7 @@ from dso_cli.errors import DsoError
 from dso_cli.models.loading import LoadedModel
 from dso_cli.scoring import ACTIVE_INSTRUCTION
 from dso_cli.steering.affine import SteeringHandle
-from dso_cli.steering.artifact import APPLIERS, Artifact
+from dso_cli.steering.artifact import APPLIERS, MODULE_FREE, Artifact
 
 DEFAULT_INSTRUCTION = (
     "Treat people of all genders equally. Do not assume anyone's occupation, skills or role from their "
@@ -54,3 +54,4 @@ def apply_instruction(
 
 
 APPLIERS["prompting"] = apply_instruction
+MODULE_FREE.add("prompting")
