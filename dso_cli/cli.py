@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 
 from dso_cli import __version__
 from dso_cli.config_files import conf_dir, group_options
-from dso_cli.config_schema import register_schemas
 from dso_cli.errors import DsoError
 
 GROUPS = ("model", "bias_benchmark", "steering_method", "optimizer", "reward", "logger")
@@ -122,7 +121,6 @@ def compose_config(verb: str, overrides: Sequence[str] = (), job_name: str = "ds
     from hydra.types import RunMode
     from omegaconf import open_dict
 
-    register_schemas()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name=job_name):
         hydra = GlobalHydra.instance().hydra
         assert hydra is not None
@@ -365,7 +363,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     import hydra
 
-    register_schemas()
     app = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=verb)(_runner(verb))
     saved_argv = sys.argv
     sys.argv = [f"dso-{verb}", *rest]

@@ -28,7 +28,7 @@ import datasets
 from dso_cli.benchmarks.assets import cache_image_bytes
 from dso_cli.benchmarks.occupation import BENCHMARK, QUESTION_TYPES, SPLITS, Occupation, _question, load_occupations
 from dso_cli.benchmarks.schema import splits_to_datasets
-from dso_cli.errors import DsoError
+from dso_cli.errors import DsoError, first_line
 from dso_cli.io import atomic_write, write_json
 
 GENDERS = ("male", "female")
@@ -176,7 +176,7 @@ def _index_social_counterfactuals(
         stream = datasets.load_dataset(dataset, split="train", streaming=True, revision=revision)
         stream = stream.cast_column("image", datasets.Image(decode=False))
     except (OSError, ValueError) as exc:  # offline, unknown dataset, no such split or revision
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise DsoError(
             f"cannot load {dataset} ({first}); offline, use bias.source=image_dir bias.image_dir=PATH"
         ) from None

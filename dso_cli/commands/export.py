@@ -10,7 +10,6 @@ it is written. The run directory itself is not changed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -24,7 +23,7 @@ from dso_cli import __version__
 from dso_cli.commands.common import seed_everything
 from dso_cli.commands.sweep import run_config
 from dso_cli.errors import DsoError
-from dso_cli.io import environment, git_commit
+from dso_cli.io import environment, git_commit, sha256_of
 from dso_cli.models.loading import load_model
 from dso_cli.runs import ARTIFACT_DIR, parse_alpha
 from dso_cli.steering.artifact import MANIFEST, TENSORS, Artifact
@@ -111,7 +110,7 @@ def run_export(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
         "run_dir": run_dir.resolve().name,  # names, not this machine's paths: the checkpoint is shared
         "model": local_name(loaded.name_or_path),
         "model_fingerprint": loaded.fingerprint,
-        "artifact_sha256": hashlib.sha256((artifact_dir / TENSORS).read_bytes()).hexdigest()[:16],
+        "artifact_sha256": sha256_of(artifact_dir / TENSORS)[:16],
         "artifact_created": artifact.manifest.get("created"),
         "dso_version": __version__,
         "git_commit": git_commit(),

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dso_cli.errors import DsoError
+from dso_cli.errors import DsoError, first_line
 from dso_cli.models import packaged
 from dso_cli.models.fingerprint import model_fingerprint
 from dso_cli.models.layouts import model_family
@@ -119,7 +119,7 @@ def load_model(
     except torch.OutOfMemoryError:
         raise DsoError(f"out of memory loading {name_or_path!r} on {target}; try model.device_map=auto") from None
     except (OSError, ValueError, ImportError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise DsoError(f"cannot load model {name_or_path!r}: {first}") from None
     model.eval()
     model.requires_grad_(False)

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from dso_cli.errors import DsoError
+from dso_cli.errors import DsoError, first_line
 from dso_cli.io import atomic_write
 
 CHECKPOINT = "checkpoint.pt"
@@ -39,8 +39,5 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             f"{path} holds objects other than tensors and plain data; refusing to load it (not a dso checkpoint)"
         ) from None
     except Exception as exc:
-        raise DsoError(f"{path} is not a readable checkpoint: {type(exc).__name__}: {_first_line(exc)}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    return next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+        reason = f"{type(exc).__name__}: {first_line(exc, empty='')}"
+        raise DsoError(f"{path} is not a readable checkpoint: {reason}") from None

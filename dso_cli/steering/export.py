@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from dso_cli import __version__
-from dso_cli.errors import DsoError
+from dso_cli.errors import DsoError, first_line
 from dso_cli.io import sha256_of, write_json, write_text
 from dso_cli.steering.affine import apply_affine, module_names
 
@@ -419,7 +419,7 @@ def _verify(
     try:
         loaded = loader.from_pretrained(str(path), dtype=dtype, device_map=device_map, trust_remote_code=remote)
     except (OSError, ValueError, ImportError, TypeError, KeyError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise DsoError(f"the exported checkpoint does not load back ({first}); nothing was written") from None
     loaded.eval()
     if type(loaded).__name__ != class_name:
