@@ -278,6 +278,8 @@ def typed_error(exc: BaseException) -> str | None:
         key = getattr(cause, "full_key", None)
         if key:
             msg = str(getattr(cause, "msg", "") or cause).strip().splitlines()[0]
+            if key.startswith("bias_benchmark."):  # as the user types it (the `bias=` alias)
+                key = "bias." + key[len("bias_benchmark.") :]
             return f"{key}: {msg.replace('Invalid value assigned: ', '')}"
         cause = cause.__cause__ or cause.__context__
     return None

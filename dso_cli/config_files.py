@@ -38,4 +38,29 @@ def group_config(group: str, name: str, *, where: str = "") -> DictConfig:
         raise DsoError(f"unknown {what} {name!r}{f' in {where}' if where else ''} (choose from: {', '.join(options)})")
     cfg = OmegaConf.load(conf_dir() / group / f"{name}.yaml")
     assert isinstance(cfg, DictConfig)
-    return cfg
+    cfg.pop("defaults", None)  # the option's schema (Hydra's defaults list), applied here instead
+    return typed(group, name, cfg)
+
+
+def typed(group: str, name: str, cfg: DictConfig, *, prefix: str = "") -> DictConfig:
+    """``cfg`` checked against the option's schema (types, closed keys), as a plain closed DictConfig.
+
+    Options without a schema (a user's own) come back unchanged. ``prefix`` names the keys in the
+    one-line error as the user typed them (``bias.n_train: ...``)."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    from dso_cli.group_schemas import schema_for
+
+    schema = schema_for(group, name)
+    if schema is None:
+        return cfg
+    try:
+        checked = OmegaConf.merge(OmegaConf.structured(schema), cfg)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", "") or ""
+        message = str(getattr(exc, "msg", "") or exc).strip().splitlines()[0].replace("Invalid value assigned: ", "")
+        where = prefix or group
+        raise DsoError(f"{where}.{key}: {message}" if key else f"{where} {name}: {message}") from None
+    out = OmegaConf.create(OmegaConf.to_container(checked, resolve=False))
+    OmegaConf.set_struct(out, True)
+    return out

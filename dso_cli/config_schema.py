@@ -6,7 +6,7 @@ closed nodes. A wrong type (``seed=abc``, ``sweep.bootstrap_reps=1.5``, ``model.
 or an unknown key (``optimizer.stepz=3``) then fails at composition, naming the key, in single runs and
 in every job of a multirun alike. The values themselves live in the YAML files (with their comments);
 the schemas hold the types (and a comment per key). Groups whose keys differ by option (the benchmark, the steering
-method, the reward, the logger, the capability set) stay open mappings: their builders check them.
+method, the reward, the logger, the capability set) have one schema per option (:mod:`dso_cli.group_schemas`).
 Range checks (``seed >= 0``, ``lr > 0``) are in :mod:`dso_cli.cli` and :class:`dso_cli.rl.trainer.TrainConfig`.
 """
 
@@ -104,11 +104,12 @@ class ExtractSchema:
 class BaseSchema:
     verb: str = MISSING  # the verb this config is for
     model: ModelSchema = MISSING
-    bias_benchmark: Any = MISSING  # the bias benchmark group (its builder checks its keys)
-    steering_method: Any = MISSING  # the steering method group
+    # option-dependent groups: typed by their option's schema (dso_cli/group_schemas.py)
+    bias_benchmark: Any = MISSING
+    steering_method: Any = MISSING
     optimizer: OptimizerSchema = MISSING
-    reward: Any = MISSING  # the reward group (a _target_ and its arguments)
-    logger: Any = MISSING  # the logger group
+    reward: Any = MISSING
+    logger: Any = MISSING
     run_dir: str | None = None  # the run directory
     outputs_root: str = MISSING  # where new run directories go
     seed: int = MISSING  # random seed (whole number >= 0)
@@ -251,7 +252,12 @@ def register_schemas() -> None:
         return
     from hydra.core.config_store import ConfigStore
 
+    from dso_cli.group_schemas import GROUP_SCHEMAS
+
     store = ConfigStore.instance()
     for verb, schema in SCHEMAS.items():
         store.store(name=f"{verb}_schema", node=schema)
+    for group, options in GROUP_SCHEMAS.items():
+        for option, schema in options.items():
+            store.store(group=f"schema/{group}", name=option, node=schema)
     _registered = True

@@ -117,7 +117,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, tiny_llama_dir):
         ("optimizer.betas=[0.9,1.5]", "optimizer.betas=[0.9, 1.5] must be two numbers in [0, 1)"),
         ("optimizer.checkpoint_every=0", "optimizer.checkpoint_every must be at least 1"),
         ("optimizer.steps=2.7", "optimizer.steps: Value '2.7' of type 'float' could not be converted to Integer"),
-        ("bias.n_train=abc", "bias.n_train='abc' must be a whole number"),
+        ("bias.n_train=abc", "bias.n_train: Value 'abc' of type 'str' could not be converted to Integer"),
         ("bias.test_pairs_per_occupation=-1", "bias.test_pairs_per_occupation=-1 must be a whole number >= 0"),
         ("optimizer.stepz=3", "optimizer.stepz: Key 'stepz' not in 'OptimizerSchema'"),
         ("sweep.bootstrap_reps=abc", "sweep.bootstrap_reps: Value 'abc'"),
@@ -180,3 +180,73 @@ def test_the_typed_key_table_covers_every_verb_and_section():
               ("train", "heldout_text"), ("train", "extract"), ("train", "seed"), ("train", "train")]  # fmt: skip
     for verb, section in wanted:
         assert (verb, section) in covered, (verb, section)
+
+
+GROUP_FLAG = {"bias_benchmark": "bias", "steering_method": "steering_method", "reward": "reward", "logger": "logger"}
+
+
+def _group_typed_keys():
+    """(group, option, key, wrong value) for every int, float and bool key of every option's schema."""
+    from dso_cli.group_schemas import GROUP_SCHEMAS
+
+    return [
+        (group, option, key, value)
+        for group, options in GROUP_SCHEMAS.items()
+        if group in GROUP_FLAG
+        for option, schema in options.items()
+        for key, value in _typed_leaves(schema)
+    ]
+
+
+@pytest.mark.parametrize(("group", "option", "key", "value"), _group_typed_keys())
+def test_every_typed_key_of_every_group_option_rejects_a_wrong_type(group, option, key, value):
+    from dso_cli.cli import validate
+    from dso_cli.errors import DsoError
+
+    flag = GROUP_FLAG[group]
+    with pytest.raises(DsoError) as err:
+        validate("train", [f"{flag}={option}", f"{flag}.{key}={value}"])
+    assert str(err.value).startswith(f"{flag}.{key}: ") and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("group", ["bias_benchmark", "steering_method", "reward", "logger", "capability"])
+def test_every_shipped_group_option_has_a_schema_that_sets_every_key(group):
+    """A new option without a schema would be an open mapping again; a schema key the YAML does not set
+    would be a MISSING value at run time."""
+    from omegaconf import OmegaConf
+
+    from dso_cli.config_files import conf_dir, group_config, group_options
+    from dso_cli.group_schemas import schema_for
+
+    for option in group_options(group):
+        assert schema_for(group, option) is not None, option
+        assert f"/schema/{group}/{option}@_here_" in (conf_dir() / group / f"{option}.yaml").read_text()
+        assert not OmegaConf.missing_keys(group_config(group, option)), option
+
+
+def test_an_unknown_key_of_a_group_option_is_refused_naming_the_option_schema():
+    from dso_cli.cli import validate
+    from dso_cli.errors import DsoError
+
+    with pytest.raises(DsoError, match=r"^steering_method.top_kk: Key 'top_kk' not in 'ITISchema'$"):
+        validate("train", ["steering_method=iti", "steering_method.top_kk=3"])
+    with pytest.raises(DsoError, match=r"^bias.n_trian: "):
+        validate("train", ["bias.n_trian=3"])
+
+
+def test_compare_options_and_eval_sets_are_typed_by_their_option_schema():
+    from omegaconf import OmegaConf
+
+    from dso_cli.cli import compose_config
+    from dso_cli.commands.compare import method_options
+    from dso_cli.commands.eval import with_overrides
+    from dso_cli.config_files import group_config
+    from dso_cli.errors import DsoError
+
+    cfg = compose_config("compare", ["++compare.options.caa.select_alpha=abc"])
+    with pytest.raises(DsoError, match=r"^compare.options.caa.select_alpha: Value 'abc'"):
+        method_options(cfg, "caa")
+    assert method_options(compose_config("compare", ["++compare.options.caa.layers=[3]"]), "caa").layers == [3]
+    user = OmegaConf.create({"capability": {"max_items": "abc"}})
+    with pytest.raises(DsoError, match=r"^capability.max_items: Value 'abc'"):
+        with_overrides(group_config("capability", "mmlu"), user, "capability", ["max_items"])

@@ -142,3 +142,32 @@ def test_mmmu_from_local_parquet(tmp_path, monkeypatch):
     with Image.open(art["images"][0]) as first:  # images in the order the question names them
         assert first.getpixel((0, 0)) == (9, 9, 9)
     assert math["images"] == [] and math["options"] == [" A", " B"]
+
+
+def test_a_hub_dataset_is_pinned_to_the_commit_of_its_first_read(tmp_path, monkeypatch):
+    """The first read pins the hub's current commit; later reads use the pin even when the hub moved
+    on (or is unreachable); an explicit revision wins; a local copy has no revision."""
+    import huggingface_hub
+
+    from dso_cli.benchmarks.occupation_images import PINS, pinned_revision
+
+    monkeypatch.setenv("DSO_CACHE", str(tmp_path / "cache"))
+    hub = {"sha": "a" * 40}
+
+    class FakeApi:
+        def dataset_info(self, repo_id):
+            if hub["sha"] is None:
+                raise OSError("offline")
+            return type("Info", (), {"sha": hub["sha"]})()
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    assert pinned_revision("Intel/SocialCounterfactuals", None) == "a" * 40
+    hub["sha"] = "b" * 40  # the dataset changed on the hub
+    assert pinned_revision("Intel/SocialCounterfactuals", None) == "a" * 40
+    assert pinned_revision("Intel/SocialCounterfactuals", "c" * 40) == "c" * 40
+    hub["sha"] = None
+    assert pinned_revision("Intel/SocialCounterfactuals", None) == "a" * 40
+    with pytest.raises(DsoError, match=r"cannot resolve the revision of other/set \(offline\)"):
+        pinned_revision("other/set", None)
+    assert pinned_revision(str(tmp_path), None) is None
+    assert (tmp_path / "cache" / "social_counterfactuals" / PINS).is_file()

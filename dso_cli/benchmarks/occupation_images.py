@@ -146,12 +146,14 @@ def pairs_from_social_counterfactuals(
     one row per image with ``counterfactual_set``, ``dataset_segment``, ``a1``/``a2`` and their types, and
     a caption "A photo of a <a1> <a2> <occupation>". In the ``race_gender`` segment, the rows of one set
     with the same race ``a1`` differ in gender only: those give the pairs. The set is streamed once
-    (about 27 GB in full; ``max_rows`` reads fewer) at ``revision`` (a hub commit; None: the current
-    one); every kept image is written to the cache as it arrives, so memory holds one row, and an
-    index of the complete pairs is written at the end: later builds read neither the hub nor the set.
+    (about 27 GB in full; ``max_rows`` reads fewer) at ``revision`` (a hub commit; None: the commit
+    pinned at the first download, see :func:`pinned_revision`); every kept image is written to the
+    cache as it arrives, so memory holds one row, and an index of the complete pairs is written at the
+    end: later builds read neither the hub nor the set.
     """
     from dso_cli.models.packaged import cache_root
 
+    revision = pinned_revision(dataset, revision)
     key = hashlib.sha1(f"{dataset}|{max_rows}|{segment}|{revision}".encode()).hexdigest()[:16]
     root = cache_root() / "social_counterfactuals" / key
     index = root / "pairs.json"
@@ -166,6 +168,41 @@ def pairs_from_social_counterfactuals(
     if not pairs:
         raise DsoError(f"{dataset}: no gender pairs of the benchmark's occupations (segment {segment!r})")
     return pairs
+
+
+PINS = "pins.json"
+"""``hub id -> commit`` under ``<cache>/social_counterfactuals/``: the revision each dataset was first read at."""
+
+
+def pinned_revision(dataset: str, revision: str | None) -> str | None:
+    """The hub commit ``dataset`` is read at: ``revision`` if given, else the commit pinned when this
+    cache first read the dataset, else the hub's current commit, which is then pinned. A dataset that
+    changes on the hub therefore never changes under later runs (or under a run's later verbs);
+    ``bias.hub_revision=<commit>`` moves to another one deliberately. A local copy (a directory) has
+    no revision: its files are the pin."""
+    from dso_cli.models.packaged import cache_root
+
+    if revision is not None or Path(dataset).exists():
+        return revision
+    if dataset.startswith(("/", ".", "~")) or dataset.count("/") != 1:
+        raise DsoError(f"cannot load {dataset}: no such directory, and not a hub id (owner/name)")
+    pins_file = cache_root() / "social_counterfactuals" / PINS
+    pins = json.loads(pins_file.read_text()) if pins_file.is_file() else {}
+    if dataset in pins:
+        return pins[dataset]
+    try:
+        from huggingface_hub import HfApi
+
+        sha = HfApi().dataset_info(dataset).sha
+    except Exception as exc:  # offline, unknown or gated dataset
+        raise DsoError(
+            f"cannot resolve the revision of {dataset} ({first_line(exc)}); offline, use "
+            "bias.source=image_dir bias.image_dir=PATH, or bias.hub_revision=<commit> with a cached download"
+        ) from None
+    if not sha:
+        raise DsoError(f"the hub gave no commit for {dataset}; pass bias.hub_revision=<commit>")
+    write_json(pins_file, {**pins, dataset: sha})
+    return sha
 
 
 def _index_social_counterfactuals(

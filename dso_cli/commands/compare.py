@@ -55,17 +55,19 @@ COMPARE_COLUMNS = SWEEP_COLUMNS
 
 def method_options(cfg: DictConfig, method: str) -> DictConfig:
     """``conf/steering_method/<method>.yaml`` with ``compare.options.<method>`` on top."""
-    from dso_cli.config_files import conf_dir
+    from dso_cli.config_files import group_config, typed
 
-    options = OmegaConf.load(conf_dir() / "steering_method" / f"{method}.yaml")
+    options = group_config("steering_method", method)
     extra = OmegaConf.select(cfg, f"compare.options.{method}")
     for key in extra or {}:
         if key not in options:  # a typo would silently change nothing
             known = ", ".join(k for k in options if k not in ("_target_", "name"))
             raise DsoError(f"compare.options.{method}.{key} is not a setting of {method} (its settings: {known})")
-    merged = OmegaConf.merge(options, extra) if extra is not None else options
+    if extra is None:
+        return options
+    merged = OmegaConf.merge(OmegaConf.to_container(options), extra)
     assert isinstance(merged, DictConfig)
-    return merged
+    return typed("steering_method", method, merged, prefix=f"compare.options.{method}")
 
 
 def method_config(cfg: DictConfig, method: str) -> DictConfig:

@@ -62,12 +62,14 @@ def explicit(overrides: Sequence[str], prefix: str) -> list[str]:
 
 
 def with_overrides(base: DictConfig, cfg: DictConfig, prefix: str, keys: Sequence[str]) -> DictConfig:
-    """``base`` with the user's ``prefix.key`` values, for the keys ``base`` has."""
+    """``base`` with the user's ``prefix.key`` values, for the keys ``base`` has, checked against the
+    set's schema (``bias.max_hub_rows=abc`` fails here, before the model loads)."""
     out = base.copy()
     for key in keys:
         if key in base:
             OmegaConf.update(out, key, OmegaConf.select(cfg, f"{prefix}.{key}"), force_add=True)
-    return out
+    shown = "bias" if prefix == "bias_benchmark" else prefix
+    return config_files.typed(prefix, str(base.get("name")), out, prefix=shown) if keys else out
 
 
 def check_reached(prefix: str, keys: Sequence[str], configs: Mapping[str, DictConfig]) -> None:
