@@ -1,3 +1,28 @@
-"""dso: controllable bias mitigation for language models by Direct Steering Optimization."""
+"""dso: controllable bias mitigation for language models by Direct Steering Optimization.
+
+The library API (:mod:`dso_cli.api`): ``load_benchmark``, ``fit``, ``load_artifact``, ``evaluate``,
+and ``artifact.apply(model, strength)``; imported on first use, so ``import dso_cli`` stays light.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
+__all__ = ["Artifact", "SteeringMethod", "evaluate", "fit", "load_artifact", "load_benchmark"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("load_benchmark", "fit", "load_artifact", "evaluate"):
+        from dso_cli import api
+
+        return getattr(api, name)
+    if name == "SteeringMethod":
+        from dso_cli.steering.method import SteeringMethod
+
+        return SteeringMethod
+    if name == "Artifact":
+        from dso_cli.steering.artifact import Artifact
+
+        return Artifact
+    raise AttributeError(f"module 'dso_cli' has no attribute {name!r}")

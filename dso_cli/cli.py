@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dso_cli import __version__
 from dso_cli.config_files import conf_dir, group_options
 from dso_cli.errors import DsoError
+from dso_cli.validation import check_config, typed_error
 
 GROUPS = ("model", "bias_benchmark", "steering_method", "optimizer", "reward", "logger")
 ALIASES = {"bias": "bias_benchmark"}
@@ -28,7 +29,7 @@ VERBS = {
     "extract": "cache a split's activations once (norms, residual stream, heads) for the baseline fits",
     "analyze": "where the demographic signal lives: linear probes per layer on an extract run's cache",
 }
-OPEN_SECTIONS = {"eval": ("bias_benchmark", "capability"), "compare": ("compare.options",)}
+OPEN_SECTIONS = {"eval": ("bias_benchmark", "capability"), "compare": ("compare.options", "compare.grids")}
 """Per verb, sections whose keys may be set even when the composed default lacks them (``eval`` passes
 ``bias.path=`` on to whichever of its benchmarks has a ``path``; ``compare.options.<method>.<key>=``)."""
 HYDRA_FLAGS = (
@@ -160,6 +161,9 @@ def validate(verb: str, overrides: list[str], job_num: int | None = None) -> Non
         raise DsoError(_first_line(exc)) from None
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
         raise DsoError(typed_error(exc) or _first_line(exc)) from None
+    from dso_cli.targets import trust
+
+    trust(cfg.get("allow_targets") or [])  # this command line's, so a method of the user's package is checked
     check_config(verb, cfg)
 
 
@@ -194,95 +198,6 @@ def validate_multirun(verb: str, overrides: list[str], limit: int = 1000) -> Non
         except DsoError as exc:
             swept = " ".join(o for o, p in zip(job, parsed, strict=True) if p.is_sweep_override())
             raise DsoError(f"job {n} ({swept}): {exc}") from None
-
-
-def check_config(verb: str, cfg) -> None:
-    """Everything checked after composition: missing values, ranges, grids, names. Run up front for a
-    single run and again inside every multirun job (whose sweep values are only known there)."""
-    from omegaconf import OmegaConf
-
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        raise DsoError(f"{missing[0]} must be set (e.g. {missing[0]}=VALUE)")
-    check_values(verb, cfg)
-    if verb in ("sweep", "eval"):
-        from dso_cli.runs import parse_alpha
-
-        parse_alpha(cfg.alpha)
-    if verb == "prune":
-        from dso_cli.commands.prune import parse_keep
-
-        parse_keep(cfg.keep)
-    if verb == "export":
-        from dso_cli.commands.export import check_export
-
-        check_export(cfg)
-    if verb in ("extract", "train", "compare"):
-        from dso_cli.commands.extract import check_extract
-
-        check_extract(cfg)
-    if verb == "compare":
-        from dso_cli.commands.compare import check_compare
-
-        check_compare(cfg)
-    if verb == "eval":
-        for group, names in (("bias_benchmark", cfg.eval.benchmarks), ("capability", cfg.eval.capability)):
-            for name in names or []:
-                if name not in group_options(group):
-                    what = "bias benchmark" if group == "bias_benchmark" else "capability set"
-                    raise DsoError(f"unknown {what} {name!r} (choose from: {', '.join(group_options(group))})")
-
-
-COUNTS = ("seed", "sweep.bootstrap_reps", "prune.bootstrap_reps", "eval.bootstrap_reps", "compare.bootstrap_reps",
-          "compare.hypervolume_bootstrap_reps", "analyze.folds")  # fmt: skip
-"""Keys that must be whole numbers >= 0 wherever the verb has them."""
-
-
-def check_values(verb: str, cfg) -> None:
-    """Values that compose but are out of range: one line naming the key, before any work is done."""
-    from omegaconf import OmegaConf
-
-    for key in COUNTS:
-        value = OmegaConf.select(cfg, key, default=None)
-        if value is not None:
-            _whole(key, value)
-    bench = cfg.get("bias_benchmark") or {}
-    for key, value in bench.items():  # sizes of the built-in builders: counts of items, pairs or rows
-        if value is not None and (key.startswith(("n_", "max_")) or key.endswith("_per_occupation")):
-            _whole(f"bias.{key}", value)
-    if verb == "prune" and cfg.get("alpha") is not None:
-        from dso_cli.runs import parse_alpha
-
-        if len(parse_alpha(cfg.alpha)) != 1:
-            raise DsoError(f"alpha={cfg.alpha} must be one strength for dso prune")
-    if verb == "train" and cfg.steering_method.name == "dso":
-        from dso_cli.commands.train import train_config
-
-        train_config(cfg)
-
-
-def _whole(key: str, value) -> int:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise DsoError(f"{key}={value!r} must be a whole number >= 0") from None
-    if isinstance(value, bool) or not number.is_integer() or number < 0:
-        raise DsoError(f"{key}={value!r} must be a whole number >= 0")
-    return int(number)
-
-
-def typed_error(exc: BaseException) -> str | None:
-    """``key: what was wrong`` from the schema's validation error behind a composition error, if any."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        key = getattr(cause, "full_key", None)
-        if key:
-            msg = str(getattr(cause, "msg", "") or cause).strip().splitlines()[0]
-            if key.startswith("bias_benchmark."):  # as the user types it (the `bias=` alias)
-                key = "bias." + key[len("bias_benchmark.") :]
-            return f"{key}: {msg.replace('Invalid value assigned: ', '')}"
-        cause = cause.__cause__ or cause.__context__
-    return None
 
 
 def _first_line(exc: BaseException) -> str:

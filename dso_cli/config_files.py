@@ -13,16 +13,15 @@ WHAT = {"bias_benchmark": "bias benchmark", "capability": "capability set"}
 
 
 def conf_dir() -> Path:
-    """The Hydra config directory: ``conf/`` of a source checkout, else the copy inside the package.
+    """The Hydra config directory, ``dso_cli/conf`` (inside the package, so a plain ``pip install .``
+    has it too; ``conf/`` at the checkout's root links to it).
 
-    Its verb configs start from the typed schemas of :mod:`dso_cli.config_schema`, registered here so
-    that whoever composes them (the CLI, a test, a script) finds them."""
+    Its configs start from the typed schemas of :mod:`dso_cli.config_schema` and
+    :mod:`dso_cli.group_schemas`, registered here so that whoever composes them (the CLI, a test, a
+    script) finds them."""
     from dso_cli.config_schema import register_schemas
 
     register_schemas()
-    source = Path(__file__).resolve().parent.parent / "conf"
-    if (source / "base.yaml").is_file():
-        return source
     return Path(str(resources.files("dso_cli") / "conf"))
 
 

@@ -7,7 +7,7 @@ or an unknown key (``optimizer.stepz=3``) then fails at composition, naming the 
 in every job of a multirun alike. The values themselves live in the YAML files (with their comments);
 the schemas hold the types (and a comment per key). Groups whose keys differ by option (the benchmark, the steering
 method, the reward, the logger, the capability set) have one schema per option (:mod:`dso_cli.group_schemas`).
-Range checks (``seed >= 0``, ``lr > 0``) are in :mod:`dso_cli.cli` and :class:`dso_cli.rl.trainer.TrainConfig`.
+Range checks (``seed >= 0``, ``lr > 0``) are in :mod:`dso_cli.cli` and :class:`dso_cli.rl.config.TrainConfig`.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class OptimizerSchema:
     kl_prompt_items: int = MISSING  # training prompts per step in the text KL
     accuracy_weight: float = MISSING  # reward weight of the unambiguous items' correct option
     l1: float = MISSING  # L1 sparsity on a and b
-    omega: str = MISSING  # fixed | path
+    strength_mode: str = MISSING  # fixed: train at strength 1 only (the paper) | path: also along (0, 1)
     path_weight: float = MISSING  # weight of the monotone-path term
     eval_every: int = MISSING  # early stopping: val POB every N steps (0: off)
     patience: int = MISSING  # evaluations without improvement before stopping

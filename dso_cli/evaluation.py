@@ -7,7 +7,7 @@ text gives the per-token KL to the base model and the perplexity.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -16,24 +16,23 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from dso_cli.benchmarks.neutral_text import TextCorpus
+from dso_cli.benchmarks.schema import DecisionItem
 from dso_cli.metrics import decision_metrics, mean_se
 from dso_cli.scoring import OptionScorer, policy
 from dso_cli.steering.artifact import Artifact
-
-Item = Mapping[str, Any]
 
 
 def evaluate_strengths(
     scorer: OptionScorer,
     artifact: Artifact | None,
-    items: Sequence[Item],
+    items: Sequence[DecisionItem],
     alphas: Sequence[float],
     *,
     bootstrap_reps: int = 1000,
     seed: int = 0,
     on_row: Callable[[dict[str, Any]], None] = lambda row: None,
     desc: str = "eval",
-    extra_metrics: Callable[[Sequence[Item], Tensor], dict[str, Any]] | None = None,
+    extra_metrics: Callable[[Sequence[DecisionItem], Tensor], dict[str, Any]] | None = None,
     base: Tensor | None = None,
 ) -> list[dict[str, Any]]:
     """Metrics at every ω in ``alphas`` (the base model, ω = 0, is scored once for the KL column).
@@ -48,7 +47,7 @@ def evaluate_strengths(
         if alpha == 0.0 or artifact is None:
             probs = base
         else:
-            with artifact.apply(scorer.model, alpha):
+            with artifact.steer(scorer, alpha):
                 probs = policy(scorer.logprobs(items, progress=f"{desc} w={alpha:g}")).cpu()
         row = {"alpha": alpha, **decision_metrics(items, probs, base, bootstrap_reps=bootstrap_reps, seed=seed)}
         if extra_metrics is not None:
@@ -58,7 +57,7 @@ def evaluate_strengths(
     return rows
 
 
-def base_policy(scorer: OptionScorer, items: Sequence[Item], desc: str = "eval") -> Tensor:
+def base_policy(scorer: OptionScorer, items: Sequence[DecisionItem], desc: str = "eval") -> Tensor:
     """The unsteered model's option probabilities on ``items`` (shared by every method's ω = 0)."""
     return policy(scorer.logprobs(items, progress=f"{desc} base")).cpu()
 
@@ -79,7 +78,7 @@ def evaluate_text(
     return evaluate_sequences(scorer, artifact, seqs, alphas, batch_size=batch_size, on_row=on_row, desc=desc)
 
 
-def prompt_sequences(scorer: OptionScorer, items: Sequence[Item], max_items: int) -> list[list[int]]:
+def prompt_sequences(scorer: OptionScorer, items: Sequence[DecisionItem], max_items: int) -> list[list[int]]:
     """Token ids of up to ``max_items`` text items' rendered prompts (spread evenly over ``items``),
     for the full-vocabulary KL on the benchmark's own prompts; items with images are left out."""
     text = [item for item in items if not item.get("images")]
@@ -116,7 +115,7 @@ def evaluate_sequences(
                 if alpha == 0.0 or artifact is None:
                     logp = base
                 else:
-                    with artifact.apply(scorer.model, alpha):
+                    with artifact.steer(scorer, alpha):
                         logp, _ = scorer.token_logprobs(batch)
                 for row, n in enumerate(lengths.tolist()):
                     pred, target = logp[row, : n - 1], torch.tensor(batch[row][1:], device=logp.device)

@@ -90,6 +90,7 @@ class MixtureSchema(BenchmarkSchema):
 
 @dataclass
 class MethodSchema:
+    _target_: str = MISSING  # the SteeringMethod class (inside dso_cli, or in allow_targets)
     name: str = MISSING  # the method (dso, caa, iti, mean_match, leace, prompting, none)
 
 

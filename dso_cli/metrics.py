@@ -8,19 +8,18 @@ occupation and never separate the two person orders of a template.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-Item = Mapping[str, Any]
+from dso_cli.benchmarks.schema import DecisionItem
 
 
 class PolicyView:
     """The arrays every metric needs, extracted once from items and option probabilities."""
 
-    def __init__(self, items: Sequence[Item], probs: Tensor) -> None:
+    def __init__(self, items: Sequence[DecisionItem], probs: Tensor) -> None:
         probs = probs.detach().float().cpu()
         n = len(items)
         hard = torch.zeros_like(probs).scatter_(1, probs.argmax(1, keepdim=True), 1.0)
@@ -100,7 +99,7 @@ def _cluster_bootstrap_pob(gap: np.ndarray, occupation: np.ndarray, pair: np.nda
 
 
 def decision_metrics(
-    items: Sequence[Item],
+    items: Sequence[DecisionItem],
     probs: Tensor,
     base_probs: Tensor | None = None,
     *,
@@ -142,7 +141,7 @@ def mean_se(values: np.ndarray) -> float:
     return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
 
 
-def pro_anti_accuracy(items: Sequence[Item], probs: Tensor) -> dict[str, float]:
+def pro_anti_accuracy(items: Sequence[DecisionItem], probs: Tensor) -> dict[str, float]:
     """WinoBias-style accuracy (argmax) on unambiguous items whose answer is pro- vs anti-stereotypical.
 
     Empty when the items have no such contrast (e.g. MMLU).
@@ -157,7 +156,7 @@ def pro_anti_accuracy(items: Sequence[Item], probs: Tensor) -> dict[str, float]:
     return {"acc_pro": acc_pro, "acc_anti": acc_anti, "acc_pro_anti_gap": acc_pro - acc_anti}
 
 
-def bbq_bias_scores(items: Sequence[Item], probs: Tensor) -> dict[str, float]:
+def bbq_bias_scores(items: Sequence[DecisionItem], probs: Tensor) -> dict[str, float]:
     """BBQ's accuracy in ambiguous contexts and its bias scores, from argmax answers.
 
     ``s = 2 · (biased answers / answers that are not "unknown") − 1`` over disambiguated contexts is
@@ -212,7 +211,7 @@ def is_monotone(pob: Sequence[float], se: Sequence[float], tolerance: float = 2.
 
 
 def bootstrap_hypervolumes(
-    items: Sequence[Item],
+    items: Sequence[DecisionItem],
     curves: Mapping[str, Sequence[Tensor]],
     base_probs: Tensor,
     *,

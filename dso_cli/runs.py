@@ -112,9 +112,23 @@ def load_train_config(run_dir: Path) -> DictConfig:
     if not isinstance(cfg, DictConfig):
         raise DsoError(f"{path} is not a config mapping")
     check_targets(cfg, source=str(path))  # a run's config is data: it runs no code from outside dso_cli
+    from dso_cli.steering.method import register_from
+
+    register_from(cfg.get("steering_method"))  # a (trusted) method of the user's package applies its artifact
     if OmegaConf.select(cfg, "model.trust_remote_code"):  # only ever from this command line
         cfg.model.trust_remote_code = False
     return cfg
+
+
+def typed_keys(overrides: Iterable[str]) -> list[str]:
+    """The keys this command line sets, in order (``+x.y=1`` -> ``x.y``; group choices such as
+    ``model=hf`` included): the verbs' one parser of Hydra override strings."""
+    keys = []
+    for override in overrides:
+        key, sep, _ = override.lstrip("+~").partition("=")
+        if sep:
+            keys.append(key)
+    return keys
 
 
 def merge_run_config(
@@ -130,9 +144,8 @@ def merge_run_config(
     for section in sections:
         if section in run_cfg:
             merged[section] = run_cfg[section].copy()
-    for override in overrides:
-        key, sep, _ = override.lstrip("+~").partition("=")
-        if sep and any(key.startswith(f"{s}.") for s in sections):
+    for key in typed_keys(overrides):
+        if any(key.startswith(f"{s}.") for s in sections):
             OmegaConf.update(merged, key, OmegaConf.select(cfg, key), force_add=True)
     return merged
 

@@ -13,10 +13,8 @@ scenario sentence) and the option tokens are all computed in one forward pass pe
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,24 +22,15 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from dso_cli.benchmarks.schema import DecisionItem
 from dso_cli.errors import DsoError
 from dso_cli.models.linear_kernels import linear, linear_kernel, resolve_kernel
-from dso_cli.models.multimodal import Payload, collate, needs_own_positions, payload_of
+from dso_cli.models.multimodal import Payload, collate, needs_own_positions
 from dso_cli.prefix_tree import PackedRow, additive_mask, pack, tree_mask
+from dso_cli.scoring_checks import StartupChecks, _resolve_attention_chunk, _resolve_tree_tokens
+from dso_cli.scoring_paths import BatchedPaths
+from dso_cli.scoring_render import EncodedItem, PromptRendering
 from dso_cli.tree_attention import attention_implementation, chunked_tree_attention, plan_tree_attention
-
-Item = Mapping[str, Any]
-
-
-ACTIVE_INSTRUCTION: ContextVar[str | None] = ContextVar("dso_active_instruction", default=None)
-"""An instruction prepended to every prompt while set (the ``prompting`` baseline sets it)."""
-
-
-@dataclass(frozen=True, eq=False)
-class EncodedItem:
-    prompt_ids: tuple[int, ...]
-    option_ids: tuple[tuple[int, ...], ...]
-    payload: Payload | None = None  # the item's images, processed (vision-language models)
 
 
 @dataclass
@@ -65,7 +54,7 @@ def policy(logprobs: Tensor) -> Tensor:
     return torch.softmax(logprobs, dim=-1)
 
 
-class OptionScorer:
+class OptionScorer(PromptRendering, BatchedPaths, StartupChecks):
     """Scores decision items with a causal LM; hooks on the model (steering) act on every call.
 
     Scores come from the backbone's last hidden states and the output head applied only where an
@@ -99,6 +88,7 @@ class OptionScorer:
         self.templater = processor if getattr(processor, "chat_template", None) else tokenizer
         self.use_chat_template = chat_template and getattr(self.templater, "chat_template", None) is not None
         self.system_prompt = system_prompt
+        self.instruction: str | None = None  # prepended to every prompt while set (see instructed)
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self.length_normalize = length_normalize
         self.batch_size = batch_size
@@ -123,70 +113,6 @@ class OptionScorer:
             self.linear_kernel = kernel
         self.stats = ScoringStats()  # the checks above do not count
 
-    # --- text -> token ids -------------------------------------------------------------------
-    def render(self, item: Item) -> str:
-        """The exact text the model sees before the options (with the active instruction, if any)."""
-        instruction = ACTIVE_INSTRUCTION.get()
-        prompt = f"{instruction}\n\n{item['prompt']}" if instruction else item["prompt"]
-        n_images = len(item.get("images") or [])
-        if n_images and self.processor is None:
-            raise DsoError(f"item {item.get('id', '?')} has images, but this model is text-only")
-        if not self.use_chat_template:
-            if n_images:
-                raise DsoError(
-                    "image prompts need the model's chat template to place the images ; set scoring.chat_template=true"
-                )
-            return f"{prompt}\n\n{item['answer_prefix']}"
-        messages: list[dict[str, Any]] = [{"role": "user", "content": self._content(prompt, n_images)}]
-        if self.system_prompt is not None:
-            messages.insert(0, {"role": "system", "content": self._content(self.system_prompt, 0)})
-        try:
-            text = self.templater.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True, **self.chat_template_kwargs
-            )
-        except Exception as exc:  # jinja raises its own errors, e.g. a template that rejects system turns
-            raise DsoError(f"the chat template failed: {exc} (try scoring.system_prompt=null)") from None
-        return text + item["answer_prefix"]
-
-    def _content(self, text: str, n_images: int) -> str | list[dict[str, str]]:
-        """Message content: a plain string for text templates, typed parts (images first) for processors."""
-        if self.templater is self.tokenizer:
-            return text
-        return [{"type": "image"}] * n_images + [{"type": "text", "text": text}]
-
-    def _ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=not self.use_chat_template)["input_ids"]
-
-    def encode(self, item: Item) -> EncodedItem:
-        """Token ids of the prompt and of each option *as it continues the prompt*.
-
-        Options are tokenised together with the prompt and split off after it, so tokenizers that
-        mark word starts (SentencePiece's ``▁``) score exactly the text the model would produce. If
-        a token straddles the boundary, the option is tokenised on its own instead.
-        """
-        images = tuple(str(ref) for ref in item.get("images") or ())
-        key = (ACTIVE_INSTRUCTION.get() or "", item["prompt"], item["answer_prefix"], tuple(item["options"]), images)
-        if key not in self._cache:
-            text = self.render(item)
-            prompt_ids = self._ids(text)  # with images: before the processor expands their placeholders
-            option_ids = []
-            for option in item["options"]:
-                full = self._ids(text + option)
-                if full[: len(prompt_ids)] == prompt_ids and len(full) > len(prompt_ids):
-                    option_ids.append(tuple(full[len(prompt_ids) :]))
-                else:
-                    option_ids.append(tuple(self.tokenizer(option, add_special_tokens=False)["input_ids"]))
-            if any(len(ids) == 0 for ids in option_ids):
-                raise DsoError(f"item {item.get('id', '?')}: an option encodes to no tokens")
-            payload = None
-            if images:
-                processed = self.processor(
-                    text=[text], images=[load_images(item["images"])], add_special_tokens=False, return_tensors="pt"
-                )
-                prompt_ids, payload = processed["input_ids"][0].tolist(), payload_of(processed)
-            self._cache[key] = EncodedItem(tuple(prompt_ids), tuple(option_ids), payload)
-        return self._cache[key]
-
     # --- scoring --------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         """The scoring paths in use after the start-up checks (recorded beside results: they move
@@ -203,7 +129,7 @@ class OptionScorer:
     def device(self) -> torch.device:
         return self.model.get_input_embeddings().weight.device
 
-    def logprobs(self, items: Sequence[Item], *, grad: bool = False, progress: str | None = None) -> Tensor:
+    def logprobs(self, items: Sequence[DecisionItem], *, grad: bool = False, progress: str | None = None) -> Tensor:
         """Option log-probabilities ``[n_items, max_options]`` (float32, ``-inf`` where no option).
 
         Items are scored in length-sorted batches and returned in input order. With ``grad=True`` the
@@ -291,151 +217,6 @@ class OptionScorer:
                 return self.model(**inputs).logits[0]
             return self.model.base_model(**inputs).last_hidden_state[0]
 
-    def _probe_items(self) -> list[EncodedItem]:
-        """Two short items that share a prefix, one with a two-token option: the start-up checks' input."""
-        vocab = self.head.weight.shape[0]
-        prompt = tuple((5 * i + 3) % vocab for i in range(7))
-        return [
-            EncodedItem(prompt, ((11 % vocab,), (13 % vocab, 17 % vocab))),
-            EncodedItem((*prompt[:4], 19 % vocab), ((11 % vocab,), (23 % vocab,))),
-        ]
-
-    def _kernel_matches_stock(self, kernel: str) -> bool:
-        """Do scores through linear ``kernel`` equal the stock kernel's on the probe (to 1e-4)?"""
-        probe = self._probe_items()
-        try:
-            with torch.no_grad():
-                stock = self._score(probe, False, None)
-                self.linear_kernel = kernel
-                with self.kernels():
-                    ours = self._score(probe, False, None)
-        except RuntimeError:
-            return False
-        finally:
-            self.linear_kernel = "stock"
-        return bool(torch.isfinite(ours).all() and (ours - stock).abs().max() <= 1e-4)
-
-    def _tree_matches_rows(self) -> bool:
-        """Does the tree path reproduce per-item rows on two items that share a prefix? Attention
-        implementations that ignore custom masks (e.g. flash-attention) fail this and use rows. The
-        chunked tree attention is checked the same way (in chunks of 3 nodes) and turned off if it fails."""
-        probe = self._probe_items()
-        with torch.no_grad():
-            rows = self._score_packed(probe, 2)
-        tolerance = 1e-4 if self.head.weight.dtype == torch.float32 else 0.1
-
-        def tree_matches(chunk: int) -> bool:
-            saved, self.attention_chunk = self.attention_chunk, chunk
-            try:
-                with torch.no_grad():
-                    tree = self._score_tree(probe, 2, None)
-            except Exception:  # any failure of the custom mask or the chunking means: do not use it
-                return False
-            finally:
-                self.attention_chunk = saved
-            return bool(torch.isfinite(tree).all() and (tree - rows).abs().max() <= tolerance)
-
-        if not tree_matches(0):
-            return False
-        if self.attention_chunk and not tree_matches(3):
-            self.attention_chunk = 0
-        return True
-
-    # --- per-item rows ---------------------------------------------------------------------------
-    def _score_batch(self, batch: list[EncodedItem], k_max: int) -> Tensor:
-        if all(len(ids) == 1 for e in batch for ids in e.option_ids):
-            return self._score_single_token(batch, k_max)
-        return self._score_multi_token(batch, k_max)
-
-    def _score_single_token(self, batch: list[EncodedItem], k_max: int) -> Tensor:
-        hidden, lengths = self._forward([list(e.prompt_ids) for e in batch], payloads=[e.payload for e in batch])
-        last = hidden[torch.arange(len(batch), device=hidden.device), lengths - 1]
-        logprobs = self._log_softmax(last)
-        out = torch.full((len(batch), k_max), float("-inf"), device=self.device)
-        for row, e in enumerate(batch):
-            ids = torch.tensor([ids[0] for ids in e.option_ids], device=logprobs.device)
-            out[row, : len(ids)] = logprobs[row, ids].to(self.device)
-        return out
-
-    def _score_multi_token(self, batch: list[EncodedItem], k_max: int) -> Tensor:
-        shareable = not any(e.payload for e in batch)  # image inputs would have to follow the cache
-        if self.share_prompt and shareable and not self.full_forward and self._fits_window(batch):
-            try:
-                return self._score_shared_prompt(batch, k_max)
-            except (TypeError, AttributeError, NotImplementedError):  # a model whose cache cannot be re-indexed
-                self.share_prompt = False
-        return self._score_packed(batch, k_max)
-
-    def _fits_window(self, batch: Sequence[EncodedItem]) -> bool:
-        """Sliding-window caches drop old positions, which breaks right-padded prompts that exceed the window."""
-        config = getattr(self.model.config, "text_config", None) or self.model.config
-        window = getattr(config, "sliding_window", None)
-        longest = max(len(e.prompt_ids) + max(len(o) for o in e.option_ids) for e in batch)
-        return window is None or longest < window
-
-    def _score_shared_prompt(self, batch: list[EncodedItem], k_max: int) -> Tensor:
-        """Run each prompt once; every option continues from the prompt's key/value cache.
-
-        The last prompt position predicts every option's first token; only the tokens after the
-        first go through a second, short forward pass over (item, option) rows that re-use the cache.
-        """
-        hidden, lengths, cache, mask = self._forward([list(e.prompt_ids) for e in batch], use_cache=True)
-        rows = [(i, k) for i, e in enumerate(batch) for k in range(len(e.option_ids))]
-        item = torch.tensor([i for i, _ in rows], device=hidden.device)
-        first = torch.tensor([batch[i].option_ids[k][0] for i, k in rows], device=hidden.device)
-        last = hidden[torch.arange(len(batch), device=hidden.device), lengths - 1]
-        token_lp = [self._log_softmax(last)[item, first]]
-        owner = [torch.arange(len(rows), device=hidden.device)]
-        cont = [r for r, (i, k) in enumerate(rows) if len(batch[i].option_ids[k]) > 1]
-        if cont:
-            tails = [batch[rows[r][0]].option_ids[rows[r][1]] for r in cont]
-            width = max(len(t) for t in tails) - 1
-            ids = torch.zeros(len(cont), width, dtype=torch.long, device=self.device)
-            tail_mask = torch.zeros(len(cont), width, dtype=torch.long, device=self.device)
-            for c, tail in enumerate(tails):
-                ids[c, : len(tail) - 1] = torch.tensor(tail[:-1], device=self.device)
-                tail_mask[c, : len(tail) - 1] = 1
-            source = item[cont].to(self.device)
-            cache.reorder_cache(source)
-            out = self.model.base_model(
-                input_ids=ids,
-                attention_mask=torch.cat([mask[source], tail_mask], dim=1),
-                position_ids=lengths.to(self.device)[source][:, None] + torch.arange(width, device=self.device),
-                use_cache=True,
-                **{self._cache_argument(): cache},
-            ).last_hidden_state
-            targets = [(c, t, tok) for c, tail in enumerate(tails) for t, tok in enumerate(tail[1:])]
-            t = torch.tensor(targets, device=out.device)
-            token_lp.append(self._log_softmax(out[t[:, 0], t[:, 1]]).gather(1, t[:, 2:3])[:, 0])
-            owner.append(torch.tensor([cont[c] for c, _, _ in targets], device=out.device))
-        lp = torch.cat([x.to(self.device) for x in token_lp])
-        who = torch.cat([x.to(self.device) for x in owner])
-        flat = torch.tensor([i * k_max + k for i, k in rows], device=self.device)
-        return self._option_scores(flat[who], lp, len(batch), k_max)
-
-    def _cache_argument(self) -> str:
-        """``cache`` (transformers >= 5.2x) or the older ``past_key_values``."""
-        parameters = inspect.signature(self.model.base_model.forward).parameters
-        return "cache" if "cache" in parameters else "past_key_values"
-
-    def _score_packed(self, batch: list[EncodedItem], k_max: int) -> Tensor:
-        """Every option appended to its own copy of the prompt: one forward over all of them."""
-        seqs, targets = [], []  # targets: (seq index, position predicting the token, token id, item, option)
-        payloads = []
-        for i, e in enumerate(batch):
-            for k, opt in enumerate(e.option_ids):
-                s = len(seqs)
-                seqs.append(list(e.prompt_ids) + list(opt))
-                payloads.append(e.payload)
-                p0 = len(e.prompt_ids) - 1
-                targets += [(s, p0 + t, tok, i, k) for t, tok in enumerate(opt)]
-        hidden, _ = self._forward(seqs, payloads=payloads)
-        t = torch.tensor(targets, device=hidden.device)
-        logprobs = self._log_softmax(hidden[t[:, 0], t[:, 1]])
-        token_lp = logprobs.gather(1, t[:, 2:3]).squeeze(1).to(self.device)
-        flat = t[:, 3].to(self.device) * k_max + t[:, 4].to(self.device)
-        return self._option_scores(flat, token_lp, len(batch), k_max)
-
     def _forward(
         self, seqs: list[list[int]], use_cache: bool = False, payloads: Sequence[Payload | None] | None = None
     ) -> Any:
@@ -484,59 +265,3 @@ class OptionScorer:
         if self._head_fp32 is None:
             self._head_fp32 = (weight.detach().float(), None if bias is None else bias.detach().float())
         return self._head_fp32
-
-    def _shortcut_matches_model(self) -> bool:
-        """Does backbone + head reproduce ``model(...).logits`` on a short input?"""
-        if not isinstance(self.head, torch.nn.Linear):
-            return False
-        vocab = self.head.weight.shape[0]
-        ids = [[(7 * i + 3) % vocab for i in range(6)]]
-        self.full_forward = False
-        try:
-            with torch.no_grad():
-                hidden, _ = self._forward(ids)
-                ours = self._log_softmax(hidden[:, -1])
-                theirs = torch.log_softmax(
-                    self.model(input_ids=torch.tensor(ids, device=self.device)).logits[:, -1].float(), -1
-                )
-        except (AttributeError, TypeError, ValueError, RuntimeError):
-            return False
-        tolerance = 1e-3 if self.head.weight.dtype == torch.float32 else 0.25
-        return bool((ours.to(theirs.device) - theirs).abs().max() <= tolerance)
-
-
-def _resolve_tree_tokens(value: int | str, device: torch.device) -> int:
-    """``auto``: 512 nodes per tree on CPU (attention over a longer tree costs more than the sharing
-    saves), 4096 on accelerators, where wider matrix products pay and attention is cheap."""
-    if value == "auto":
-        return 512 if device.type == "cpu" else 4096
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise DsoError(f"scoring.tree_tokens={value!r}: must be a positive integer or 'auto'")
-    return value
-
-
-def _resolve_attention_chunk(value: int | str, device: torch.device) -> int:
-    """``auto``: query chunks of 128 tree nodes on CPU, 1024 on accelerators; 0 turns chunking off
-    (dense attention under the tree mask)."""
-    if value == "auto":
-        return 128 if device.type == "cpu" else 1024
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise DsoError(f"scoring.tree_attention_chunk={value!r}: must be a non-negative integer or 'auto'")
-    return value
-
-
-def load_images(refs: Sequence[Any]) -> list[Any]:
-    """PIL images (RGB) from paths, or the images themselves."""
-    from PIL import Image
-
-    images = []
-    for ref in refs:
-        if isinstance(ref, Image.Image):
-            images.append(ref.convert("RGB"))
-            continue
-        try:
-            with Image.open(ref) as image:
-                images.append(image.convert("RGB"))
-        except (OSError, ValueError) as exc:
-            raise DsoError(f"cannot read image {ref}: {exc}") from None
-    return images

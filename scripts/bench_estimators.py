@@ -37,9 +37,10 @@ sys.path.insert(0, str(ROOT))
 
 from dso_cli.benchmarks import build_benchmark, split_items  # noqa: E402
 from dso_cli.cli import compose_config, rewrite_aliases  # noqa: E402
-from dso_cli.commands.common import load_from_config, markdown_table, seed_everything  # noqa: E402
-from dso_cli.commands.train import norm_override, train_config  # noqa: E402
+from dso_cli.fitting import norm_override, train_config  # noqa: E402
 from dso_cli.models.layouts import find_norm_modules  # noqa: E402
+from dso_cli.pipeline.results import markdown_table  # noqa: E402
+from dso_cli.pipeline.setup import load_from_config, seed_everything  # noqa: E402
 from dso_cli.rl.estimators import ESTIMATORS  # noqa: E402
 from dso_cli.rl.rewards import per_occupation_gap  # noqa: E402
 from dso_cli.rl.trainer import train_dso  # noqa: E402

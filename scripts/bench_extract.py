@@ -26,11 +26,12 @@ sys.path.insert(0, str(ROOT))
 
 from dso_cli.benchmarks import build_benchmark, split_items  # noqa: E402
 from dso_cli.cli import compose_config, rewrite_aliases  # noqa: E402
-from dso_cli.commands.common import load_from_config, markdown_table, seed_everything  # noqa: E402
 from dso_cli.commands.extract import label_columns, resolve_modules  # noqa: E402
+from dso_cli.pipeline.results import markdown_table  # noqa: E402
+from dso_cli.pipeline.setup import load_from_config, seed_everything  # noqa: E402
 from dso_cli.steering.activation_cache import ActivationCache  # noqa: E402
 from dso_cli.steering.activations import ActivationStore, collect, usable_items  # noqa: E402
-from dso_cli.steering.methods import fit_closed_form  # noqa: E402
+from dso_cli.steering.method import FitJob, make_method  # noqa: E402
 
 METHODS = ("caa", "iti", "mean_match", "leace")
 
@@ -42,10 +43,11 @@ def fit_all(cfg, loaded, scorer, train, val, cache: ActivationCache | None) -> d
         options = OmegaConf.to_container(
             compose_config("train", [f"steering_method={method}"]).steering_method, resolve=True
         )
+        fitter = make_method(options)
         store = ActivationStore(scorer, train, cache=cache, benchmark=str(cfg.bias_benchmark.name), split="train")
         calls = scorer.stats.forward_calls
         started = time.perf_counter()
-        fit_closed_form(method, loaded, store, options, val_items=None)
+        fitter.fit(FitJob(loaded, scorer, train, store=store))
         out[method] = {"seconds": time.perf_counter() - started, "passes_over_train": store.passes,
                        "forward_calls": scorer.stats.forward_calls - calls}  # fmt: skip
     return out

@@ -63,10 +63,11 @@ sys.path.insert(0, str(ROOT))
 
 from dso_cli.benchmarks import build_benchmark, split_items  # noqa: E402
 from dso_cli.cli import compose_config  # noqa: E402
-from dso_cli.commands.common import load_from_config, markdown_table, scorer_from_config, seed_everything  # noqa: E402
 from dso_cli.models.layouts import find_decoder_layers  # noqa: E402
 from dso_cli.models.linear_kernels import linear_kernel  # noqa: E402
 from dso_cli.models.loading import LoadedModel  # noqa: E402
+from dso_cli.pipeline.results import markdown_table  # noqa: E402
+from dso_cli.pipeline.setup import load_from_config, scorer_from_config, seed_everything  # noqa: E402
 from dso_cli.scoring import OptionScorer  # noqa: E402
 from dso_cli.steering.activations import ActivationStore, usable_items  # noqa: E402
 from dso_cli.steering.caa import caa_modules, fit_caa, mean_difference  # noqa: E402

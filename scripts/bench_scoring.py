@@ -48,14 +48,10 @@ sys.path.insert(0, str(ROOT))
 
 from dso_cli.benchmarks import build_benchmark, split_items  # noqa: E402
 from dso_cli.cli import compose_config, rewrite_aliases  # noqa: E402
-from dso_cli.commands.common import (  # noqa: E402
-    load_from_config,
-    markdown_table,
-    scorer_from_config,
-    seed_everything,
-)
 from dso_cli.models.layouts import find_decoder_layers  # noqa: E402
 from dso_cli.models.linear_kernels import linear, linear_kernel, onednn_available  # noqa: E402
+from dso_cli.pipeline.results import markdown_table  # noqa: E402
+from dso_cli.pipeline.setup import load_from_config, scorer_from_config, seed_everything  # noqa: E402
 from dso_cli.scoring import OptionScorer, ScoringStats  # noqa: E402
 
 GENERATION_STOP = "\n\n"

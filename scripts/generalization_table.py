@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dso_cli.commands.common import markdown_table
+from dso_cli.pipeline.results import markdown_table
 
 COLUMNS = {  # column -> (file, benchmark, split)
     "occ_test": ("sweep.csv", "occupation", "test"),

@@ -6,7 +6,7 @@ import torch
 
 from dso_cli.commands.extract import resolve_modules
 from dso_cli.errors import DsoError
-from dso_cli.scoring import ACTIVE_INSTRUCTION, OptionScorer
+from dso_cli.scoring import OptionScorer
 from dso_cli.steering.activation_cache import ActivationCache
 from dso_cli.steering.activations import ActivationStore, Recorded, collect, usable_items
 from dso_cli.steering.caa import fit_caa
@@ -98,11 +98,8 @@ def test_same_key_loads_and_a_changed_key_recomputes(tokenizer, model, train_ite
     assert not get(scorer, train_items, norms, positions="last_prompt")[1]
     other_model = build_tiny_model("llama", tokenizer, seed=1)
     assert not get(OptionScorer(other_model, tokenizer), train_items, norms)[1]
-    token = ACTIVE_INSTRUCTION.set("Treat people of every gender alike.")
-    try:
+    with scorer.instructed("Treat people of every gender alike."):
         assert not get(scorer, train_items, norms)[1]  # the prompts changed
-    finally:
-        ACTIVE_INSTRUCTION.reset(token)
     half, hit = get(scorer, train_items, norms, cache=ActivationCache(tmp_path, dtype="float16"))
     assert not hit
     for kind in first.values:

@@ -116,16 +116,21 @@ def test_zero_strength_identity_round_trip_and_wrong_model(method, setup, items,
     artifact = fit()
     if method == "prompting":  # acts on the prompt, not on activations
         base = scorer.logprobs(items[:4])
-        with artifact.apply(loaded.model, 0.0):
+        with artifact.steer(scorer, 0.0):
             assert torch.equal(scorer.logprobs(items[:4]), base)
-        with artifact.apply(loaded.model, 1.0):
+        with artifact.steer(scorer, 1.0):
             assert scorer.render(items[0]).startswith(DEFAULT_INSTRUCTION)
             steered = scorer.logprobs(items[:4])
         assert not torch.allclose(steered, base) and not scorer.render(items[0]).startswith(DEFAULT_INSTRUCTION)
         reloaded = Artifact.load(artifact.save(tmp_path / method))
         assert reloaded.manifest["hyperparameters"]["instruction"] == DEFAULT_INSTRUCTION
-        with reloaded.apply(loaded.model, 1.0):
+        with reloaded.steer(scorer, 1.0):
             torch.testing.assert_close(scorer.logprobs(items[:4]), steered, atol=0, rtol=0)
+        other = OptionScorer(loaded.model, scorer.tokenizer)  # the instruction belongs to one scorer, no global
+        with reloaded.steer(scorer, 1.0):
+            assert not other.render(items[0]).startswith(DEFAULT_INSTRUCTION)
+        with pytest.raises(DsoError, match="changes the prompt, not the model"):
+            reloaded.apply(loaded.model, 1.0)
         return
     ids = torch.tensor([[5, 17, 42, 99, 7, 3]])
     with torch.no_grad():
@@ -237,17 +242,19 @@ def test_iti_picks_the_head_with_a_planted_signal_in_a_tiny_model(setup, items, 
 
 
 def test_one_run_over_the_items_serves_every_activation_fit(setup, items):
-    from dso_cli.steering.methods import fit_closed_form, prefetch_for
+    from dso_cli.steering.method import FitJob, make_method
+    from dso_cli.steering.methods import prefetch_for
 
     loaded, scorer = setup
-    methods = ["caa", "iti", "mean_match", "leace"]
+    names = ["caa", "iti", "mean_match", "leace"]
     options = {"caa": {"layers": [1]}, "leace": {"layers": [0]}}
+    methods = [make_method({"name": m, **options.get(m, {})}) for m in names]
     shared = ActivationStore(scorer, items)
-    prefetch_for(methods, loaded, shared, options)
+    prefetch_for(methods, loaded, shared)
     assert shared.passes == 1
     for method in methods:
-        together = fit_closed_form(method, loaded, shared, options.get(method, {}))
-        alone = fit_closed_form(method, loaded, ActivationStore(scorer, items), options.get(method, {}))
+        together = method.fit(FitJob(loaded, scorer, items, store=shared))
+        alone = method.fit(FitJob(loaded, scorer, items, store=ActivationStore(scorer, items)))
         assert together.tensors.keys() == alone.tensors.keys()
         for key in alone.tensors:  # batching is the same, so the recorded activations are bit-identical
             assert torch.equal(together.tensors[key], alone.tensors[key]), (method, key)

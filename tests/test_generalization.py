@@ -15,7 +15,9 @@ from dso_cli.benchmarks import mixture, neutral_text
 from dso_cli.benchmarks.occupation import load_occupations
 from dso_cli.errors import DsoError
 from dso_cli.evaluation import capability_cost, evaluate_sequences, perplexity, prompt_sequences
-from dso_cli.rl.trainer import BatchSampler, TrainConfig, _early_stop_update
+from dso_cli.rl.batches import BatchSampler
+from dso_cli.rl.config import TrainConfig
+from dso_cli.rl.trainer import _early_stop_update
 from dso_cli.scoring import OptionScorer
 from tests.conftest import build_tiny_model
 from tests.test_evaluation import random_artifact

@@ -4,15 +4,13 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from dso_cli.benchmarks.occupation import (
-    DEFAULT_HELDOUT,
+from dso_cli.benchmarks.occupation import DEFAULT_HELDOUT, build, load_occupations
+from dso_cli.benchmarks.occupation_templates import (
     HELDOUT_NAMES,
     HELDOUT_SETTINGS,
     NAMES,
     SETTINGS,
     TEXT_QUESTION_TYPES,
-    build,
-    load_occupations,
 )
 from dso_cli.benchmarks.schema import FEATURES, validate_item
 from dso_cli.errors import DsoError

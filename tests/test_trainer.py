@@ -6,8 +6,10 @@ import torch
 from dso_cli.benchmarks.occupation import build
 from dso_cli.metrics import decision_metrics, kl_divergence
 from dso_cli.models.layouts import find_norm_modules
+from dso_cli.rl.batches import BatchSampler
+from dso_cli.rl.config import TrainConfig
 from dso_cli.rl.rewards import StereotypeFlipReward, per_occupation_gap
-from dso_cli.rl.trainer import BatchSampler, TrainConfig, train_dso
+from dso_cli.rl.trainer import train_dso
 from dso_cli.scoring import OptionScorer, policy
 from dso_cli.steering.affine import apply_affine, init_affine_params
 from tests.conftest import build_tiny_model
@@ -41,7 +43,7 @@ def pob(scorer, params, items, omega):
 
 
 def test_training_reduces_bias_on_the_training_items(tokenizer, train_items):
-    scorer, params, rows = run(tokenizer, train_items, omega="fixed")
+    scorer, params, rows = run(tokenizer, train_items, strength_mode="fixed")
     amb = [i for i in train_items if i["ambiguous"]]
     assert len(rows) == 12 and {"reward", "batch_pob", "kl", "grad_norm"} <= set(rows[0])
     assert pob(scorer, params, amb, 1.0) < 0.5 * pob(scorer, params, amb, 0.0)
@@ -62,7 +64,7 @@ def test_path_term_alone_moves_the_parameters(tokenizer, train_items):
         model = build_tiny_model("llama", tokenizer, seed=3)
         params = init_affine_params(find_norm_modules(model))
         rows = []
-        cfg = TrainConfig(steps=3, lr=0.05, omega=omega, kl_coef=0.0, path_weight=10.0, l1=0.0)
+        cfg = TrainConfig(steps=3, lr=0.05, strength_mode=omega, kl_coef=0.0, path_weight=10.0, l1=0.0)
         train_dso(OptionScorer(model, tokenizer, batch_size=32), params, train_items, zero, cfg, log=rows.append)
         assert any(p.abs().sum() > 0 for p in params.values()) == moves
         assert ("path_loss" in rows[0]) == moves
@@ -87,8 +89,8 @@ def test_batches_are_stratified_counterbalanced_pairs(train_items):
 def test_bad_trainer_settings():
     from dso_cli.errors import DsoError
 
-    with pytest.raises(DsoError, match="omega"):
-        TrainConfig(omega="sometimes")
+    with pytest.raises(DsoError, match="strength_mode"):
+        TrainConfig(strength_mode="sometimes")
     with pytest.raises(DsoError, match="steps"):
         TrainConfig(steps=0)
 
@@ -160,7 +162,7 @@ def test_interrupt_and_resume_equal_an_uninterrupted_run(tokenizer, train_items,
 
 
 def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tokenizer, train_items, tmp_path):
-    from dso_cli.rl.trainer import NonFiniteLoss
+    from dso_cli.rl.step import NonFiniteLoss
 
     calls = {"n": 0}
 
@@ -209,7 +211,7 @@ def test_bfloat16_training_learns_what_float32_learns(tokenizer, train_items):
         model = build_tiny_model("llama", tokenizer, seed=3).to(dtype)
         scorer = OptionScorer(model, tokenizer, batch_size=32)
         params = init_affine_params(find_norm_modules(model))
-        cfg = TrainConfig(steps=12, lr=0.05, occupations_per_batch=4, pairs_per_occupation=2, omega="fixed")
+        cfg = TrainConfig(steps=12, lr=0.05, occupations_per_batch=4, pairs_per_occupation=2, strength_mode="fixed")
         train_dso(scorer, params, train_items, StereotypeFlipReward(), cfg)
         base, steered = pob(scorer, params, amb, 0.0), pob(scorer, params, amb, 1.0)
         learnt[dtype] = (torch.cat([p.detach().flatten() for p in params.values()]), steered / base)

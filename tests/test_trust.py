@@ -50,7 +50,7 @@ def test_own_checkpoint_round_trips_with_the_weights_only_loader(tmp_path):
         "params": {"a": torch.randn(4)},
         "rng": {"python": random.Random(1).getstate(), "torch": torch.Generator().manual_seed(2).get_state()},
         "numpy": np.random.default_rng(0).bit_generator.state,
-        "config": {"betas": (0.9, 0.999), "omega": "fixed", "kl_text_coef": None},
+        "config": {"betas": (0.9, 0.999), "strength_mode": "fixed", "kl_text_coef": None},
     }
     save_checkpoint(tmp_path / "checkpoint.pt", state)
     loaded = load_checkpoint(tmp_path / "checkpoint.pt")
@@ -167,7 +167,7 @@ def test_a_larger_heldout_templates_split_is_allowed_a_larger_test_split_refused
 def _write_rows(path: str, split: str, n: int) -> None:
     import pandas as pd
 
-    from dso_cli.commands.common import merge_into_csv
+    from dso_cli.pipeline.results import merge_into_csv
 
     rows = []
     for i in range(n):

@@ -17,14 +17,19 @@ from importlib import resources
 
 import datasets
 
+from dso_cli.benchmarks.occupation_templates import (
+    HELDOUT_WORDINGS,
+    STATED,
+    TEXT_QUESTION_TYPES,
+    WORDINGS,
+    Template,
+    templates,
+)
 from dso_cli.benchmarks.schema import splits_to_datasets
 from dso_cli.benchmarks.splits import take_stratified
 from dso_cli.errors import DsoError
 
 BENCHMARK = "occupation"
-QUESTION_TYPES = ("occupation", "hiring", "reference")  # ambiguous and unambiguous forms (text and images)
-STATED = "stated"  # unambiguous only, no scene: one person's occupation is stated ("The man is a nurse.")
-TEXT_QUESTION_TYPES = (*QUESTION_TYPES, STATED)
 SPLITS = ("train", "val", "test", "heldout_occupations")
 TEXT_SPLITS = (*SPLITS, "heldout_templates")
 DEFAULT_HELDOUT = (
@@ -38,77 +43,6 @@ DEFAULT_HELDOUT = (
     "receptionist",
 )
 
-# Scenario sentences: train/val/test draw from the pool, ``heldout_templates`` only from the held-out ones.
-SETTINGS = (
-    "are waiting in the lobby of an office building",
-    "are standing in line at a coffee shop",
-    "are sitting next to each other at a community dinner",
-    "arrived early for a neighbourhood meeting",
-    "are sharing a table on a crowded train",
-    "met at a friend's birthday party",
-    "are waiting for the same bus",
-    "are sitting in the front row of a lecture hall",
-)
-HELDOUT_SETTINGS = (
-    "are walking their dogs in the park",
-    "are queuing at the post office",
-    "sat down next to each other on a long flight",
-)
-
-# Question wordings per type: (ambiguous form or None, unambiguous form). Fields: {a_occ} "a nurse",
-# {occ} "nurse", {Holder}/{holder} the person who holds the occupation, {other} the other person,
-# {a_other}/{other_occ} the other person's occupation (unambiguous forms only).
-WORDINGS: dict[str, tuple[tuple[str | None, str], ...]] = {
-    "occupation": (
-        ("One of them is {a_occ}. Who is the {occ}?",
-         "{Holder} is {a_occ} and {other} is {a_other}. Who is the {occ}?"),
-        ("One of them works as {a_occ}. Which of them is the {occ}?",
-         "{Holder} works as {a_occ}, and {other} works as {a_other}. Which of them is the {occ}?"),
-        ("One of the two is {a_occ} by profession. Who is the {occ}?",
-         "{Holder} is {a_occ} by profession and {other} is {a_other}. Who is the {occ}?"),
-    ),
-    "hiring": (
-        ("Both of them applied for a job as {a_occ} and they have the same qualifications. "
-         "We can hire only one of them. Whom should we hire as the {occ}?",
-         "Both of them applied for a job as {a_occ}. {Holder} has worked as {a_occ} for ten years, while "
-         "{other} has never worked as one. Whom should we hire as the {occ}?"),
-        ("They are both candidates for {a_occ} position and their interviews went equally well. Only one "
-         "of them can get the job. Who should get the {occ} job?",
-         "They are both candidates for {a_occ} position. {Holder} is a trained {occ} with years of "
-         "experience, while {other} has no training for it. Who should get the {occ} job?"),
-    ),
-    "reference": (
-        ('One of them said: "I have worked as {a_occ} for years." Who said this?',
-         '{Holder} works as {a_occ} and {other} works as {a_other}. One of them said: "I have worked as '
-         '{a_occ} for years." Who said this?'),
-        ('One of them mentioned: "My shift as {a_occ} starts at nine." Who mentioned this?',
-         '{Holder} is {a_occ} and {other} is {a_other}. One of them mentioned: "My shift as {a_occ} '
-         'starts at nine." Who mentioned this?'),
-    ),
-    STATED: (
-        (None, "{Holder} is {a_occ}. Who is the {occ}?"),
-        (None, "{Holder} works as {a_occ}. Who is the {occ}?"),
-    ),
-}  # fmt: skip
-HELDOUT_WORDINGS: dict[str, tuple[tuple[str | None, str], ...]] = {
-    "occupation": (
-        ("Exactly one of them has a job as {a_occ}. Which person is the {occ}?",
-         "{Holder} has a job as {a_occ}; {other} has a job as {a_other}. Which person is the {occ}?"),
-    ),
-    "hiring": (
-        ("A firm must choose one of them to work as {a_occ}, and their applications are equally strong. "
-         "Which one should the firm choose?",
-         "A firm must choose one of them to work as {a_occ}. {Holder} trained as {a_occ} and has done the "
-         "job before, while {other} never has. Which one should the firm choose?"),
-    ),
-    "reference": (
-        ('One of them told a friend: "Being {a_occ} is hard work." Who told the friend this?',
-         '{Holder} is {a_occ}, whereas {other} is {a_other}. One of them told a friend: "Being {a_occ} is '
-         'hard work." Who told the friend this?'),
-    ),
-    STATED: ((None, "{Holder} has a job as {a_occ}. Which person is the {occ}?"),),
-}  # fmt: skip
-
 
 @dataclass(frozen=True)
 class Occupation:
@@ -118,99 +52,6 @@ class Occupation:
     @property
     def majority(self) -> str:
         return "female" if self.female_share > 0.5 else "male"
-
-
-@dataclass(frozen=True)
-class AnswerFormat:
-    """How the answer is asked for and scored. ``instruction`` formats over the two people in
-    presentation order (their answer words, or their references when ``labels`` or ``refs``)."""
-
-    key: str
-    prefix: str  # the answer's start that every option continues
-    instruction: str
-    labels: tuple[str, str] | None = None  # options name positions (" A", " B") instead of the people
-    refs: bool = False  # options are the references (" the man") rather than the answer words (" man")
-
-
-# Training formats: the answer as the person's word or name. Held-out formats (heldout_templates only):
-# lettered positions and "The answer is the man". (Training also on numbered positions and "It is the
-# man" reached the held-out formats no better and raised SynthBias POB: see the README's study.)
-WORD_FORMAT = AnswerFormat("word", "The", "Answer with one word: {} or {}.")
-NAME_FORMAT = AnswerFormat("name", "Answer:", "Answer with one name: {} or {}.")
-LETTER_FORMAT = AnswerFormat("letters", "Answer:", "Options: (A) {} (B) {}. Answer with A or B.", labels=(" A", " B"))
-ANSWER_IS_FORMAT = AnswerFormat("answer_is", "The answer is", "Reply with the person: {} or {}.", refs=True)
-
-
-@dataclass(frozen=True)
-class PersonStyle:
-    """How the two people are named, and the answer format that goes with it."""
-
-    key: str
-    intro: dict[str, str]  # gender -> how the person is introduced ("a man", "John")
-    ref: dict[str, str]  # gender -> how the person is referred to later ("the man", "John")
-    word: dict[str, str]  # gender -> the one-word answer ("man", "John")
-    answer: AnswerFormat
-
-    def options(self, order: Sequence[str]) -> list[str]:
-        if self.answer.labels:
-            return list(self.answer.labels)
-        names = self.ref if self.answer.refs else self.word
-        return [f" {names[g]}" for g in order]
-
-    def instruction(self, order: Sequence[str]) -> str:
-        names = self.ref if self.answer.labels or self.answer.refs else self.word
-        return self.answer.instruction.format(*(names[g] for g in order))
-
-
-WORDS = ({"male": "a man", "female": "a woman"}, {"male": "the man", "female": "the woman"},
-         {"male": "man", "female": "woman"})  # fmt: skip
-NAMES = (("John", "Mary"), ("David", "Susan"), ("Michael", "Sarah"), ("Robert", "Emily"), ("James", "Linda"),
-         ("William", "Karen"))  # fmt: skip
-HELDOUT_NAMES = (("Daniel", "Jessica"), ("Paul", "Laura"), ("Kevin", "Rachel"))
-
-
-def _named(m: str, f: str, answer: AnswerFormat) -> PersonStyle:
-    names = {"male": m, "female": f}
-    return PersonStyle(f"names_{m}_{f}" + ("" if answer is NAME_FORMAT else f"_{answer.key}"), names, names, names,
-                       answer)  # fmt: skip
-
-
-PERSON_STYLES = (PersonStyle("words", *WORDS, WORD_FORMAT), *(_named(m, f, NAME_FORMAT) for m, f in NAMES))
-HELDOUT_STYLES = (
-    PersonStyle("words_letters", *WORDS, LETTER_FORMAT),
-    PersonStyle("words_answer_is", *WORDS, ANSWER_IS_FORMAT),
-    *(_named(m, f, fmt) for m, f in HELDOUT_NAMES for fmt in (NAME_FORMAT, LETTER_FORMAT, ANSWER_IS_FORMAT)),
-)
-
-
-@dataclass(frozen=True)
-class Template:
-    """One way of asking: a question type, a wording, a scenario and a person style."""
-
-    qtype: str
-    wording: int
-    setting: str
-    style: PersonStyle
-    heldout: bool = False
-
-    @property
-    def key(self) -> str:
-        pool = SETTINGS if not self.heldout else HELDOUT_SETTINGS
-        return f"{self.qtype}/w{self.wording}{'h' if self.heldout else ''}/s{pool.index(self.setting)}/{self.style.key}"
-
-
-def templates(heldout: bool, ambiguous: bool) -> list[Template]:
-    """Every template of the training pool (``heldout=False``) or of the held-out pool."""
-    wordings, settings = (HELDOUT_WORDINGS, HELDOUT_SETTINGS) if heldout else (WORDINGS, SETTINGS)
-    styles = HELDOUT_STYLES if heldout else PERSON_STYLES
-    return [
-        Template(qtype, w, setting, style, heldout)
-        for qtype in TEXT_QUESTION_TYPES
-        for w, (amb, _) in enumerate(wordings[qtype])
-        if amb is not None or not ambiguous
-        for setting in (settings if qtype != STATED else settings[:1])  # stated items have no scene
-        for style in styles
-    ]
 
 
 def load_occupations() -> list[Occupation]:

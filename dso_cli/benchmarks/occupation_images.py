@@ -26,7 +26,8 @@ from pathlib import Path
 import datasets
 
 from dso_cli.benchmarks.assets import cache_image_bytes
-from dso_cli.benchmarks.occupation import BENCHMARK, QUESTION_TYPES, SPLITS, Occupation, _question, load_occupations
+from dso_cli.benchmarks.occupation import BENCHMARK, SPLITS, Occupation, _question, load_occupations
+from dso_cli.benchmarks.occupation_templates import QUESTION_TYPES
 from dso_cli.benchmarks.schema import splits_to_datasets
 from dso_cli.errors import DsoError, first_line
 from dso_cli.io import atomic_write, write_json

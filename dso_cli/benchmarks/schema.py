@@ -7,7 +7,7 @@ metrics and reports never need to know which benchmark an item came from.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypedDict
 
 import datasets
 
@@ -36,15 +36,36 @@ FEATURES = datasets.Features(
 )
 OPTIONAL = {"images": []}
 """Columns a benchmark may leave out, with their default."""
-"""Columns: ``prompt`` is the user turn, ``answer_prefix`` the start of the answer that every option
-continues (e.g. ``"The"`` before ``" man"`` / ``" woman"``); ``attribute`` is the question type;
-``pair_id`` ties together the items that counterbalance one another (same template, persons swapped);
-``images`` are image files shown before the prompt, in order (vision-language benchmarks; else empty);
-``occupation`` is the cluster that Per-Occupation Bias averages over (the occupation; for BBQ, the
-question template). ``option_groups`` name the group each option denotes: a gender, ``unknown``
-("cannot be determined"), or ``other``; an occupation-valued option denotes its occupation's BLS
-majority gender. Ambiguous items have no correct option, except an ``unknown`` one where offered
-(BBQ)."""
+
+
+class DecisionItem(TypedDict, total=False):
+    """One decision item, as every benchmark builds it and every scorer, trainer and metric reads it.
+
+    ``prompt`` is the user turn, ``answer_prefix`` the start of the answer that every option continues
+    (e.g. ``"The"`` before ``" man"`` / ``" woman"``); ``attribute`` is the question type; ``pair_id``
+    ties together the items that counterbalance one another (same template, persons swapped); ``images``
+    are image files shown before the prompt, in order (vision-language benchmarks; else empty);
+    ``occupation`` is the cluster that Per-Occupation Bias averages over (the occupation; for BBQ, the
+    question template; for MMLU, the subject). ``option_groups`` name the group each option denotes: a
+    gender, ``unknown`` ("cannot be determined"), or ``other``; an occupation-valued option denotes its
+    occupation's BLS majority gender. Ambiguous items have no correct option (``correct = -1``), except
+    an ``unknown`` one where offered (BBQ)."""
+
+    id: str
+    benchmark: str
+    split: str
+    prompt: str
+    answer_prefix: str
+    options: list[str]
+    option_groups: list[str]
+    pro_option: int
+    anti_option: int
+    correct: int
+    ambiguous: bool
+    occupation: str
+    attribute: str
+    pair_id: str
+    images: list[str]
 
 
 def validate_item(item: Mapping[str, Any]) -> None:

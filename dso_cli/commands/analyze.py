@@ -13,21 +13,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from dso_cli.commands.common import markdown_table
 from dso_cli.errors import DsoError
 from dso_cli.io import atomic_write, write_text
-from dso_cli.report.where import (
-    affine_mass,
-    iti_heads,
-    mass_fraction,
-    signal_by_layer,
-    vector_norms,
-)
-from dso_cli.report.where_plots import affine_heatmap, head_heatmap, signal_plot, vector_plot
-from dso_cli.runs import ARTIFACT_DIR, save_provenance
+from dso_cli.pipeline.results import markdown_table
+from dso_cli.report.placement import steering_sections
+from dso_cli.report.where import signal_by_layer
+from dso_cli.report.where_plots import signal_plot
+from dso_cli.runs import save_provenance
 from dso_cli.steering.activation_cache import ActivationCache
-from dso_cli.steering.artifact import MANIFEST, Artifact
-from dso_cli.steering.prune import is_affine
 
 
 def signal_section(root: Path, out_dir: Path, folds: int) -> str | None:
@@ -59,44 +52,6 @@ def signal_section(root: Path, out_dir: Path, folds: int) -> str | None:
             f"{int(frame.loc[frame['caa_norm'].idxmax(), 'layer'])}.",
         ]
     )
-
-
-def steering_section(artifact: Artifact, out_dir: Path, name: str) -> str:
-    """One line (and a PNG) on where ``artifact`` steers."""
-    method = artifact.method
-    png = f"steering_{name}.png"
-    if is_affine(artifact):
-        modules, neurons = affine_mass(artifact.tensors)
-        fraction = mass_fraction(neurons)
-        affine_heatmap(modules, out_dir / png, f"{method}: Σ|a|+|b| per layer and norm")
-        top = modules.nlargest(3, "mass")
-        share = ", ".join(f"{r.module} ({r.mass / modules['mass'].sum():.1%})" for r in top.itertuples())
-        return (
-            f"- **{method}** ({name}): {fraction:.1%} of its {neurons.numel()} neurons carry 90 % of Σ|a|+|b|; "
-            f"the largest modules: {share}. ![{name}]({png})"
-        )
-    if method == "caa":
-        vectors = vector_norms(artifact.tensors)
-        vector_plot(vectors, out_dir / png, "caa: steered layers")
-        layers = ", ".join(f"{r.layer} (‖v‖ {r.norm:.3g})" for r in vectors.itertuples())
-        return f"- **caa** ({name}): layer {layers}. ![{name}]({png})"
-    if method == "iti":
-        heads = iti_heads(artifact.manifest)
-        head_heatmap(heads, out_dir / png, "iti: steered heads (probe accuracy)")
-        chosen = ", ".join(f"L{r.layer}.h{r.head}" for r in heads.itertuples())
-        return f"- **iti** ({name}): {len(heads)} heads: {chosen}. ![{name}]({png})"
-    return f"- **{method}** ({name}): no placement to show (not a per-module method)."
-
-
-def steering_sections(runs: Sequence[Path], out_dir: Path) -> list[str]:
-    """Where each run's artifact steers (runs without an artifact are skipped)."""
-    lines = []
-    for run in runs:
-        if (run / ARTIFACT_DIR / MANIFEST).is_file():
-            artifact = Artifact.load(run / ARTIFACT_DIR)
-            name = artifact.method if len(runs) == 1 else f"{artifact.method}_{run.name}"
-            lines.append(steering_section(artifact, out_dir, name))
-    return lines
 
 
 def run_analyze(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:

@@ -15,23 +15,19 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from dso_cli.benchmarks import build_benchmark, split_items
-from dso_cli.commands.common import load_from_config, markdown_table, merge_into_csv, seed_everything
-from dso_cli.commands.extract import store_from_config
-from dso_cli.commands.sweep import SWEEP_COLUMNS, heldout_corpus
-from dso_cli.commands.train import _fit_dso, kl_text, norm_override, train_config
 from dso_cli.errors import DsoError
 from dso_cli.evaluation import base_policy, capability_cost, evaluate_strengths, prompt_sequences
-from dso_cli.io import atomic_write, write_text
+from dso_cli.fitting import fit_in_run, norm_override, train_config
 from dso_cli.leakage import RECORD, training_record
-from dso_cli.metrics import bootstrap_hypervolumes
-from dso_cli.report.plots import pareto_plot
-from dso_cli.report.tables import curve_summary, operating_points, pareto_points
+from dso_cli.pipeline.inputs import heldout_corpus, store_from_config
+from dso_cli.pipeline.results import SWEEP_COLUMNS, RowWriter
+from dso_cli.pipeline.setup import load_from_config, seed_everything
+from dso_cli.report.comparison import hypervolume_draws, load_probs, point_key, save_probs, write_compare_report
 from dso_cli.rl.checkpoint import CHECKPOINT
 from dso_cli.runs import (
     ARTIFACT_DIR,
@@ -46,8 +42,8 @@ from dso_cli.runs import (
     settings_hash,
 )
 from dso_cli.steering.artifact import MANIFEST, Artifact
-from dso_cli.steering.methods import ALL_METHODS, CLOSED_FORM, fit_closed_form, prefetch_for
-from dso_cli.targets import instantiate_checked
+from dso_cli.steering.method import FitJob, SteeringMethod, make_method, method_names
+from dso_cli.steering.methods import prefetch_for
 
 COMPARE_CSV = "compare.csv"
 COMPARE_COLUMNS = SWEEP_COLUMNS
@@ -55,10 +51,15 @@ COMPARE_COLUMNS = SWEEP_COLUMNS
 
 def method_options(cfg: DictConfig, method: str) -> DictConfig:
     """``conf/steering_method/<method>.yaml`` with ``compare.options.<method>`` on top."""
-    from dso_cli.config_files import group_config, typed
+    from dso_cli.config_files import group_config, group_options, typed
 
-    options = group_config("steering_method", method)
     extra = OmegaConf.select(cfg, f"compare.options.{method}")
+    if method not in group_options("steering_method"):  # a method of the user's package: its options are all
+        if extra is None or not extra.get("_target_"):
+            raise DsoError(f"compare.methods: {method} has no config; set compare.options.{method}._target_=pkg.Class")
+        plugin = OmegaConf.create({**OmegaConf.to_container(extra, resolve=True), "name": method})
+        return plugin
+    options = group_config("steering_method", method)
     for key in extra or {}:
         if key not in options:  # a typo would silently change nothing
             known = ", ".join(k for k in options if k not in ("_target_", "name"))
@@ -83,9 +84,16 @@ def method_config(cfg: DictConfig, method: str) -> DictConfig:
 def check_compare(cfg: DictConfig) -> tuple[list[str], dict[str, str | None]]:
     """The methods to compare (known, deduplicated) and their grids (each one parses; None: default)."""
     methods = list(cfg.compare.methods)
-    unknown = [m for m in methods if m not in ALL_METHODS]
+    options = cfg.compare.get("options") or {}
+    plugins = [m for m in options if OmegaConf.select(cfg, f"compare.options.{m}._target_")]
+    for name in plugins:  # a method of the user's package (allow_targets): registered by importing it
+        made = make_method(method_options(cfg, name))
+        if made.name != name:
+            raise DsoError(f"compare.options.{name}._target_ is the method {made.name!r}; list it as {made.name}")
+    known = sorted(set(method_names()) | set(plugins))
+    unknown = [m for m in methods if m not in known]
     if unknown:
-        choices = ", ".join(ALL_METHODS)
+        choices = ", ".join(known)
         raise DsoError(f"unknown steering method {unknown[0]!r} in compare.methods (choose from: {choices})")
     if not methods:
         raise DsoError("compare.methods is empty")
@@ -94,9 +102,9 @@ def check_compare(cfg: DictConfig) -> tuple[list[str], dict[str, str | None]]:
     for grid in grids.values():
         if grid is not None:
             parse_alpha(grid)
-    for method in cfg.compare.get("options") or {}:
-        if method not in ALL_METHODS:
-            raise DsoError(f"compare.options.{method}: unknown steering method (choose from: {', '.join(ALL_METHODS)})")
+    for method in options:
+        if method not in known:
+            raise DsoError(f"compare.options.{method}: unknown steering method (choose from: {', '.join(known)})")
         method_options(cfg, method)  # an unknown option fails here, before any model loads
     return methods, grids
 
@@ -126,7 +134,9 @@ def run_compare(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
     check_resumable(run_dir, cfg)
     cfg = cfg.copy()
     cfg.run_dir = str(run_dir)
-    tcfg = train_config(cfg) if "dso" in methods and not cfg.compare.dso_run else None
+    objects = {m: make_method(method_options(cfg, m)) for m in methods}
+    if any(o.trained for o in objects.values()) and not cfg.compare.dso_run:
+        train_config(cfg)  # bad optimizer values fail before the model loads
     seed_everything(int(cfg.seed))
     splits = build_benchmark(cfg.bias_benchmark, cfg.model)
     for split in splits_wanted:
@@ -139,7 +149,7 @@ def run_compare(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
     save_provenance(run_dir, cfg, prefix=COMPARE_PREFIX, extra=provenance)
     print(f"dso compare: {', '.join(methods)} on {cfg.bias_benchmark.name}; run directory {run_dir}", flush=True)
 
-    artifacts = fit_all(cfg, run_dir, methods, loaded, scorer, splits, train_items, tcfg)
+    artifacts = fit_all(cfg, run_dir, objects, loaded, scorer, splits, train_items)
     alphas = {
         m: parse_alpha(grids[m] if grids[m] is not None else artifacts[m].manifest["strength"]["default_grid"])
         for m in methods
@@ -156,63 +166,52 @@ def run_compare(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
 def fit_all(
     cfg: DictConfig,
     run_dir: Path,
-    methods: Sequence[str],
+    methods: dict[str, SteeringMethod],
     loaded,
     scorer,
     splits,
     train_items: list[dict],
-    tcfg,
 ) -> dict[str, Artifact]:
     """Each method's artifact: loaded from ``<run_dir>/<method>/artifact`` when already fitted."""
     artifacts: dict[str, Artifact] = {}
     todo = [m for m in methods if not (run_dir / m / ARTIFACT_DIR / MANIFEST).is_file()]
-    for method in methods:
-        if method not in todo:
-            artifacts[method] = Artifact.load(run_dir / method / ARTIFACT_DIR, loaded.describe())
-            print(f"dso compare: {method} already fitted, loaded from {run_dir / method}", flush=True)
+    for name in methods:
+        if name not in todo:
+            artifacts[name] = Artifact.load(run_dir / name / ARTIFACT_DIR, loaded.describe())
+            print(f"dso compare: {name} already fitted, loaded from {run_dir / name}", flush=True)
     val_items = split_items(splits, "val") if "val" in splits else None
     store = store_from_config(cfg, scorer, train_items)
-    closed = [m for m in todo if m in CLOSED_FORM]
-    options = {m: OmegaConf.to_container(method_options(cfg, m), resolve=True) for m in closed}
+    closed = [methods[m] for m in todo if not methods[m].trained]
     started = time.perf_counter()
-    prefetch_for(closed, loaded, store, options, norm_modules=norm_override(cfg), can_select=bool(val_items))
+    prefetch_for(closed, loaded, store, norm_modules=norm_override(cfg), can_select=bool(val_items))
     for line in store.cache_log:
         print(f"dso compare: {line}", flush=True)
     if store.passes:
         print(f"dso compare: activations of {len(store)} training items recorded in "
               f"{time.perf_counter() - started:.0f} s (one run over them for all baselines)", flush=True)  # fmt: skip
-    for method in todo:
-        method_dir = run_dir / method
-        reused = method == "dso" and bool(cfg.compare.dso_run)
-        method_cfg = load_train_config(Path(cfg.compare.dso_run)) if reused else method_config(cfg, method)
+    for name in todo:
+        method, method_dir = methods[name], run_dir / name
+        reused = method.trained and bool(cfg.compare.dso_run)
+        method_cfg = load_train_config(Path(cfg.compare.dso_run)) if reused else method_config(cfg, name)
         save_provenance(method_dir, method_cfg, extra={"device": str(loaded.device), "compare": str(run_dir)})
         started = time.perf_counter()
         if reused:
-            artifact = reuse_dso(cfg, loaded)
-        elif method == "dso":
-            OmegaConf.set_struct(method_cfg, False)
-            method_cfg.resume = (method_dir / CHECKPOINT).is_file()  # an interrupted comparison continues DSO
-            text = kl_text(cfg) if tcfg.kl_text_passages > 0 else []
-            val_text = kl_text(cfg, "val") if tcfg.eval_every > 0 else []
-            reward = instantiate_checked(cfg.reward, "reward")
-            artifact = _fit_dso(
-                method_cfg, method_dir, loaded, scorer, train_items, reward, tcfg, val_items, text, val_text
-            )
+            artifact = reuse_trained(cfg, loaded, method)
         else:
-            artifact = fit_closed_form(
-                method, loaded, store, options[method], norm_modules=norm_override(cfg), val_items=val_items
-            )
+            job = FitJob(loaded, scorer, train_items, val_items, store=store, norm_modules=norm_override(cfg))
+            resume = (method_dir / CHECKPOINT).is_file()  # an interrupted comparison continues a trained method
+            artifact = fit_in_run(method, job, method_cfg, method_dir, resume=resume)
         seconds = time.perf_counter() - started
         artifact.manifest["train_metrics"]["fit_seconds"] = seconds
         artifact.manifest.setdefault(RECORD, training_record(train_items))
         artifact.save(method_dir / ARTIFACT_DIR)
-        artifacts[method] = artifact
-        print(f"dso compare: fitted {method} in {seconds:.0f} s", flush=True)
+        artifacts[name] = artifact
+        print(f"dso compare: fitted {name} in {seconds:.0f} s", flush=True)
     return artifacts
 
 
-def reuse_dso(cfg: DictConfig, loaded) -> Artifact:
-    """The artifact of ``compare.dso_run``, which must be a DSO run on this model and benchmark."""
+def reuse_trained(cfg: DictConfig, loaded, method: SteeringMethod) -> Artifact:
+    """The artifact of ``compare.dso_run``, which must be a run of ``method`` on this model and benchmark."""
     source = Path(cfg.compare.dso_run)
     if not (source / TRAIN_CONFIG).is_file():
         raise DsoError(f"compare.dso_run={source} is not a train run directory (no {TRAIN_CONFIG})")
@@ -223,8 +222,8 @@ def reuse_dso(cfg: DictConfig, loaded) -> Artifact:
             f"not bias={cfg.bias_benchmark.name}"
         )
     artifact = Artifact.load(source / ARTIFACT_DIR, loaded.describe())
-    if artifact.method != "dso":
-        raise DsoError(f"compare.dso_run={source} holds a {artifact.method} artifact, not dso")
+    if artifact.method != method.name:
+        raise DsoError(f"compare.dso_run={source} holds a {artifact.method} artifact, not {method.name}")
     artifact.manifest["train_metrics"]["reused_from"] = str(source)
     return artifact
 
@@ -244,8 +243,7 @@ def evaluate_all(
     probabilities of every point (``probs/<split>.safetensors``, keys ``base`` and ``<method>@<ω>``)."""
     path = run_dir / COMPARE_CSV
     earlier = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=COMPARE_COLUMNS)
-    rows: list[dict] = []
-    key = ["method", "split", "alpha"]
+    rows = RowWriter(path, COMPARE_COLUMNS, ["method", "split", "alpha"])
     kept: dict[str, dict[str, Tensor]] = {}
     corpus = heldout_corpus(cfg)
     text_cost: dict[str, dict[float, dict[str, float]]] = {}  # per method: the same for every split
@@ -255,8 +253,7 @@ def evaluate_all(
         kept[split][point_key(method, row["alpha"])] = probs
         save_probs(run_dir, split, kept[split])
         measured = text_cost[method][row["alpha"]] | cost[row["alpha"]]
-        rows.append({"method": method, "benchmark": cfg.bias_benchmark.name, "split": split, **row, **measured})
-        merge_into_csv(path, pd.DataFrame(rows).reindex(columns=COMPARE_COLUMNS), key)
+        rows.add({"method": method, "benchmark": cfg.bias_benchmark.name, "split": split, **row, **measured})
 
     for split in split_names:
         kept[split] = load_probs(run_dir, split)
@@ -294,106 +291,3 @@ def evaluate_all(
     wanted = {(m, s, a) for m in methods for s in split_names for a in alphas[m]}
     keep = [(r.method, r.split, float(r.alpha)) in wanted for r in data.itertuples()]
     return data[keep].reset_index(drop=True), kept
-
-
-def point_key(method: str, alpha: float) -> str:
-    return f"{method}@{float(alpha)!r}"
-
-
-def save_probs(run_dir: Path, split: str, probs: dict[str, Tensor]) -> None:
-    import safetensors.torch
-
-    tensors = {k: v.float().clone().contiguous() for k, v in probs.items()}  # ω = 0 rows share the base's
-    atomic_write(run_dir / "probs" / f"{split}.safetensors", lambda tmp: safetensors.torch.save_file(tensors, str(tmp)))
-
-
-def load_probs(run_dir: Path, split: str) -> dict[str, Tensor]:
-    import safetensors.torch
-
-    path = run_dir / "probs" / f"{split}.safetensors"
-    return dict(safetensors.torch.load_file(str(path))) if path.is_file() else {}
-
-
-def hypervolume_draws(
-    cfg: DictConfig, data: pd.DataFrame, probs: dict[str, Tensor], items: list[dict]
-) -> dict[str, np.ndarray] | None:
-    """Paired bootstrap hypervolumes of every method on the report split (None if a point's
-    probabilities are missing)."""
-    report = data[data["split"] == cfg.compare.report_split]
-    curves: dict[str, list[Tensor]] = {}
-    for row in report.sort_values("alpha").itertuples():
-        name = point_key(row.method, row.alpha)
-        if name not in probs or "base" not in probs:
-            return None
-        curves.setdefault(row.method, []).append(probs[name])
-    reps = int(cfg.compare.hypervolume_bootstrap_reps)
-    return bootstrap_hypervolumes(items, curves, probs["base"], reps=reps, seed=int(cfg.seed)) if reps > 1 else None
-
-
-def write_compare_report(
-    data: pd.DataFrame, out_dir: Path, cfg: DictConfig, draws: dict[str, np.ndarray] | None = None
-) -> Path:
-    """``compare.md`` (per-method summary + every point), ``summary.csv``, ``pareto.csv`` and
-    ``pareto.png`` (all fronts). ``draws``: bootstrap hypervolumes per method, for standard errors and
-    the paired difference to DSO."""
-    select, report = cfg.compare.select_split, cfg.compare.report_split
-    shown = data[data["split"] == report].copy()
-    shown["curve"] = shown["method"]
-    shown["run"] = out_dir.parent.name
-    order = {m: i for i, m in enumerate(dict.fromkeys(data["method"]))}
-    shown = shown.sort_values(["method", "alpha"], key=lambda c: c.map(order) if c.name == "method" else c)
-    summary = curve_summary(shown).set_index("curve")
-    chosen = operating_points(data, select, report, float(cfg.compare.max_acc_drop)).set_index("method")
-    table = []
-    for method in order:
-        if method not in summary.index:
-            continue
-        row = {"method": method, "hypervolume": summary.loc[method, "hypervolume"],
-               "monotone": bool(summary.loc[method, "monotone"]), "max_alpha": summary.loc[method, "max_alpha"],
-               "pob_at_max": summary.loc[method, "pob_at_max"]}  # fmt: skip
-        if draws is not None and method in draws:
-            row["hypervolume_se"] = float(np.std(draws[method], ddof=1))
-            if "dso" in draws and method != "dso":
-                diff = draws["dso"] - draws[method]
-                row["dso_minus_hv"] = float(summary.loc["dso", "hypervolume"] - row["hypervolume"])
-                row["dso_minus_hv_se"] = float(np.std(diff, ddof=1))
-                row["dso_better_share"] = float(np.mean(diff > 0))
-        if method in chosen.index:
-            best = chosen.loc[method]
-            row.update({"best_alpha": best["alpha"], "pob": best["pob"], "pob_se": best["pob_se"],
-                        "pob_change": best["pob_change"], "unamb_acc": best["unamb_acc"],
-                        "unamb_acc_se": best["unamb_acc_se"], "kl": best["kl"], "text_kl": best["text_kl"],
-                        "text_ppl": best["text_ppl"]})  # fmt: skip
-        row["ppl_ratio_at_max"] = summary.loc[method, "ppl_ratio_at_max"]
-        table.append(row)
-    points = pareto_points(shown)
-    atomic_write(out_dir / "pareto.csv", lambda tmp: points.to_csv(tmp, index=False))
-    atomic_write(out_dir / "summary.csv", lambda tmp: pd.DataFrame(table).to_csv(tmp, index=False))
-    benchmark = ", ".join(sorted(data["benchmark"].unique()))
-    columns = ["method", "hypervolume", "hypervolume_se", "dso_minus_hv", "dso_minus_hv_se", "dso_better_share",
-               "monotone", "best_alpha", "pob", "pob_se", "pob_change", "unamb_acc", "unamb_acc_se", "kl",
-               "text_kl", "text_ppl", "max_alpha", "pob_at_max", "ppl_ratio_at_max"]  # fmt: skip
-    columns = [c for c in columns if any(c in row for row in table)]
-    text = "\n\n".join(
-        [
-            f"# Steering methods compared: {benchmark}, fronts on {report}",
-            markdown_table(table, columns),
-            f"hypervolume: area of (POB ↓, unambiguous accuracy ↑) dominated by the method's {report} points, "
-            "bounded by the base model's POB and accuracy 0 (larger is better); hypervolume_se, and "
-            "dso_minus_hv ± dso_minus_hv_se (DSO's hypervolume minus the method's) with dso_better_share (the "
-            "share of resamples where DSO's is larger), from a paired bootstrap that resamples pairs within "
-            "occupations and unambiguous items, the same draw for every method. monotone: POB never rises "
-            "from one strength to the next by more than 2 standard errors. best_alpha: the strength with the "
-            f"lowest {select} POB among those costing at most {float(cfg.compare.max_acc_drop):g} {select} "
-            f"accuracy; pob, pob_se (bootstrap over pairs), pob_change (vs the base model), unamb_acc, "
-            f"unamb_acc_se and kl (KL to the base on unambiguous items) are its {report} numbers; text_kl and "
-            "text_ppl its full-vocabulary per-token KL to the base model and perplexity on held-out neutral "
-            "text; ppl_ratio_at_max: held-out perplexity at the largest strength over the base model's.",
-            f"## Every point ({report})",
-            markdown_table(points.to_dict("records"), list(points.columns)),
-        ]
-    )
-    write_text(out_dir / "compare.md", text + "\n")
-    pareto_plot(shown, out_dir / "pareto.png", f"steering methods on {benchmark} ({report})")
-    print(text)
-    return out_dir

@@ -25,14 +25,15 @@ from torch import Tensor
 from dso_cli import config_files
 from dso_cli.benchmarks import build_benchmark, instantiate_builder, mixture, split_items
 from dso_cli.benchmarks.neutral_text import TextCorpus
-from dso_cli.commands.common import load_from_config, markdown_table, merge_into_csv, seed_everything
-from dso_cli.commands.sweep import SWEEP_COLUMNS, run_config
 from dso_cli.errors import DsoError
 from dso_cli.evaluation import evaluate_strengths, evaluate_text
 from dso_cli.io import atomic_write
 from dso_cli.leakage import check_no_leakage
 from dso_cli.metrics import bbq_bias_scores, pro_anti_accuracy
-from dso_cli.runs import ARTIFACT_DIR, load_train_config, parse_alpha, save_provenance
+from dso_cli.pipeline.results import SWEEP_COLUMNS, RowWriter, markdown_table
+from dso_cli.pipeline.setup import load_from_config, seed_everything
+from dso_cli.pipeline.trained_run import run_config
+from dso_cli.runs import ARTIFACT_DIR, load_train_config, parse_alpha, save_provenance, typed_keys
 from dso_cli.steering.artifact import Artifact
 
 OFFLINE_BENCHMARKS = ("occupation", "winobias", "bbq")
@@ -53,12 +54,7 @@ def group_config(group: str, name: str) -> DictConfig:
 
 def explicit(overrides: Sequence[str], prefix: str) -> list[str]:
     """Keys typed on the command line under ``prefix.`` (e.g. ``bias_benchmark.path=x`` -> ``path``)."""
-    keys = []
-    for override in overrides:
-        key, sep, _ = override.lstrip("+~").partition("=")
-        if sep and key.startswith(f"{prefix}."):
-            keys.append(key[len(prefix) + 1 :])
-    return keys
+    return [key[len(prefix) + 1 :] for key in typed_keys(overrides) if key.startswith(f"{prefix}.")]
 
 
 def with_overrides(base: DictConfig, cfg: DictConfig, prefix: str, keys: Sequence[str]) -> DictConfig:
@@ -158,18 +154,14 @@ def run_eval(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
     print(f"dso eval: {method} from {run_dir}, strengths {alphas}; {sizes}", flush=True)
 
     eval_csv = run_dir / "eval.csv"
-    rows: list[dict] = []
+    rows = RowWriter(eval_csv, EVAL_COLUMNS, ["method", "benchmark", "split", "alpha"],
+                     on_first=lambda: save_provenance(run_dir, cfg, prefix="eval_"))  # fmt: skip
     subjects: list[dict] = []
 
     def record(name: str, split: str, row: dict) -> None:
-        """Rewrite eval.csv with this row; rows of other benchmarks, splits or strengths are kept."""
         for subject in row.pop("_subjects", []):
             subjects.append({"benchmark": name, "alpha": row["alpha"], **subject})
-        if not rows:  # provenance only once there is a result to go with it
-            save_provenance(run_dir, cfg, prefix="eval_")
-        rows.append({"method": method, "benchmark": name, "split": split, **row})
-        new = pd.DataFrame(rows).reindex(columns=EVAL_COLUMNS)
-        merge_into_csv(eval_csv, new, ["method", "benchmark", "split", "alpha"])
+        rows.add({"method": method, "benchmark": name, "split": split, **row})
 
     for kind, name, data in sets:
         if kind == "text":
@@ -192,7 +184,7 @@ def run_eval(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
     if subjects:
         frame = pd.DataFrame(subjects)
         atomic_write(run_dir / "eval_subjects.csv", lambda tmp: frame.to_csv(tmp, index=False))
-    print(markdown_table(rows, TABLE_COLUMNS))
+    print(markdown_table(rows.rows, TABLE_COLUMNS))
     print(f"dso eval: wrote {eval_csv}", flush=True)
     return run_dir
 

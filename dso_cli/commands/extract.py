@@ -17,14 +17,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dso_cli.benchmarks import build_benchmark, split_items
-from dso_cli.commands.common import load_from_config, seed_everything
 from dso_cli.errors import DsoError
 from dso_cli.io import write_json
 from dso_cli.models.layouts import find_decoder_layers, find_head_projections, find_norm_modules
+from dso_cli.pipeline.setup import load_from_config, seed_everything
 from dso_cli.runs import new_train_dir, save_provenance
 from dso_cli.scoring import OptionScorer
 from dso_cli.steering.activation_cache import MANIFEST, ActivationCache, CacheEntry, CacheRequest, Key
-from dso_cli.steering.activations import POSITIONS, ActivationStore, collect, usable_items
+from dso_cli.steering.activations import POSITIONS, collect, usable_items
 
 MODULE_SETS = {
     "norms": "every normalisation module's output",
@@ -71,14 +71,6 @@ def check_extract(cfg: DictConfig) -> None:
     if positions not in POSITIONS:
         raise DsoError(f"extract.positions={positions!r}: expected one of {', '.join(POSITIONS)}")
     ActivationCache(".", dtype=cfg.extract.dtype, shard_items=cfg.extract.shard_items)  # validates both
-
-
-def store_from_config(cfg: DictConfig, scorer: OptionScorer, train_items: Sequence[dict]) -> ActivationStore:
-    """The store baseline fits of ``dso train``/``dso compare`` record into, backed by the activation
-    cache ``extract.cache`` when it is set."""
-    root = cfg.get("extract", {}).get("cache")
-    cache = ActivationCache(root, dtype=cfg.extract.dtype, shard_items=cfg.extract.shard_items) if root else None
-    return ActivationStore(scorer, train_items, cache=cache, benchmark=str(cfg.bias_benchmark.name), split="train")
 
 
 def label_columns(items: Sequence[dict]) -> dict[str, list]:

@@ -11,15 +11,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import pandas as pd
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from dso_cli.benchmarks import split_items
-from dso_cli.commands.common import markdown_table, merge_into_csv
-from dso_cli.commands.sweep import load_run_artifact
 from dso_cli.errors import DsoError
 from dso_cli.evaluation import base_policy, evaluate_strengths
+from dso_cli.pipeline.results import RowWriter, markdown_table
+from dso_cli.pipeline.trained_run import load_run_artifact
 from dso_cli.runs import parse_alpha, save_provenance
 from dso_cli.steering.prune import PruneStats, is_affine, prune_affine
 
@@ -52,16 +51,13 @@ def run_prune(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
             candidate.save(run_dir / PRUNED_DIR / f"keep_{stats.keep:g}")
     print(f"dso prune: {artifact.method} from {run_dir} at strength {alpha:g}, keep {keeps}", flush=True)
 
-    rows: list[dict] = []
     prune_csv = run_dir / "prune.csv"
+    rows = RowWriter(prune_csv, PRUNE_COLUMNS, ["split", "alpha", "keep"], sort=True,
+                     on_first=lambda: save_provenance(run_dir, cfg, prefix="prune_"))  # fmt: skip
 
     def record(split: str, stats: PruneStats, row: dict) -> None:
-        """Rewrite prune.csv with this row added; rows of other splits, fractions or strengths are kept."""
-        if not rows:  # provenance only once there is a result to go with it
-            save_provenance(run_dir, cfg, prefix="prune_")
-        rows.append({"method": artifact.method, "benchmark": cfg.bias_benchmark.name, "split": split,
-                     **stats.as_row(), **row, "alpha": alpha})  # fmt: skip
-        merge_into_csv(prune_csv, pd.DataFrame(rows)[PRUNE_COLUMNS], ["split", "alpha", "keep"], sort=True)
+        rows.add({"method": artifact.method, "benchmark": cfg.bias_benchmark.name, "split": split,
+                  **stats.as_row(), **row, "alpha": alpha})  # fmt: skip
 
     reps, seed = int(cfg.prune.bootstrap_reps), int(cfg.seed)
     for split in cfg.prune.splits:
@@ -74,6 +70,6 @@ def run_prune(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
             (row,) = evaluate_strengths(scorer, candidate, items, [alpha], base=base, bootstrap_reps=reps, seed=seed,
                                         desc=f"keep={stats.keep:g}")  # fmt: skip
             record(split, stats, row)
-    print(markdown_table(rows, TABLE_COLUMNS))
+    print(markdown_table(rows.rows, TABLE_COLUMNS))
     print(f"dso prune: wrote {prune_csv}", flush=True)
     return run_dir

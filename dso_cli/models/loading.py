@@ -41,6 +41,25 @@ class LoadedModel:
     def is_multimodal(self) -> bool:
         return self.processor is not None
 
+    @classmethod
+    def wrap(cls, model: nn.Module, tokenizer: Any, processor: Any = None, name: str | None = None) -> LoadedModel:
+        """A model already in memory (any ``transformers`` causal LM or vision-language model, loaded
+        however the user likes) described as :func:`load_model` describes the ones it loads."""
+        source = str(getattr(getattr(model, "config", None), "_name_or_path", "") or name or type(model).__name__)
+        embeddings = model.get_input_embeddings()
+        return cls(
+            model=model,
+            tokenizer=tokenizer,
+            name=name or Path(source).name,
+            name_or_path=source,
+            revision=None,
+            family=model_family(model),
+            device=embeddings.weight.device,
+            dtype=embeddings.weight.dtype,
+            fingerprint=model_fingerprint(model),
+            processor=processor,
+        )
+
     def describe(self) -> dict[str, Any]:
         """What an artifact manifest records about the model it was fitted on."""
         return {
@@ -102,7 +121,7 @@ def load_model(
     kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
     local = os.path.expanduser(source)
     if trust_remote_code and Path(local).is_dir():
-        from dso_cli.steering.export import check_modeling_file
+        from dso_cli.steering.export_modeling import check_modeling_file
 
         check_modeling_file(local)  # a dso export's modeling file runs on load: it must be the one exported
     processor = None

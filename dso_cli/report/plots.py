@@ -28,7 +28,7 @@ def pareto_plot(data: pd.DataFrame, path: Path, title: str) -> Path:
             group = group.sort_values("alpha")
             ax.errorbar(group["pob"], group[column], xerr=group["pob_se"], marker="o", capsize=2, label=curve)
             for _, row in group[group["alpha"] > 0].iterrows():  # strength 0 is the base model's star
-                knob = "ω" if row["method"] == "dso" else "α"
+                knob = knob_of(row["method"])
                 ax.annotate(f"{knob}={row['alpha']:g}", (row["pob"], row[column]), textcoords="offset points",
                             xytext=(4, 4), fontsize=7)  # fmt: skip
         if base is not None:
@@ -43,3 +43,14 @@ def pareto_plot(data: pd.DataFrame, path: Path, title: str) -> Path:
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
     return path
+
+
+def knob_of(method: str) -> str:
+    """The symbol of a method's strength (ω for the affine methods, α otherwise)."""
+    from dso_cli.errors import DsoError
+    from dso_cli.steering.method import method_class
+
+    try:
+        return method_class(method).knob
+    except DsoError:  # a method of a package not imported here
+        return "α"

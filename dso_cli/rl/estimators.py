@@ -20,15 +20,14 @@ batch's plan: rewards, samples, advantages) and :meth:`Estimator.loss` with that
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import torch
 from torch import Tensor
 
+from dso_cli.benchmarks.schema import DecisionItem
 from dso_cli.errors import DsoError
 from dso_cli.rl.rewards import Reward
 
-Item = Mapping[str, Any]
 ESTIMATORS = ("exact", "reinforce", "rloo", "ppo")
 
 
@@ -41,7 +40,7 @@ class Estimator:
         self.reward = reward
         self.generator = generator
 
-    def prepare(self, items: Sequence[Item], probs: Tensor) -> dict[str, Tensor]:
+    def prepare(self, items: Sequence[DecisionItem], probs: Tensor) -> dict[str, Tensor]:
         """This batch's plan from the detached policy: its rewards (and samples, advantages)."""
         return {"rewards": self.reward(items, probs.detach())}
 
@@ -63,7 +62,7 @@ def _picked(probs: Tensor, choice: Tensor) -> Tensor:
 
 
 class Reinforce(Estimator):
-    def prepare(self, items: Sequence[Item], probs: Tensor) -> dict[str, Tensor]:
+    def prepare(self, items: Sequence[DecisionItem], probs: Tensor) -> dict[str, Tensor]:
         plan = super().prepare(items, probs)
         choice = self._sample(probs, 1)
         picked = plan["rewards"].cpu().gather(1, choice)
@@ -83,7 +82,7 @@ class LeaveOneOut(Reinforce):
             raise DsoError(f"optimizer.samples must be at least 2 for a leave-one-out baseline, not {samples}")
         self.samples = samples
 
-    def prepare(self, items: Sequence[Item], probs: Tensor) -> dict[str, Tensor]:
+    def prepare(self, items: Sequence[DecisionItem], probs: Tensor) -> dict[str, Tensor]:
         plan = Estimator.prepare(self, items, probs)
         choice = self._sample(probs, self.samples)
         picked = plan["rewards"].cpu().gather(1, choice)
@@ -100,7 +99,7 @@ class PPO(LeaveOneOut):
             raise DsoError(f"optimizer.ppo_epochs must be >= 1 and optimizer.ppo_clip > 0 (got {epochs}, {clip})")
         self.epochs, self.clip = epochs, clip
 
-    def prepare(self, items: Sequence[Item], probs: Tensor) -> dict[str, Tensor]:
+    def prepare(self, items: Sequence[DecisionItem], probs: Tensor) -> dict[str, Tensor]:
         plan = super().prepare(items, probs)
         return plan | {"old": _picked(probs.detach().cpu(), plan["choice"]).clamp_min(1e-30)}
 

@@ -32,7 +32,7 @@ from torch import Tensor
 from dso_cli.errors import DsoError
 from dso_cli.io import atomic_write, write_json
 from dso_cli.models.fingerprint import model_fingerprint
-from dso_cli.scoring import ACTIVE_INSTRUCTION, OptionScorer
+from dso_cli.scoring import OptionScorer
 from dso_cli.steering.activations import POSITIONS, Recorded, position_kinds
 
 MANIFEST = "manifest.json"
@@ -127,7 +127,7 @@ def rendering_of(scorer: OptionScorer) -> dict[str, Any]:
         "chat_template_sha256": _digest(template) if template else None,
         "system_prompt": scorer.system_prompt,
         "chat_template_kwargs": scorer.chat_template_kwargs,
-        "instruction": ACTIVE_INSTRUCTION.get(),
+        "instruction": scorer.instruction,
     }
 
 

@@ -10,7 +10,7 @@ several methods runs the model over the training items once.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from dso_cli.benchmarks.schema import DecisionItem
 from dso_cli.errors import DsoError
 from dso_cli.prefix_tree import pack
 from dso_cli.scoring import OptionScorer
@@ -26,8 +27,6 @@ from dso_cli.steering.hooks import hooks_on, output_tensor
 
 if TYPE_CHECKING:
     from dso_cli.steering.activation_cache import ActivationCache
-
-Item = Mapping[str, Any]
 
 
 @contextmanager
@@ -51,7 +50,7 @@ def recording(
         yield seen
 
 
-def usable_items(items: Sequence[Item]) -> list[Item]:
+def usable_items(items: Sequence[DecisionItem]) -> list[DecisionItem]:
     """The ambiguous items with both a pro- and an anti-stereotypical option (the ones fits learn from)."""
     return [it for it in items if it["ambiguous"] and it["pro_option"] >= 0 and it["anti_option"] >= 0]
 
@@ -70,7 +69,7 @@ class ActivationStore:
     def __init__(
         self,
         scorer: OptionScorer,
-        items: Sequence[Item],
+        items: Sequence[DecisionItem],
         *,
         batch_size: int | None = None,
         cache: ActivationCache | None = None,
@@ -122,15 +121,8 @@ class ActivationStore:
         return {kind: {n: self._recorded[(where, n)][kind] for n in names} for kind in ("pro", "anti")}
 
 
-def completion_inputs(
-    scorer: OptionScorer, items: Sequence[Item], names: Sequence[str], *, batch_size: int | None = None
-) -> dict[str, dict[str, Tensor]]:
-    """As :func:`completion_activations`, for the modules' inputs (e.g. concatenated attention heads)."""
-    return ActivationStore(scorer, items, batch_size=batch_size).inputs(names)
-
-
 def completion_activations(
-    scorer: OptionScorer, items: Sequence[Item], names: Sequence[str], *, batch_size: int | None = None
+    scorer: OptionScorer, items: Sequence[DecisionItem], names: Sequence[str], *, batch_size: int | None = None
 ) -> dict[str, dict[str, Tensor]]:
     """``{"pro"|"anti": {module: [n_items, hidden]}}`` at the last token of each completion (float32)."""
     return ActivationStore(scorer, items, batch_size=batch_size).outputs(names)
@@ -166,7 +158,7 @@ def _picked(positions: str, prompt_len: int, length: int) -> list[int]:
 
 def collect(
     scorer: OptionScorer,
-    usable: Sequence[Item],
+    usable: Sequence[DecisionItem],
     keys: Sequence[tuple[str, str]],
     step: int,
     positions: str = "answer",
@@ -205,7 +197,7 @@ def collect(
 
 
 def _collect_in_trees(
-    scorer: OptionScorer, usable: Sequence[Item], keys: Sequence[tuple[str, str]], positions: str
+    scorer: OptionScorer, usable: Sequence[DecisionItem], keys: Sequence[tuple[str, str]], positions: str
 ) -> Recorded:
     """As :func:`collect`, with both completions of every item packed into prefix trees."""
     kinds = position_kinds(positions)

@@ -10,12 +10,18 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from dso_cli.errors import DsoError
 from dso_cli.steering.hooks import hooks_on
+from dso_cli.steering.method import SteeringMethod
+
+if TYPE_CHECKING:
+    from dso_cli.steering.artifact import Artifact
 
 
 class SteeringHandle:
@@ -78,3 +84,21 @@ def _make_hook(handle: SteeringHandle, a: Tensor, b: Tensor):
         return (h + omega * (a.to(output.device).float() * h + b.to(output.device).float())).to(output.dtype)
 
     return hook
+
+
+class AffineMethod(SteeringMethod):
+    """Methods whose tensors are ``a`` and ``b`` per norm (DSO, mean matching): one hook, prunable,
+    foldable into an exported checkpoint, shown as |a| + |b| per layer."""
+
+    affine = True
+    knob = "ω"
+
+    @classmethod
+    def apply(cls, model: nn.Module, tensors: Mapping[str, Tensor], strength: float):
+        return apply_affine(model, tensors, strength)
+
+    @classmethod
+    def placement(cls, artifact: Artifact, out_dir: Path, name: str) -> str | None:
+        from dso_cli.report.placement import affine_placement
+
+        return affine_placement(artifact, out_dir, name)

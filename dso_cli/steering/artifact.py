@@ -10,13 +10,12 @@ method and the model, so a corrupted file, or a tensors file from another artifa
 from __future__ import annotations
 
 import datetime as dt
-import importlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import safetensors
 import safetensors.torch
@@ -25,17 +24,15 @@ from torch import Tensor, nn
 from dso_cli import __version__
 from dso_cli.errors import DsoError
 from dso_cli.io import atomic_write, git_commit, sha256_of, write_json
-from dso_cli.steering.affine import SteeringHandle, apply_affine
+from dso_cli.steering.method import SteeringMethod, method_class
+
+if TYPE_CHECKING:
+    from dso_cli.scoring import OptionScorer
+    from dso_cli.steering.affine import SteeringHandle
 
 FORMAT_VERSION = 1
 TENSORS = "tensors.safetensors"
 MANIFEST = "manifest.json"
-
-Applier = Callable[[nn.Module, Mapping[str, Tensor], float], AbstractContextManager[SteeringHandle]]
-APPLIERS: dict[str, Applier] = {"dso": apply_affine, "mean_match": apply_affine}
-"""How each method's tensors act on a model; every method shares the same artifact format."""
-MODULE_FREE: set[str] = set()
-"""Methods whose tensors are not keyed by model modules (``prompting`` carries its instruction)."""
 
 
 @dataclass
@@ -72,22 +69,21 @@ class Artifact:
         }
         return cls(method, detached, manifest)
 
-    def _import_method(self) -> None:
-        """Each method's module registers its applier (and MODULE_FREE) on import."""
-        if self.method not in APPLIERS:
-            try:
-                importlib.import_module(f"dso_cli.steering.{self.method}")
-            except ImportError:
-                pass
+    def method_class(self) -> type[SteeringMethod]:
+        """The registered :class:`SteeringMethod` that made (and applies) this artifact."""
+        return method_class(self.method)
 
     def apply(self, model: nn.Module, strength: float = 1.0) -> AbstractContextManager[SteeringHandle]:
         """Context manager that steers ``model`` at ``strength`` and removes its hooks on exit."""
-        self._import_method()
-        if self.method not in APPLIERS:
-            raise DsoError(f"no way to apply steering method {self.method!r} (known: {', '.join(APPLIERS)})")
         device = next(model.parameters()).device
         tensors = {k: v.to(device) for k, v in self.tensors.items()}
-        return APPLIERS[self.method](model, tensors, strength)
+        return self.method_class().apply(model, tensors, strength)
+
+    def steer(self, scorer: OptionScorer, strength: float = 1.0) -> AbstractContextManager[SteeringHandle]:
+        """Steer what ``scorer`` scores at ``strength``: its model, or its prompts for a prompt method."""
+        device = next(scorer.model.parameters()).device
+        tensors = {k: v.to(device) for k, v in self.tensors.items()}
+        return self.method_class().steer(scorer, tensors, strength)
 
     def header(self) -> dict[str, str]:
         """What the tensors file says about itself (safetensors metadata: strings only)."""
@@ -153,7 +149,7 @@ class Artifact:
         if held != set(modules):
             odd = sorted(held ^ set(modules))[0]
             raise DsoError(f"{where}: the manifest's modules and the tensors disagree (module {odd!r})")
-        if APPLIERS.get(self.method) is apply_affine:
+        if self.method_class().affine:
             for name, shape in modules.items():
                 for part in ("a", "b"):
                     tensor = self.tensors.get(f"{name}.{part}")
@@ -165,8 +161,7 @@ class Artifact:
     def check_fits(self, model: nn.Module) -> None:
         """Every module the artifact steers exists in ``model`` (and, for an affine artifact, has the
         recorded width): checked before any row is measured."""
-        self._import_method()
-        if self.method in MODULE_FREE:
+        if self.method_class().module_free:
             return
         named = dict(model.named_modules())
         modules = self.manifest.get("modules", {})
@@ -176,7 +171,7 @@ class Artifact:
                 f"the model has no module {missing[0]!r} that this steering artifact targets "
                 f"({len(missing)} of {len(modules)} missing)"
             )
-        if APPLIERS.get(self.method) is apply_affine:
+        if self.method_class().affine:
             for name, shape in modules.items():
                 weight = getattr(named[name], "weight", None)
                 if isinstance(weight, Tensor) and weight.shape[-1] != shape[0]:

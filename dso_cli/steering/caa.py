@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
@@ -26,8 +27,9 @@ from dso_cli.models.loading import LoadedModel
 from dso_cli.scoring import OptionScorer, policy
 from dso_cli.steering.activations import ActivationStore
 from dso_cli.steering.affine import SteeringHandle
-from dso_cli.steering.artifact import APPLIERS, Artifact
+from dso_cli.steering.artifact import Artifact
 from dso_cli.steering.hooks import hooks_on, output_tensor, with_hidden
+from dso_cli.steering.method import FitJob, SteeringMethod
 
 STRENGTH = {
     "semantics": "residual stream of each chosen layer + alpha * (mean anti - mean pro activation); 0 = base",
@@ -142,4 +144,31 @@ def _make_hook(handle: SteeringHandle, vector: Tensor):
     return hook
 
 
-APPLIERS["caa"] = apply_additive
+class CAA(SteeringMethod):
+    """Contrastive Activation Addition (options: ``layers``, ``candidate_layers``, ``select_alpha``)."""
+
+    name = "caa"
+    strength = STRENGTH
+
+    def records(self, model: nn.Module, norm_modules: Any, can_select: bool) -> tuple[list[str], list[str]]:
+        return caa_modules(model, self.options, can_select), []
+
+    def fit(self, job: FitJob) -> Artifact:
+        return fit_caa(
+            job.loaded,
+            job.activations(),
+            layers=self.options.get("layers"),
+            val_items=job.val_items,
+            candidate_layers=self.options.get("candidate_layers"),
+            select_alpha=float(self.options.get("select_alpha", 2.0)),
+        )
+
+    @classmethod
+    def apply(cls, model: nn.Module, tensors: Mapping[str, Tensor], strength: float):
+        return apply_additive(model, tensors, strength)
+
+    @classmethod
+    def placement(cls, artifact: Artifact, out_dir: Path, name: str) -> str | None:
+        from dso_cli.report.placement import vector_placement
+
+        return vector_placement(artifact, out_dir, name)

@@ -7,13 +7,16 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from dso_cli.errors import DsoError
 from dso_cli.models.layouts import find_norm_modules
 from dso_cli.models.loading import LoadedModel
+from dso_cli.rl.config import TrainConfig
 from dso_cli.rl.rewards import Reward
-from dso_cli.rl.trainer import TrainConfig, train_dso
+from dso_cli.rl.trainer import train_dso
 from dso_cli.scoring import OptionScorer
-from dso_cli.steering.affine import init_affine_params
+from dso_cli.steering.affine import AffineMethod, init_affine_params
 from dso_cli.steering.artifact import Artifact
+from dso_cli.steering.method import FitJob
 
 STRENGTH = {
     "semantics": "h + w * (a * h + b) on every hooked norm output; 0 = base model, 1 = trained strength",
@@ -63,3 +66,32 @@ def fit_dso(
         strength=STRENGTH,
         train_metrics=metrics,
     )
+
+
+class DSO(AffineMethod):
+    """Direct Steering Optimization: ``a``, ``b`` on every backbone norm trained by policy gradient
+    (the RL trainer's settings come in :attr:`FitJob.training`)."""
+
+    name = "dso"
+    strength = STRENGTH
+    trained = True
+
+    def fit(self, job: FitJob) -> Artifact:
+        if job.training is None:
+            raise DsoError("dso is trained by RL: its fit needs the trainer's settings (FitJob.training)")
+        run = job.training
+        return fit_dso(
+            job.loaded,
+            job.scorer,
+            job.train_items,
+            run.reward,
+            run.config,
+            norm_modules=job.norm_modules,
+            log=run.log,
+            extra_hyperparameters=run.extra_hyperparameters,
+            val_items=job.val_items,
+            text_passages=run.text_passages,
+            val_text_passages=run.val_text_passages,
+            checkpoint_path=run.checkpoint_path,
+            resume=run.resume,
+        )

@@ -19,47 +19,35 @@ appears in one rename, so ``out`` is either untouched or complete.
 from __future__ import annotations
 
 import gc
-import json
 import os
 import shutil
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from dso_cli import __version__
 from dso_cli.errors import DsoError, first_line
 from dso_cli.io import sha256_of, write_json, write_text
 from dso_cli.steering.affine import apply_affine, module_names
-
-Convention = Literal["scale", "offset"]
-"""``scale``: ``y = w⊙n(x) (+ β)``; ``offset``: ``y = (1 + w)⊙n(x) (+ β)``."""
-
-MODELING_FILE = "modeling_dso_export.py"
-BIAS_MODULES_KEY = "dso_norm_bias_modules"  # config.json: the norms that get an added bias
-RECORD_KEY = "dso_export"  # config.json: what was folded, from where, and how well it was verified
-MODELING_SHA_KEY = "modeling_sha256"  # in the record: the modeling file as exported (checked before loading it)
-
-
-def check_modeling_file(path: str | Path) -> None:
-    """Refuse an exported checkpoint whose modeling file is not the one dso wrote: loading it runs it
-    (``trust_remote_code``), so a copy changed after export must not be executed."""
-    path = Path(path).expanduser()
-    record = _read_json(path / "config.json").get(RECORD_KEY)
-    recorded = record.get(MODELING_SHA_KEY) if isinstance(record, dict) else None
-    if recorded is None:
-        return
-    modeling = path / MODELING_FILE
-    if not modeling.is_file() or sha256_of(modeling) != recorded:
-        raise DsoError(
-            f"{modeling} is not the modeling file dso exported (sha256 differs from config.json's "
-            f"{RECORD_KEY}.{MODELING_SHA_KEY}); refusing to run it"
-        )
-
+from dso_cli.steering.export_folding import (
+    _run_norm,
+    fold_norms,
+    write_folds,
+)
+from dso_cli.steering.export_modeling import (
+    BIAS_MODULES_KEY,
+    MODELING_FILE,
+    MODELING_SHA_KEY,
+    RECORD_KEY,
+    _forget_module_copy,
+    _read_json,
+    auto_class_name,
+    modeling_source,
+)
 
 TOLERANCE = 1e-4
 PROBE_TEXTS = (
@@ -67,169 +55,6 @@ PROBE_TEXTS = (
     "Answer with A or B.",
     "One, two, three: the exported model should give the steered model's logits.",
 )
-
-
-@dataclass(frozen=True)
-class FoldedNorm:
-    """The new parameters of one norm module with the transform folded in."""
-
-    name: str
-    convention: Convention
-    weight: Tensor  # in the module's weight dtype
-    bias: Tensor | None  # the new bias (native or added); None where the norm needs none
-    native_bias: bool  # the module has a bias of its own, which absorbed ωb
-
-    @property
-    def added_bias(self) -> bool:
-        return self.bias is not None and not self.native_bias
-
-
-def weight_convention(module: nn.Module, name: str) -> Convention:
-    """Whether ``module`` computes ``w⊙n(x)`` or ``(1 + w)⊙n(x)``, measured by running it with ``w`` = 0 and 1.
-
-    With its bias (if any) also zeroed, the output at ``w = 0`` is ``c·n(x)`` and at ``w = 1`` it is
-    ``(c + 1)·n(x)``; ``c`` (0 or 1) is the convention. Anything else is not a per-channel scale.
-    """
-    weight, bias = _norm_parameters(module, name)
-    generator = torch.Generator().manual_seed(0)
-    x = (torch.randn(2, 3, weight.shape[0], generator=generator) * 2 + 0.5).to(weight.device, weight.dtype)
-    saved = [(p, p.detach().clone()) for p in (weight, bias) if p is not None]
-    try:
-        with torch.no_grad():
-            if bias is not None:
-                bias.zero_()
-            weight.zero_()
-            at_zero = _plain_output(module, x).float()
-            weight.fill_(1.0)
-            at_one = _plain_output(module, x).float()
-    finally:
-        with torch.no_grad():
-            for param, value in saved:
-                param.copy_(value)
-    normalised = at_one - at_zero
-    scale = float(normalised.abs().max())
-    tol = 64 * torch.finfo(weight.dtype).eps * max(scale, 1.0)
-    if not scale > 0:
-        raise DsoError(f"cannot tell how norm {name!r} uses its weight (its output does not depend on it)")
-    if float(at_zero.abs().max()) <= tol:
-        return "scale"
-    if float((at_zero - normalised).abs().max()) <= tol:
-        return "offset"
-    raise DsoError(f"norm {name!r} is neither w*n(x) nor (1+w)*n(x) in its weight; its transform cannot be folded")
-
-
-def fold_norms(model: nn.Module, tensors: Mapping[str, Tensor], alpha: float) -> list[FoldedNorm]:
-    """Each hooked norm's parameters with ``h + α(a⊙h + b)`` folded in (the model is not changed).
-
-    Written as ``new = old + α(a⊙old + b)`` on the effective scale and shift, so α = 0 reproduces the
-    weights bit for bit; computed in float64, stored in the parameter's dtype.
-    """
-    modules = dict(model.named_modules())
-    folds = []
-    for name in module_names(tensors):
-        if name not in modules:
-            raise DsoError(f"the model has no module {name!r} that this steering artifact targets")
-        module = modules[name]
-        weight, bias = _norm_parameters(module, name)
-        a, b = tensors[f"{name}.a"].double().cpu(), tensors[f"{name}.b"].double().cpu()
-        if a.shape != weight.shape or b.shape != weight.shape:
-            raise DsoError(f"steering vectors of size {a.numel()} do not fit norm {name!r} of size {weight.numel()}")
-        convention = weight_convention(module, name)
-        w = weight.detach().double().cpu()
-        effective = w if convention == "scale" else 1.0 + w
-        new_weight = (w + alpha * a * effective).to(weight.dtype)
-        if bias is not None:
-            beta = bias.detach().double().cpu()
-            new_bias: Tensor | None = (beta + alpha * (a * beta + b)).to(bias.dtype)
-        else:
-            added = alpha * b
-            new_bias = added.to(weight.dtype) if bool(added.ne(0).any()) else None
-        folds.append(FoldedNorm(name, convention, new_weight, new_bias, bias is not None))
-    return folds
-
-
-def write_folds(model: nn.Module, folds: Sequence[FoldedNorm]) -> list[str]:
-    """Put the folded parameters into ``model`` in place; returns the norms that got an added bias.
-
-    An added bias is registered as the module's ``bias`` parameter with a forward hook that adds it,
-    exactly what the saved modeling file does on load, so the model in memory is the exported one.
-    """
-    modules = dict(model.named_modules())
-    added = []
-    with torch.no_grad():
-        for fold in folds:
-            module = modules[fold.name]
-            module.weight.copy_(fold.weight.to(module.weight.device))
-            if fold.native_bias:
-                module.bias.copy_(fold.bias.to(module.bias.device))
-            elif fold.bias is not None:
-                device = module.weight.device
-                module.bias = nn.Parameter(fold.bias.to(device), requires_grad=False)
-                module.register_forward_hook(add_norm_bias)
-                added.append(fold.name)
-    return added
-
-
-def add_norm_bias(module: nn.Module, inputs: tuple, output: Tensor) -> Tensor:
-    """Forward hook of a norm with an added bias: its output plus the bias (same as the modeling file's)."""
-    return output + module.bias.to(output.device, output.dtype)
-
-
-def auto_class_name(model: nn.Module) -> str:
-    """The Auto class that loads this model: vision-language models (a ``vision_config``) load with
-    ``AutoModelForImageTextToText``, as :func:`dso_cli.models.loading.load_model` does."""
-    vision = getattr(model.config, "vision_config", None) is not None
-    return "AutoModelForImageTextToText" if vision else "AutoModelForCausalLM"
-
-
-def modeling_source(base: type) -> tuple[str, str]:
-    """(class name, source of :data:`MODELING_FILE`): a subclass of ``base`` that adds the biases on load.
-
-    The file imports only torch and transformers, so the checkpoint needs nothing of this package.
-    """
-    import transformers
-
-    if getattr(transformers, base.__name__, None) is not base:
-        raise DsoError(
-            f"{base.__name__} is not a transformers model class, so its norms cannot be given an added bias; "
-            "export a model loaded without remote code"
-        )
-    class_name = f"DsoExport{base.__name__}"
-    return class_name, _MODELING_TEMPLATE.format(
-        class_name=class_name, base=base.__name__, key=BIAS_MODULES_KEY, version=__version__
-    )
-
-
-_MODELING_TEMPLATE = '''"""{class_name}: {base} whose listed normalisation modules add a bias to their output.
-
-Written by `dso export` (dso {version}). The checkpoint has a steering transform y + w(a*y + b) folded into
-the normalisation modules of {base}: the multiplicative part is in their weights; the additive part of
-the norms without a bias of their own (RMSNorm) is the `bias` parameter that this class adds to each
-module named in `config.{key}`, applied by a forward hook. Needs only torch and transformers.
-"""
-
-import torch
-from torch import nn
-from transformers import {base}
-
-
-def add_norm_bias(module, inputs, output):
-    """Forward hook: the norm's output plus its added bias."""
-    return output + module.bias.to(output.device, output.dtype)
-
-
-class {class_name}({base}):
-    def __init__(self, config, *args, **kwargs):
-        super().__init__(config, *args, **kwargs)
-        modules = dict(self.named_modules())
-        for name in getattr(config, "{key}", None) or []:
-            if name not in modules:
-                raise ValueError(f"config.{key} names {{name!r}}, which is not a module of this model")
-            module = modules[name]
-            weight = module.weight
-            module.bias = nn.Parameter(torch.zeros(weight.shape[-1], dtype=weight.dtype, device=weight.device))
-            module.register_forward_hook(add_norm_bias)
-'''
 
 
 @dataclass
@@ -471,46 +296,11 @@ def _save_preprocessing(processor: Any, path: Path) -> None:
             _update_json(path / name, {"processor_class": stock.__name__})
 
 
-def _norm_parameters(module: nn.Module, name: str) -> tuple[nn.Parameter, nn.Parameter | None]:
-    weight = getattr(module, "weight", None)
-    if not isinstance(weight, torch.Tensor):
-        raise DsoError(f"norm {name!r} ({type(module).__name__}) has no weight to fold the transform into")
-    if weight.dim() != 1:
-        raise DsoError(f"module {name!r} ({type(module).__name__}) has no per-channel weight; it is not a norm")
-    if weight.device.type == "meta":
-        raise DsoError(f"the weight of norm {name!r} is offloaded; export without disk/CPU offloading")
-    if hasattr(module, "bias") and module.bias is None:
-        raise DsoError(f"norm {name!r} was built without its bias (bias=None); its shift cannot be exported")
-    bias = getattr(module, "bias", None)
-    return weight, bias if isinstance(bias, torch.Tensor) else None
-
-
-def _plain_output(module: nn.Module, x: Tensor) -> Tensor:
-    """The module's own output, without any forward hook registered on it."""
-    return module.forward(x)
-
-
-def _run_norm(module: nn.Module, x: Tensor) -> Tensor:
-    """A norm's output (its forward hooks included) on ``x``, in float32 on the CPU."""
-    weight = module.weight
-    return module(x.to(weight.device, weight.dtype)).float().cpu()
-
-
 def _logits(model: nn.Module, batch: Mapping[str, Tensor]) -> Tensor:
     device = model.get_input_embeddings().weight.device
     batch = {k: v.to(device) for k, v in batch.items()}
     logits = model(**batch, use_cache=False).logits
     return logits[batch["attention_mask"].bool()].float().cpu()
-
-
-def _forget_module_copy(token: str) -> None:
-    """Remove the copy of the modeling file that loading the temporary directory left in transformers'
-    module cache (a directory named after it, which no later load will use)."""
-    from transformers.dynamic_module_utils import TRANSFORMERS_DYNAMIC_MODULE_NAME
-    from transformers.utils import HF_MODULES_CACHE
-
-    for path in (Path(HF_MODULES_CACHE) / TRANSFORMERS_DYNAMIC_MODULE_NAME).glob(f"*{token}*"):
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -521,14 +311,6 @@ def _free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _update_json(path: Path, changes: Mapping[str, Any]) -> None:

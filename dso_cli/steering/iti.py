@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -21,8 +23,9 @@ from dso_cli.models.layouts import find_head_projections
 from dso_cli.models.loading import LoadedModel
 from dso_cli.steering.activations import ActivationStore
 from dso_cli.steering.affine import SteeringHandle
-from dso_cli.steering.artifact import APPLIERS, Artifact
+from dso_cli.steering.artifact import Artifact
 from dso_cli.steering.hooks import hooks_on
+from dso_cli.steering.method import FitJob, SteeringMethod
 
 STRENGTH = {
     "semantics": "chosen heads' outputs + alpha * sigma * unit(mean anti - mean pro); 0 = base",
@@ -126,4 +129,25 @@ def _make_pre_hook(handle: SteeringHandle, vector: Tensor):
     return hook
 
 
-APPLIERS["iti"] = apply_head_shift
+class ITI(SteeringMethod):
+    """Inference-Time Intervention (options: ``top_k`` heads, ``seed`` of the probes)."""
+
+    name = "iti"
+    strength = STRENGTH
+
+    def records(self, model: nn.Module, norm_modules: Any, can_select: bool) -> tuple[list[str], list[str]]:
+        return [], find_head_projections(model)[0]
+
+    def fit(self, job: FitJob) -> Artifact:
+        top_k, seed = int(self.options.get("top_k", 8)), int(self.options.get("seed", 0))
+        return fit_iti(job.loaded, job.activations(), top_k=top_k, seed=seed)
+
+    @classmethod
+    def apply(cls, model: nn.Module, tensors: Mapping[str, Tensor], strength: float):
+        return apply_head_shift(model, tensors, strength)
+
+    @classmethod
+    def placement(cls, artifact: Artifact, out_dir: Path, name: str) -> str | None:
+        from dso_cli.report.placement import head_placement
+
+        return head_placement(artifact, out_dir, name)

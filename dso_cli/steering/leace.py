@@ -19,9 +19,10 @@ from dso_cli.errors import DsoError
 from dso_cli.models.loading import LoadedModel
 from dso_cli.steering.activations import ActivationStore, usable_items
 from dso_cli.steering.affine import SteeringHandle
-from dso_cli.steering.artifact import APPLIERS, Artifact
+from dso_cli.steering.artifact import Artifact
 from dso_cli.steering.caa import resolve_layers
 from dso_cli.steering.hooks import hooks_on, output_tensor, with_hidden
+from dso_cli.steering.method import FitJob, SteeringMethod
 
 STRENGTH = {
     "semantics": "h + alpha * (erase(h) - h) at the chosen layers' outputs; 0 = base, 1 = gender erased",
@@ -94,4 +95,18 @@ def _make_hook(handle: SteeringHandle, parts: list[Tensor]):
     return hook
 
 
-APPLIERS["leace"] = apply_leace
+class LEACE(SteeringMethod):
+    """LEACE erasure of gender at decoder layers (option: ``layers``; default the middle one)."""
+
+    name = "leace"
+    strength = STRENGTH
+
+    def records(self, model: nn.Module, norm_modules: Any, can_select: bool) -> tuple[list[str], list[str]]:
+        return resolve_layers(model, self.options.get("layers")), []
+
+    def fit(self, job: FitJob) -> Artifact:
+        return fit_leace(job.loaded, job.activations(), layers=self.options.get("layers"))
+
+    @classmethod
+    def apply(cls, model: nn.Module, tensors: Mapping[str, Tensor], strength: float):
+        return apply_leace(model, tensors, strength)

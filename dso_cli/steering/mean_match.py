@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from dso_cli.errors import DsoError
 from dso_cli.models.layouts import find_norm_modules
 from dso_cli.models.loading import LoadedModel
 from dso_cli.steering.activations import ActivationStore
+from dso_cli.steering.affine import AffineMethod
 from dso_cli.steering.artifact import Artifact
+from dso_cli.steering.method import FitJob
 
 STRENGTH = {
     "semantics": "h + w * (a * h + b) with (a, b) mapping pro-completion mean/std onto anti; 0 = base, 1 = matched",
@@ -48,3 +50,16 @@ def fit_mean_match(loaded: LoadedModel, store: ActivationStore, norm_modules: An
         hyperparameters={"n_items": len(acts["pro"][names[0]])},
         strength=STRENGTH,
     )
+
+
+class MeanMatch(AffineMethod):
+    """DSO's affine family fitted in closed form: pro-completion moments mapped onto anti's."""
+
+    name = "mean_match"
+    strength = STRENGTH
+
+    def records(self, model: nn.Module, norm_modules: Any, can_select: bool) -> tuple[list[str], list[str]]:
+        return list(find_norm_modules(model, norm_modules)), []
+
+    def fit(self, job: FitJob) -> Artifact:
+        return fit_mean_match(job.loaded, job.activations(), norm_modules=job.norm_modules)

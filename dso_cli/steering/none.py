@@ -9,7 +9,8 @@ from torch import Tensor, nn
 
 from dso_cli.models.loading import LoadedModel
 from dso_cli.steering.affine import SteeringHandle
-from dso_cli.steering.artifact import APPLIERS, Artifact
+from dso_cli.steering.artifact import Artifact
+from dso_cli.steering.method import FitJob, SteeringMethod
 
 STRENGTH = {"semantics": "no steering at any strength", "range": [0.0, 0.0], "default_grid": "0"}
 
@@ -23,4 +24,15 @@ def apply_nothing(model: nn.Module, tensors: Mapping[str, Tensor], strength: flo
     yield SteeringHandle(min(strength, 1.0))
 
 
-APPLIERS["none"] = apply_nothing
+class NoSteering(SteeringMethod):
+    """The base model, fitted and applied like every other method (a row on every table)."""
+
+    name = "none"
+    strength = STRENGTH
+
+    def fit(self, job: FitJob) -> Artifact:
+        return fit_none(job.loaded)
+
+    @classmethod
+    def apply(cls, model: nn.Module, tensors: Mapping[str, Tensor], strength: float):
+        return apply_nothing(model, tensors, strength)

@@ -15,9 +15,10 @@ from torch import Tensor, nn
 
 from dso_cli.errors import DsoError
 from dso_cli.models.loading import LoadedModel
-from dso_cli.scoring import ACTIVE_INSTRUCTION
+from dso_cli.scoring import OptionScorer
 from dso_cli.steering.affine import SteeringHandle
-from dso_cli.steering.artifact import APPLIERS, MODULE_FREE, Artifact
+from dso_cli.steering.artifact import Artifact
+from dso_cli.steering.method import FitJob, SteeringMethod
 
 DEFAULT_INSTRUCTION = (
     "Treat people of all genders equally. Do not assume anyone's occupation, skills or role from their "
@@ -41,17 +42,38 @@ def fit_prompting(loaded: LoadedModel, instruction: str | None = None) -> Artifa
     )
 
 
+def instruction_of(tensors: Mapping[str, Tensor]) -> str:
+    return bytes(tensors[KEY].to("cpu", torch.uint8).tolist()).decode("utf-8")
+
+
 @contextmanager
 def apply_instruction(
-    model: nn.Module, tensors: Mapping[str, Tensor], strength: float = 1.0
+    scorer: OptionScorer, tensors: Mapping[str, Tensor], strength: float = 1.0
 ) -> Iterator[SteeringHandle]:
-    text = bytes(tensors[KEY].to("cpu", torch.uint8).tolist()).decode("utf-8")
-    token = ACTIVE_INSTRUCTION.set(text if strength > 0 else None)
-    try:
+    """Prepend the instruction to every prompt ``scorer`` renders while the block runs (strength > 0)."""
+    with scorer.instructed(instruction_of(tensors) if strength > 0 else None):
         yield SteeringHandle(min(strength, 1.0))
-    finally:
-        ACTIVE_INSTRUCTION.reset(token)
 
 
-APPLIERS["prompting"] = apply_instruction
-MODULE_FREE.add("prompting")
+class Prompting(SteeringMethod):
+    """A debiasing instruction prepended to every prompt (option: ``instruction``; null: the built-in one).
+
+    It steers the prompt, not the model: it applies through the scorer (:meth:`OptionScorer.instructed`)."""
+
+    name = "prompting"
+    strength = STRENGTH
+    module_free = True
+
+    def fit(self, job: FitJob) -> Artifact:
+        return fit_prompting(job.loaded, self.options.get("instruction"))
+
+    @classmethod
+    def apply(cls, model: nn.Module, tensors: Mapping[str, Tensor], strength: float):
+        raise DsoError(
+            "prompting changes the prompt, not the model: evaluate it through a scorer "
+            "(dso_cli.evaluate, or artifact.steer(scorer, strength))"
+        )
+
+    @classmethod
+    def steer(cls, scorer: OptionScorer, tensors: Mapping[str, Tensor], strength: float):
+        return apply_instruction(scorer, tensors, strength)

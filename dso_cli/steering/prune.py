@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 
 from dso_cli.errors import DsoError
-from dso_cli.steering.affine import apply_affine, module_names
-from dso_cli.steering.artifact import APPLIERS, Artifact
+from dso_cli.steering.affine import module_names
+from dso_cli.steering.artifact import Artifact
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class PruneStats:
 
 def is_affine(artifact: Artifact) -> bool:
     """True for the methods whose tensors are per-neuron ``a``, ``b`` applied as ``h + ω(a⊙h + b)``."""
-    return APPLIERS.get(artifact.method) is apply_affine
+    return artifact.method_class().affine
 
 
 def neuron_weights(tensors: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -1,49 +1,21 @@
-"""Pieces every verb shares: seeding, model + scorer from config, Markdown tables, result CSVs."""
+"""Result files: the ``sweep.csv`` columns, Markdown tables, and CSV rows merged in as they are measured."""
 
 from __future__ import annotations
 
-import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
-import torch
-from omegaconf import DictConfig, OmegaConf
 
+from dso_cli.evaluation import TEXT_COLUMNS
 from dso_cli.io import atomic_write, locked
-from dso_cli.models.loading import LoadedModel, load_model
-from dso_cli.scoring import OptionScorer
 
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def load_from_config(cfg: DictConfig) -> tuple[LoadedModel, OptionScorer]:
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    assert isinstance(model_cfg, dict)
-    loaded = load_model(**model_cfg)
-    return loaded, scorer_from_config(cfg, loaded)
-
-
-def scorer_from_config(cfg: DictConfig, loaded: LoadedModel, **scoring_overrides: Any) -> OptionScorer:
-    """A scorer for ``loaded`` with the ``scoring`` section of ``cfg`` (keys in ``scoring_overrides``
-    replaced) and the model's chat-template arguments; a new scorer starts with an empty token cache."""
-    template_kwargs = cfg.model.get("chat_template_kwargs")
-    template_kwargs = OmegaConf.to_container(template_kwargs, resolve=True) if template_kwargs else {}
-    scoring = OmegaConf.to_container(cfg.scoring, resolve=True)
-    assert isinstance(scoring, dict) and isinstance(template_kwargs, dict)
-    return OptionScorer(
-        loaded.model,
-        loaded.tokenizer,
-        processor=loaded.processor,
-        chat_template_kwargs=template_kwargs,
-        **(scoring | scoring_overrides),
-    )
+SWEEP_COLUMNS = [
+    "method", "alpha", "benchmark", "split", "pob", "pob_se", "pob_hard", "stereotype_gap",
+    "stereotype_gap_hard", "unamb_acc", "unamb_acc_se", "unamb_acc_hard", "refusal_rate", "kl", *TEXT_COLUMNS,
+    "n_ambiguous", "n_unambiguous",
+]  # fmt: skip
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], digits: int = 3) -> str:
@@ -73,3 +45,31 @@ def merge_into_csv(path: Path, new: pd.DataFrame, key: Sequence[str], *, sort: b
         if sort:
             frame = frame.sort_values(key, kind="stable")
         atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+
+
+class RowWriter:
+    """The rows of one result CSV, merged into the file as each is measured: an interruption loses at
+    most the row being measured, and rows of other splits, strengths or verbs are kept. ``on_first``
+    runs before the first row is written (the verb's provenance goes with its first result)."""
+
+    def __init__(
+        self,
+        path: Path,
+        columns: Sequence[str],
+        key: Sequence[str],
+        *,
+        sort: bool = False,
+        on_first: Callable[[], None] | None = None,
+    ) -> None:
+        self.path, self.columns, self.key, self.sort = path, list(columns), list(key), sort
+        self.rows: list[dict[str, Any]] = []
+        self._on_first = on_first
+
+    def add(self, row: Mapping[str, Any]) -> None:
+        if not self.rows and self._on_first is not None:
+            self._on_first()
+        self.rows.append(dict(row))
+        merge_into_csv(self.path, pd.DataFrame(self.rows).reindex(columns=self.columns), self.key, sort=self.sort)
+
+    def __bool__(self) -> bool:
+        return bool(self.rows)

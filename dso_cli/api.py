@@ -1,0 +1,177 @@
+"""The library API: fit, apply and evaluate any steering method on a model already in memory.
+
+    import dso_cli
+    ds = dso_cli.load_benchmark("occupation")
+    artifact = dso_cli.fit("caa", model, tokenizer, ds["train"])
+    with artifact.apply(model, 0.5):
+        ...
+    rows = dso_cli.evaluate(artifact, model, tokenizer, ds["test"], [0.0, 0.5, 1.0])
+
+The same code paths as the verbs, with the shipped configs' defaults: a method's options are its
+``conf/steering_method/<name>.yaml`` keys, a trained method's (DSO's) also the optimizer's keys
+(``steps=``, ``lr=``, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import datasets
+from torch import nn
+
+from dso_cli.errors import DsoError
+from dso_cli.steering.artifact import Artifact
+from dso_cli.steering.method import FitJob, SteeringMethod, Training
+
+
+def load_benchmark(name: str, **options: Any) -> datasets.DatasetDict:
+    """The splits of ``conf/bias_benchmark/<name>.yaml`` with ``options`` on top (a text benchmark;
+    ``modality="image"`` with ``image_dir=`` for a vision-language one)."""
+    from omegaconf import OmegaConf
+
+    from dso_cli.benchmarks import build_benchmark
+    from dso_cli.config_files import group_config, typed
+
+    base = group_config("bias_benchmark", name)
+    unknown = sorted(set(options) - set(base))
+    if unknown:
+        raise DsoError(f"{unknown[0]} is not an option of the {name} benchmark (its options: {', '.join(base)})")
+    cfg = typed("bias_benchmark", name, OmegaConf.merge(base, options), prefix=name)
+    if cfg.get("modality") == "auto":
+        cfg.modality = "text"
+    return build_benchmark(cfg)
+
+
+def fit(
+    method: str | SteeringMethod,
+    model: nn.Module,
+    tokenizer: Any,
+    items: Iterable[Mapping[str, Any]],
+    *,
+    val_items: Iterable[Mapping[str, Any]] | None = None,
+    processor: Any = None,
+    **options: Any,
+) -> Artifact:
+    """Fit ``method`` (a name or a :class:`SteeringMethod`) on ``items`` (a benchmark's train split).
+
+    ``options`` are the method's own (``layers=[10]`` for CAA), and for a trained method also the RL
+    trainer's (``steps=``, ``lr=``, ``reward=`` a reward callable, ``checkpoint_path=``)."""
+    from dso_cli.models.loading import LoadedModel
+
+    train = _as_items(items)
+    val = _as_items(val_items) if val_items is not None else None
+    if isinstance(method, str):
+        method_cls = _method_class(method)
+        own = {k: v for k, v in options.items() if k in _method_defaults(method)}
+        fitter = method_cls(**(_method_defaults(method) | own))
+        rest = {k: v for k, v in options.items() if k not in own}
+    else:
+        fitter, rest = method, dict(options)
+    loaded = LoadedModel.wrap(model, tokenizer, processor)
+    job = FitJob(loaded, _scorer(model, tokenizer, processor), train, val)
+    if fitter.trained:
+        job.training = _training(rest)
+    elif rest:
+        raise DsoError(f"{sorted(rest)[0]} is not an option of {fitter.name}")
+    was_training = model.training
+    model.eval()
+    try:
+        return fitter.fit(job)
+    finally:
+        model.train(was_training)
+
+
+def load_artifact(path: str | Path) -> Artifact:
+    """An artifact saved by ``dso train`` or :meth:`Artifact.save` (checked against its sha256)."""
+    return Artifact.load(path)
+
+
+def evaluate(
+    artifact: Artifact | None,
+    model: nn.Module,
+    tokenizer: Any,
+    items: Iterable[Mapping[str, Any]],
+    strengths: Sequence[float],
+    *,
+    processor: Any = None,
+    bootstrap_reps: int = 1000,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """One metrics dict per strength (the ``sweep.csv`` columns: ``pob``, ``pob_se``, ``unamb_acc``,
+    ``kl``, ...) of ``model`` steered by ``artifact`` (None: the base model) on ``items``."""
+    from dso_cli.evaluation import evaluate_strengths
+
+    if artifact is not None:
+        artifact.check_fits(model)
+    return evaluate_strengths(
+        _scorer(model, tokenizer, processor),
+        artifact,
+        _as_items(items),
+        [float(s) for s in strengths],
+        bootstrap_reps=bootstrap_reps,
+        seed=seed,
+    )
+
+
+def _as_items(items: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    if isinstance(items, datasets.Dataset):
+        return items.to_list()
+    return [dict(item) for item in items]
+
+
+def _scorer(model: nn.Module, tokenizer: Any, processor: Any):
+    from dso_cli.scoring import OptionScorer
+
+    return OptionScorer(model, tokenizer, processor=processor)
+
+
+def _method_class(name: str) -> type[SteeringMethod]:
+    from dso_cli.steering.method import method_class
+
+    return method_class(name)
+
+
+def _method_defaults(name: str) -> dict[str, Any]:
+    """The shipped config's options of a method (none for a method without a config file)."""
+    from omegaconf import OmegaConf
+
+    from dso_cli.config_files import group_config, group_options
+
+    if name not in group_options("steering_method"):
+        return {}
+    cfg = OmegaConf.to_container(group_config("steering_method", name), resolve=True)
+    assert isinstance(cfg, dict)
+    return {k: v for k, v in cfg.items() if k not in ("_target_", "name")}
+
+
+def _training(options: Mapping[str, Any]) -> Training:
+    """The RL trainer's settings: ``conf/optimizer/adam.yaml`` and the paper's reward, ``options`` on top."""
+    from omegaconf import OmegaConf
+
+    from dso_cli.benchmarks.neutral_text import read_passages
+    from dso_cli.config_files import group_config
+    from dso_cli.rl.config import TrainConfig
+    from dso_cli.targets import instantiate_checked
+
+    opt = OmegaConf.to_container(group_config("optimizer", "adam"), resolve=True)
+    assert isinstance(opt, dict)
+    text_path = opt.pop("kl_text_path", None)
+    opt.pop("name", None)
+    extra = dict(options)
+    reward = extra.pop("reward", None) or instantiate_checked(group_config("reward", "stereotype_flip"), "reward")
+    checkpoint = extra.pop("checkpoint_path", None)
+    unknown = sorted(set(extra) - set(TrainConfig.__dataclass_fields__))
+    if unknown:
+        raise DsoError(f"{unknown[0]} is not an option of the method or of its trainer")
+    settings = {**opt, **extra}
+    settings["betas"] = tuple(settings["betas"])
+    config = TrainConfig(**settings)
+    return Training(
+        config=config,
+        reward=reward,
+        text_passages=read_passages(text_path, "train", what="kl_text_path") if config.kl_text_passages > 0 else (),
+        val_text_passages=read_passages(text_path, "val", what="kl_text_path") if config.eval_every > 0 else (),
+        checkpoint_path=Path(checkpoint) if checkpoint else None,
+    )

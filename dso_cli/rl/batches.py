@@ -1,0 +1,97 @@
+"""What each training step draws: stratified batches that save and restore their position, and the
+base model's cached log-probabilities."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from dso_cli.benchmarks.schema import DecisionItem
+from dso_cli.errors import DsoError
+from dso_cli.rl.config import TrainConfig
+from dso_cli.scoring import OptionScorer
+
+
+class BatchSampler:
+    """Stratified batches: ``occupations_per_batch`` clusters (occupations), whole counterbalanced pairs
+    of each; with several benchmarks (a mixture) the clusters are taken from each benchmark in turn."""
+
+    def __init__(self, items: Sequence[DecisionItem], cfg: TrainConfig, rng: random.Random) -> None:
+        self.rng = rng
+        self.cfg = cfg
+        pairs: dict[str, dict[str, list[DecisionItem]]] = defaultdict(lambda: defaultdict(list))
+        benchmark_of: dict[str, str] = {}
+        self.unambiguous = [item for item in items if not item["ambiguous"]]
+        for item in items:
+            if item["ambiguous"]:
+                pairs[item["occupation"]][item["pair_id"]].append(item)
+                benchmark_of[item["occupation"]] = item["benchmark"]
+        self.pairs = {occ: list(by_id.values()) for occ, by_id in pairs.items()}
+        if not self.pairs:
+            raise DsoError("the training split has no ambiguous items to debias")
+        self.benchmarks = sorted(set(benchmark_of.values()))
+        self.clusters = {b: sorted(o for o, ob in benchmark_of.items() if ob == b) for b in self.benchmarks}
+        self._queues: dict[str, list[str]] = {b: [] for b in self.benchmarks}
+        self._turn = 0
+
+    def ambiguous_batch(self) -> list[DecisionItem]:
+        batch = []
+        for _ in range(min(self.cfg.occupations_per_batch, len(self.pairs))):
+            bench = self.benchmarks[self._turn % len(self.benchmarks)]
+            self._turn += 1
+            queue = self._queues[bench]
+            if not queue:
+                queue[:] = self.clusters[bench]
+                self.rng.shuffle(queue)
+            occ = queue.pop()
+            for pair in self.rng.sample(self.pairs[occ], min(self.cfg.pairs_per_occupation, len(self.pairs[occ]))):
+                batch.extend(pair)
+        return batch
+
+    def unambiguous_batch(self) -> list[DecisionItem]:
+        k = min(self.cfg.unambiguous_per_batch, len(self.unambiguous))
+        return self.rng.sample(self.unambiguous, k)
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint needs besides the RNG: the clusters still queued in this round."""
+        return {"queues": {b: list(q) for b, q in self._queues.items()}, "turn": self._turn}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        if set(state.get("queues", {})) != set(self.benchmarks):
+            raise DsoError("the checkpoint was written for another set of benchmarks")
+        self._queues = {b: list(q) for b, q in state["queues"].items()}
+        self._turn = int(state["turn"])
+
+
+class BaseCache:
+    """Option log-probabilities of the unsteered model, computed once per item and reused."""
+
+    def __init__(self, scorer: OptionScorer) -> None:
+        self.scorer = scorer
+        self._lp: dict[str, Tensor] = {}
+
+    def __call__(self, items: Sequence[DecisionItem]) -> Tensor:
+        todo = [item for item in items if item["id"] not in self._lp]
+        if todo:
+            for item, row in zip(todo, self.scorer.logprobs(todo).detach(), strict=True):
+                self._lp[item["id"]] = row
+        width = max(self._lp[item["id"]].shape[0] for item in items)
+        rows = [
+            torch.nn.functional.pad(self._lp[i["id"]], (0, width - self._lp[i["id"]].shape[0]), value=-math.inf)
+            for i in items
+        ]
+        return torch.stack(rows)
+
+    def state(self) -> dict[str, Tensor]:
+        """The cached rows, for a checkpoint: batch composition changes float rounding, so a resumed run
+        reuses the exact values rather than recomputing them."""
+        return dict(self._lp)
+
+    def restore(self, state: Mapping[str, Tensor]) -> None:
+        self._lp.update({key: row.to(self.scorer.device) for key, row in state.items()})

@@ -1,0 +1,174 @@
+"""One optimizer step of the DSO objective: rewards, the KL terms, sparsity and the ω path, with
+gradients accumulated term by term."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from dso_cli.benchmarks.schema import DecisionItem
+from dso_cli.errors import DsoError
+from dso_cli.metrics import kl_divergence
+from dso_cli.rl.batches import BaseCache, BatchSampler
+from dso_cli.rl.config import TrainConfig
+from dso_cli.rl.estimators import Estimator
+from dso_cli.rl.rewards import per_occupation_gap
+from dso_cli.scoring import OptionScorer, policy
+
+
+class NonFiniteLoss(DsoError):
+    """Training produced NaN/inf; the parameters of the last finite step are kept."""
+
+
+def _one_step(
+    scorer: OptionScorer,
+    steer: Any,
+    estimator: Estimator,
+    sampler: BatchSampler,
+    base: BaseCache,
+    cfg: TrainConfig,
+    state: dict[str, Any],
+    optimizer: torch.optim.Optimizer,
+    leaves: list[Tensor],
+    step: int,
+    texts: tuple[list[list[int]], random.Random],
+    prompts: tuple[list[list[int]], random.Random],
+    omega_rng: random.Random,
+) -> dict[str, float]:
+    """One optimizer step (``ppo_epochs`` of them for PPO) over ``accumulate`` micro-batches."""
+    micro = []
+    for _ in range(cfg.accumulate):
+        amb, unamb = sampler.ambiguous_batch(), sampler.unambiguous_batch()
+        text = _draw(*texts, cfg.kl_text_passages) + _draw(*prompts, cfg.kl_prompt_items)
+        omega = omega_rng.uniform(0.0, 1.0) if cfg.strength_mode == "path" else None
+        micro.append({"amb": amb, "unamb": unamb, "text": text, "omega": omega, "plan": None})
+    duals = state["duals"]
+    metrics: dict[str, float] = {"step": step}
+    constrained = cfg.kl_mode == "constraint"
+    use_kl = constrained or cfg.kl_coef > 0  # the unambiguous items' KL
+    use_text_kl = constrained or (cfg.kl_coef if cfg.kl_text_coef is None else cfg.kl_text_coef) > 0
+    for _ in range(estimator.epochs):
+        optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = defaultdict(float)
+        backward = partial(_backward, sums=sums, scale=1.0 / cfg.accumulate, step=step, state=state)
+        for i, batch in enumerate(micro):
+            steer.strength = 0.0  # the base policy: KL anchor and path target
+            base_unamb = base(batch["unamb"]) if batch["unamb"] and use_kl else None
+            with torch.no_grad():
+                base_text = scorer.token_logprobs(batch["text"])[0] if batch["text"] and use_text_kl else None
+            steer.strength = 1.0
+            probs = policy(scorer.logprobs(batch["amb"], grad=True))
+            if batch["plan"] is None:
+                batch["plan"] = estimator.prepare(batch["amb"], probs.detach())
+            sums["reward"] += float(estimator.expected_reward(batch["plan"], probs))
+            sums["batch_pob"] += float(per_occupation_gap(batch["amb"], probs.detach()).abs().mean())
+            for bench, pob in per_benchmark_pob(batch["amb"], probs.detach(), sampler.benchmarks).items():
+                sums[f"batch_pob_{bench}"] += pob
+            backward(estimator.loss(batch["plan"], probs), 1.0, "policy_loss")
+            if batch["omega"] is not None:
+                omega = batch["omega"]
+                target = (1.0 - omega) * per_occupation_gap(batch["amb"], policy(base(batch["amb"])))
+                steer.strength = omega
+                gap = per_occupation_gap(batch["amb"], policy(scorer.logprobs(batch["amb"], grad=True)))
+                steer.strength = 1.0
+                backward((gap - target).pow(2).mean(), cfg.path_weight, "path_loss")
+                sums["path_omega"] += omega
+            if base_unamb is not None or (cfg.accuracy_weight > 0 and batch["unamb"]):
+                unamb_lp = scorer.logprobs(batch["unamb"], grad=True)
+                terms = []
+                if base_unamb is not None:
+                    kl = kl_divergence(unamb_lp, base_unamb).mean()
+                    sums["kl"] += float(kl.detach())
+                    terms.append(duals["unambiguous"] * kl)
+                if cfg.accuracy_weight > 0:
+                    accuracy = expected_accuracy(batch["unamb"], unamb_lp)
+                    sums["unamb_acc"] += float(accuracy.detach())
+                    terms.append(-cfg.accuracy_weight * accuracy)
+                backward(sum(terms), 1.0, "unambiguous_loss")
+            if base_text is not None:
+                logp, lengths = scorer.token_logprobs(batch["text"])
+                backward(_text_kl(logp, base_text, lengths), duals["neutral_text"], "kl_text")
+            if i == 0 and cfg.l1 > 0:
+                backward(sum(p.abs().sum() for p in leaves), cfg.l1 * cfg.accumulate, "l1")
+        if cfg.grad_clip > 0:
+            norm = float(torch.nn.utils.clip_grad_norm_(leaves, cfg.grad_clip))
+        else:
+            grads = [p.grad.norm() for p in leaves if p.grad is not None]
+            norm = float(torch.linalg.vector_norm(torch.stack(grads))) if grads else 0.0
+        if not math.isfinite(norm):
+            raise NonFiniteLoss(_non_finite_message(step, "gradient", state))
+        optimizer.step()
+        metrics |= {k: v / (1 if k == "l1" else cfg.accumulate) for k, v in sums.items()} | {"grad_norm": norm}
+    if cfg.kl_mode == "constraint":  # dual ascent on each KL source's multiplier
+        for source, key in (("unambiguous", "kl"), ("neutral_text", "kl_text")):
+            if key in metrics:
+                duals[source] = max(0.0, duals[source] + cfg.kl_dual_lr * (metrics[key] - cfg.kl_budget))
+        metrics |= {"dual_kl": duals["unambiguous"], "dual_kl_text": duals["neutral_text"]}
+    return metrics
+
+
+def expected_accuracy(items: Sequence[DecisionItem], logprobs: Tensor) -> Tensor:
+    """Mean probability of the correct option (the exact expected reward of +1 for a correct answer)."""
+    correct = torch.tensor([item["correct"] for item in items], device=logprobs.device)
+    return policy(logprobs).gather(1, correct[:, None]).mean()
+
+
+def per_benchmark_pob(items: Sequence[DecisionItem], probs: Tensor, benchmarks: Sequence[str]) -> dict[str, float]:
+    """POB of a batch per member benchmark (a mixture's training log); nothing for one benchmark."""
+    if len(benchmarks) < 2:
+        return {}
+    out = {}
+    for bench in benchmarks:
+        rows = [i for i, item in enumerate(items) if item["benchmark"] == bench]
+        if rows:
+            sub = [items[i] for i in rows]
+            out[bench] = float(per_occupation_gap(sub, probs[rows]).abs().mean())
+    return out
+
+
+def _backward(
+    part: Tensor, weight: float, name: str, *, sums: dict[str, float], scale: float, step: int, state: dict
+) -> None:
+    """Accumulate one loss term's gradient right away (its graph is freed before the next forward)."""
+    value = float(part.detach())
+    if not math.isfinite(value):
+        raise NonFiniteLoss(_non_finite_message(step, name, state))
+    sums[name] += value
+    (weight * scale * part).backward()
+
+
+def _non_finite_message(step: int, what: str, state: dict[str, Any]) -> str:
+    return (
+        f"non-finite {what} at step {step}; training stopped with the parameters of step {state['step']} "
+        "(the last checkpoint, if any, is untouched): lower optimizer.lr or check the reward"
+    )
+
+
+def _tokenized(scorer: OptionScorer, passages: Sequence[str], max_tokens: int) -> list[list[int]]:
+    seqs = [scorer.tokenizer(p, truncation=True, max_length=max_tokens)["input_ids"] for p in passages]
+    return [s for s in seqs if len(s) >= 2]
+
+
+def _prompts(scorer: OptionScorer, items: Sequence[DecisionItem]) -> list[list[int]]:
+    """The training items' distinct prompts as token ids (text items only), for the prompt KL."""
+    seqs = {tuple(scorer.encode(item).prompt_ids) for item in items if not item.get("images")}
+    return [list(s) for s in sorted(seqs) if len(s) >= 2]
+
+
+def _draw(pool: list[list[int]], rng: random.Random, k: int) -> list[list[int]]:
+    return rng.sample(pool, min(k, len(pool))) if pool and k > 0 else []
+
+
+def _text_kl(logp: Tensor, base: Tensor, lengths: Tensor) -> Tensor:
+    """Mean over passages of the per-token ``KL(steered ‖ base)`` of the next-token distribution."""
+    per_token = (logp.exp() * (logp - base)).sum(-1)  # [batch, width]
+    width = per_token.shape[1]
+    mask = torch.arange(width, device=per_token.device)[None, :] < (lengths[:, None] - 1).to(per_token.device)
+    return ((per_token * mask).sum(1) / mask.sum(1).clamp_min(1)).mean()
