@@ -63,9 +63,10 @@ def fit(
     train = _as_items(items)
     val = _as_items(val_items) if val_items is not None else None
     if isinstance(method, str):
-        method_cls = _method_class(method)
-        own = {k: v for k, v in options.items() if k in _method_defaults(method)}
-        fitter = method_cls(**(_method_defaults(method) | own))
+        from dso_cli.steering.method import shipped_options
+
+        own = {k: v for k, v in options.items() if k in shipped_options(method)}
+        fitter = _method_class(method)(**own)
         rest = {k: v for k, v in options.items() if k not in own}
     else:
         fitter, rest = method, dict(options)
@@ -131,19 +132,6 @@ def _method_class(name: str) -> type[SteeringMethod]:
     from dso_cli.steering.method import method_class
 
     return method_class(name)
-
-
-def _method_defaults(name: str) -> dict[str, Any]:
-    """The shipped config's options of a method (none for a method without a config file)."""
-    from omegaconf import OmegaConf
-
-    from dso_cli.config_files import group_config, group_options
-
-    if name not in group_options("steering_method"):
-        return {}
-    cfg = OmegaConf.to_container(group_config("steering_method", name), resolve=True)
-    assert isinstance(cfg, dict)
-    return {k: v for k, v in cfg.items() if k not in ("_target_", "name")}
 
 
 def _training(options: Mapping[str, Any]) -> Training:

@@ -24,7 +24,7 @@ class PolicyView:
         n = len(items)
         hard = torch.zeros_like(probs).scatter_(1, probs.argmax(1, keepdim=True), 1.0)
         self.ambiguous = np.array([bool(it["ambiguous"]) for it in items], dtype=bool)
-        self.occupation = np.array([it["occupation"] for it in items], dtype=object)
+        self.cluster = np.array([it["cluster"] for it in items], dtype=object)
         self.pair = np.array([it["pair_id"] for it in items], dtype=object)
         pro, anti, correct = (
             torch.tensor([it[k] for it in items], dtype=torch.long) for k in ("pro_option", "anti_option", "correct")
@@ -114,11 +114,11 @@ def decision_metrics(
     v = PolicyView(items, probs)
     amb, unamb = v.ambiguous, ~v.ambiguous
     out = {
-        "pob": per_occupation_bias(v.gap_soft[amb], v.occupation[amb]),
-        "pob_se": _cluster_bootstrap_pob(v.gap_soft[amb], v.occupation[amb], v.pair[amb], bootstrap_reps, seed)
+        "pob": per_occupation_bias(v.gap_soft[amb], v.cluster[amb]),
+        "pob_se": _cluster_bootstrap_pob(v.gap_soft[amb], v.cluster[amb], v.pair[amb], bootstrap_reps, seed)
         if amb.any()
         else float("nan"),
-        "pob_hard": per_occupation_bias(v.gap_hard[amb], v.occupation[amb]),
+        "pob_hard": per_occupation_bias(v.gap_hard[amb], v.cluster[amb]),
         "stereotype_gap": float(abs(v.gap_soft[amb].mean())) if amb.any() else float("nan"),
         "stereotype_gap_hard": float(abs(v.gap_hard[amb].mean())) if amb.any() else float("nan"),
         "unamb_acc": float(v.correct_soft[unamb].mean()) if unamb.any() else float("nan"),
@@ -227,7 +227,7 @@ def bootstrap_hypervolumes(
     base = PolicyView(items, base_probs)
     amb, unamb = base.ambiguous, ~base.ambiguous
     rng = np.random.default_rng(seed)
-    pairs = PairResampler(base.occupation[amb], base.pair[amb], reps, rng)
+    pairs = PairResampler(base.cluster[amb], base.pair[amb], reps, rng)
     n_unamb = int(unamb.sum())
     unamb_draw = rng.integers(0, n_unamb, size=(reps, n_unamb)) if n_unamb else None
 

@@ -57,11 +57,20 @@ def new_train_dir(cfg: DictConfig, job_num: int | None = None, under: str | None
             path, n = base.with_name(f"{base.name}-{n}"), n + 1
 
 
+RUN_FILES = (
+    TRAIN_CONFIG, "env.json", "train_log.csv", "checkpoint.pt", ARTIFACT_DIR, "sweep.csv", "sweep_types.csv",
+    "eval.csv", "prune.csv", "compare.csv", "report", "probs", "wandb",
+)  # fmt: skip
+"""What dso writes at the top of a run directory: a directory holding any of them is taken."""
+
+
 def claim_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
     """Make sure a run may write into the ``run_dir`` the user named, creating it if needed.
 
-    A non-empty directory is refused unless the run resumes it or ``overwrite=true`` starts it over;
-    ``overwrite`` empties only a directory that a dso run made (it has a ``config.yaml``).
+    A directory that holds a run's files (:data:`RUN_FILES`) is refused unless the run resumes it or
+    ``overwrite=true`` starts it over; ``overwrite`` empties only a directory that a dso run made (it
+    has a ``config.yaml``). Other files (the log this command's output is redirected to, notes) never
+    block a run and are never touched.
     """
     try:
         run_dir.mkdir(parents=True)
@@ -69,10 +78,10 @@ def claim_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
     except FileExistsError:
         if not run_dir.is_dir():
             raise DsoError(f"run_dir {run_dir} exists and is not a directory") from None
-    if resume or not any(run_dir.iterdir()):
+    if resume or not any((run_dir / name).exists() for name in RUN_FILES):
         return
     if not overwrite:
-        what = "an interrupted run (resume=true continues it)" if (run_dir / "checkpoint.pt").is_file() else "files"
+        what = "an interrupted run (resume=true continues it)" if (run_dir / "checkpoint.pt").is_file() else "a run"
         raise DsoError(f"run_dir {run_dir} is not empty: it holds {what}; pass overwrite=true to start over there")
     if not (run_dir / TRAIN_CONFIG).is_file():
         raise DsoError(f"run_dir {run_dir} is not a dso run directory (no {TRAIN_CONFIG}); refusing to empty it")

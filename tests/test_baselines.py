@@ -282,3 +282,12 @@ def test_caa_chooses_its_layer_by_val_pob(setup, items):
     configured = fit_caa(loaded, store, layers=[0], val_items=val)  # configured layers skip the selection
     assert configured.manifest["hyperparameters"]["layer_selection"] is None
     assert list(configured.tensors) == [f"{layers[0]}.v"]
+
+
+def test_a_layer_out_of_range_names_the_method_that_asked_for_it(setup, items):
+    loaded, scorer = setup
+    store = ActivationStore(scorer, items)
+    with pytest.raises(DsoError, match=r"^leace layers \[99\] out of range"):
+        fit_leace(loaded, store, layers=[99])
+    with pytest.raises(DsoError, match=r"^caa layers \[99\] out of range"):
+        fit_caa(loaded, store, layers=[99])

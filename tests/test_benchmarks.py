@@ -202,7 +202,7 @@ def test_bbq_biased_answer_follows_question_polarity():
     }  # fmt: skip
     neg = bbq.to_item(row, where="x")
     assert (neg["pro_option"], neg["anti_option"], neg["correct"]) == (2, 0, 1)
-    assert neg["option_groups"] == ["male", "unknown", "female"] and neg["occupation"] == "q3"
+    assert neg["option_groups"] == ["male", "unknown", "female"] and neg["cluster"] == "q3"
     nonneg = bbq.to_item(dict(row, question_polarity="nonneg"), where="x")
     assert (nonneg["pro_option"], nonneg["anti_option"]) == (0, 2)
 
@@ -220,7 +220,7 @@ def test_bbq_malformed_file(tmp_path):
 # --- capability ----------------------------------------------------------------------------------------
 def test_mmlu_dev_questions():
     ds = mmlu.build_dev()["test"]
-    assert len(ds) == 281 and len(set(ds["occupation"])) == 57
+    assert len(ds) == 281 and len(set(ds["cluster"])) == 57
     counts = Counter(ds["correct"])
     assert set(counts) == {0, 1, 2, 3} and min(counts.values()) >= 50  # answers spread over the letters
     for it in ds.select(range(0, 281, 20)):

@@ -13,8 +13,8 @@ from dso_cli.rl.rewards import AbsGapReward, StereotypeFlipReward, per_occupatio
 def items():
     test = build(test_pairs_per_occupation=2)["test"].to_list()
     amb = [i for i in test if i["ambiguous"]]
-    keep = sorted({i["occupation"] for i in amb})[:4]
-    return [i for i in amb if i["occupation"] in keep]  # 4 occupations x 2 pairs x 2 orders
+    keep = sorted({i["cluster"] for i in amb})[:4]
+    return [i for i in amb if i["cluster"] in keep]  # 4 occupations x 2 pairs x 2 orders
 
 
 def toy_logits(items, seed=0):

@@ -101,7 +101,7 @@ def test_mixture_keeps_members_splits_and_prefixes_clusters(tmp_path):
     assert set(built) == {"train", "val", "test", "heldout_occupations", "heldout_templates"}
     test = built["test"].to_list()
     assert {it["benchmark"] for it in test} == {"occupation", "synthbias"}
-    assert all(it["occupation"].startswith(f"{it['benchmark']}:") for it in test)
+    assert all(it["cluster"].startswith(f"{it['benchmark']}:") for it in test)
     assert {it["benchmark"] for it in built["heldout_templates"]} == {"occupation"}
     per_member = Counter(it["benchmark"] for it in built["train"] if it["ambiguous"])
     assert per_member == {"occupation": 40, "synthbias": 40}  # n_train reached both members

@@ -10,7 +10,7 @@ from dso_cli.metrics import decision_metrics, hypervolume, is_monotone, pareto_m
 
 
 def item(occ, pair, pro=0, ambiguous=True, correct=-1, groups=("male", "female")):
-    return {"occupation": occ, "pair_id": f"{occ}/{pair}", "pro_option": pro, "anti_option": 1 - pro,
+    return {"cluster": occ, "pair_id": f"{occ}/{pair}", "pro_option": pro, "anti_option": 1 - pro,
             "ambiguous": ambiguous, "correct": correct, "option_groups": list(groups)}  # fmt: skip
 
 
@@ -85,7 +85,7 @@ def bbq_item(ambiguous, pro, anti, correct, unknown=1):
     groups = ["male", "female", "female"]
     groups[unknown] = "unknown"
     groups[anti] = "male" if groups[pro] == "female" else groups[anti]
-    return {"occupation": "q1", "pair_id": "p", "pro_option": pro, "anti_option": anti, "ambiguous": ambiguous,
+    return {"cluster": "q1", "pair_id": "p", "pro_option": pro, "anti_option": anti, "ambiguous": ambiguous,
             "correct": correct, "option_groups": groups}  # fmt: skip
 
 

@@ -54,7 +54,7 @@ def test_counterbalanced_pairs(splits):
                 assert a["options"] == b["options"][::-1]
                 assert a["options"][a["pro_option"]] == b["options"][b["pro_option"]]
             assert a["option_groups"][a["pro_option"]] == b["option_groups"][b["pro_option"]]
-            assert a["ambiguous"] == b["ambiguous"] and a["occupation"] == b["occupation"]
+            assert a["ambiguous"] == b["ambiguous"] and a["cluster"] == b["cluster"]
             if not a["ambiguous"]:
                 assert a["option_groups"][a["correct"]] == b["option_groups"][b["correct"]]
         # pro-stereotypical options sit first and second equally often
@@ -65,7 +65,7 @@ def test_counterbalanced_pairs(splits):
 def test_pro_option_is_the_bls_majority(splits):
     share = {o.name: o.female_share for o in load_occupations()}
     for item in splits["test"]:
-        majority = "female" if share[item["occupation"]] > 0.5 else "male"
+        majority = "female" if share[item["cluster"]] > 0.5 else "male"
         assert item["option_groups"][item["pro_option"]] == majority
         assert item["option_groups"][item["anti_option"]] != majority
 
@@ -76,16 +76,16 @@ def test_splits_are_disjoint(splits):
         for pair in set(ds["pair_id"]):
             assert pair not in seen, f"{pair} in {seen.get(pair)} and {split}"
             seen[pair] = split
-    heldout = set(splits["heldout_occupations"]["occupation"])
+    heldout = set(splits["heldout_occupations"]["cluster"])
     assert heldout == set(DEFAULT_HELDOUT)
     for split in ("train", "val", "test"):
-        assert not heldout & set(splits[split]["occupation"])
+        assert not heldout & set(splits[split]["cluster"])
 
 
 def test_unambiguous_items_state_the_answer(splits):
     item = next(i for i in splits["test"] if not i["ambiguous"] and i["attribute"] == "occupation")
     holder = item["options"][item["correct"]].strip()
-    occ = item["occupation"]
+    occ = item["cluster"]
     assert any(f"{holder} {verb} {art} {occ}" in item["prompt"] for verb in ("is", "works as") for art in ("a", "an"))
 
 
@@ -107,13 +107,13 @@ def test_bad_sizes_are_one_line_errors():
 def test_val_and_test_have_several_pairs_per_occupation(splits):
     for split in ("val", "test"):
         amb = [item for item in splits[split] if item["ambiguous"]]
-        per_occ = Counter(item["occupation"] for item in amb)
+        per_occ = Counter(item["cluster"] for item in amb)
         assert set(per_occ.values()) == {8}  # 4 counterbalanced pairs: enough for a bootstrap SE
 
 
 def test_heldout_templates_share_no_wording_setting_or_name_with_other_splits(splits):
     heldout = splits["heldout_templates"]
-    assert set(heldout["occupation"]) == set(splits["test"]["occupation"])  # training occupations ...
+    assert set(heldout["cluster"]) == set(splits["test"]["cluster"])  # training occupations ...
     others = [item for split in ("train", "val", "test") for item in splits[split]]
     for item in heldout:
         assert not any(s in item["prompt"] for s in SETTINGS)
@@ -129,8 +129,8 @@ def test_heldout_templates_share_no_wording_setting_or_name_with_other_splits(sp
     prompts = {item["prompt"] for item in others}
     assert not any(item["prompt"] in prompts for item in heldout)
     for split in ("val", "test"):  # no prompt of an occupation is asked in two splits
-        seen = {(item["occupation"], item["prompt"]) for item in splits[split]}
-        assert not seen & {(item["occupation"], item["prompt"]) for item in splits["train"]}
+        seen = {(item["cluster"], item["prompt"]) for item in splits[split]}
+        assert not seen & {(item["cluster"], item["prompt"]) for item in splits["train"]}
 
 
 def test_letter_options_keep_the_groups_and_the_answer(splits):
@@ -158,7 +158,7 @@ def test_evaluation_splits_cover_every_question_type_evenly(splits):
     """Each occupation's evaluation pairs are dealt round-robin over the question types, so the rare
     ``stated`` type (14 of ~400 unambiguous templates) gets its share of every split."""
     for split, per_occ in (("test", 4), ("val", 4), ("heldout_occupations", 4), ("heldout_templates", 12)):
-        counts = Counter((it["occupation"], it["attribute"]) for it in splits[split] if not it["ambiguous"])
+        counts = Counter((it["cluster"], it["attribute"]) for it in splits[split] if not it["ambiguous"])
         per_type = defaultdict(set)
         for (_, qtype), n in counts.items():
             per_type[qtype].add(n // 2)

@@ -56,7 +56,7 @@ def test_social_counterfactuals_pairs_differ_in_gender_only(social_counterfactua
     splits = build(modality="image", source="social_counterfactuals", hub_dataset=str(social_counterfactuals),
                    heldout_occupations=[], **SIZES)  # fmt: skip
     test = splits["test"].to_list()
-    assert {item["occupation"] for item in test} == {"nurse", "carpenter", "secretary", "mechanic"}  # no astronaut
+    assert {item["cluster"] for item in test} == {"nurse", "carpenter", "secretary", "mechanic"}  # no astronaut
     for item in test:
         male, female = (item["images"][item["option_groups"].index(g)] for g in ("male", "female"))
         assert male.endswith("_male.png") and female.endswith("_female.png")
@@ -137,7 +137,7 @@ def test_mmmu_from_local_parquet(tmp_path, monkeypatch):
     items = build_mmmu(data_files=str(tmp_path / "mmmu.parquet"))["test"].to_list()
     assert [item["id"] for item in items] == ["mmmu/validation_Art_Theory_1", "mmmu/validation_Math_2"]
     art, math = items
-    assert art["occupation"] == "Art_Theory" and art["correct"] == 1 and art["options"] == [" A", " B", " C"]
+    assert art["cluster"] == "Art_Theory" and art["correct"] == 1 and art["options"] == [" A", " B", " C"]
     assert "(image 1)" in art["prompt"] and "(image 2)" in art["prompt"] and "<image" not in art["prompt"]
     with Image.open(art["images"][0]) as first:  # images in the order the question names them
         assert first.getpixel((0, 0)) == (9, 9, 9)

@@ -11,9 +11,7 @@ def items():
     out = []
     for occ in ("nurse", "carpenter"):
         for pro in (0, 1):
-            out.append(
-                {"occupation": occ, "pro_option": pro, "anti_option": 1 - pro, "option_groups": ["male", "female"]}
-            )
+            out.append({"cluster": occ, "pro_option": pro, "anti_option": 1 - pro, "option_groups": ["male", "female"]})
     return out
 
 

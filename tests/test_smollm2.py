@@ -24,9 +24,7 @@ def test_packaged_model_loads_offline_and_scores(smollm2):
     norms = find_norm_modules(smollm2.model)
     assert len(norms) == 2 * 30 + 1 and set(norms.values()) == {576}
     assert sum(n for n in norms.values()) * 2 == 70_272  # ~70k parameters, < 0.1 % of the model
-    items = [
-        i for i in build(test_pairs_per_occupation=1)["test"].to_list() if i["occupation"] in ("nurse", "mechanic")
-    ]
+    items = [i for i in build(test_pairs_per_occupation=1)["test"].to_list() if i["cluster"] in ("nurse", "mechanic")]
     scorer = OptionScorer(smollm2.model, smollm2.tokenizer)
     logprobs = scorer.logprobs(items)
     assert torch.isfinite(logprobs).all() and (logprobs < 0).all()

@@ -24,7 +24,7 @@ def train_items():
     )
     keep = {"nurse", "carpenter", "secretary", "mechanic"}
     words = [i for i in splits["train"].to_list() if "/words/" in i["id"] and i["attribute"] == "occupation"]
-    return [i for i in splits["train"].to_list() if not i["ambiguous"]] + [i for i in words if i["occupation"] in keep]
+    return [i for i in splits["train"].to_list() if not i["ambiguous"]] + [i for i in words if i["cluster"] in keep]
 
 
 def run(tokenizer, items, **overrides):
@@ -75,8 +75,8 @@ def test_batches_are_stratified_counterbalanced_pairs(train_items):
 
     sampler = BatchSampler(train_items, TrainConfig(occupations_per_batch=3, pairs_per_occupation=2), random.Random(0))
     batch = sampler.ambiguous_batch()
-    occupations = {i["occupation"] for i in batch}
-    pairs = {o: {i["pair_id"] for i in train_items if i["ambiguous"] and i["occupation"] == o} for o in occupations}
+    occupations = {i["cluster"] for i in batch}
+    pairs = {o: {i["pair_id"] for i in train_items if i["ambiguous"] and i["cluster"] == o} for o in occupations}
     available = {o: len(ids) for o, ids in pairs.items()}
     assert len(occupations) == 3 and len(batch) == sum(2 * min(2, n) for n in available.values())
     by_pair = {}

@@ -118,6 +118,11 @@ def test_a_named_run_dir_is_never_written_over(tmp_path):
     other = tmp_path / "notes"
     other.mkdir()
     (other / "thesis.tex").write_text("precious")
+    (other / "train.log").write_text("the output of this very command")
+    claim_run_dir(other, resume=False, overwrite=False)  # files of no run: nothing to write over
+    (other / "train_log.csv").write_text("step\n1\n")  # a run's file, without its config
+    with pytest.raises(DsoError, match="is not empty: it holds a run"):
+        claim_run_dir(other, resume=False, overwrite=False)
     with pytest.raises(DsoError, match="not a dso run directory"):
         claim_run_dir(other, resume=False, overwrite=True)
     assert (other / "thesis.tex").read_text() == "precious"

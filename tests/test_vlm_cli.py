@@ -47,8 +47,8 @@ def test_image_benchmark_splits_and_counterbalance(image_dir, tmp_path, monkeypa
     splits = build(modality="image", image_dir=str(image_dir), n_train=24, n_train_unambiguous=12,
                    test_pairs_per_occupation=1, val_pairs_per_occupation=1)  # fmt: skip
     test = splits["test"].to_list()
-    assert {item["occupation"] for item in test} == {"nurse", "carpenter", "secretary", "mechanic"}
-    assert {item["occupation"] for item in splits["heldout_occupations"]} == {"librarian"}
+    assert {item["cluster"] for item in test} == {"nurse", "carpenter", "secretary", "mechanic"}
+    assert {item["cluster"] for item in splits["heldout_occupations"]} == {"librarian"}
     # 1 person pair x 3 question types x (1 ambiguous + 2 unambiguous) x 2 orders per occupation
     assert len(test) == 4 * 3 * 3 * 2 and all(len(item["images"]) == 2 for item in test)
     by_pair: dict[str, list[dict]] = {}
@@ -57,7 +57,7 @@ def test_image_benchmark_splits_and_counterbalance(image_dir, tmp_path, monkeypa
     for a, b in by_pair.values():  # the same two people, swapped left/right
         assert a["images"] == b["images"][::-1] and a["option_groups"] == b["option_groups"][::-1]
         assert a["options"] == [" A", " B"] and a["pro_option"] == 1 - b["pro_option"]
-    nurse = next(i for i in test if i["occupation"] == "nurse" and i["ambiguous"])
+    nurse = next(i for i in test if i["cluster"] == "nurse" and i["ambiguous"])
     assert nurse["option_groups"][nurse["pro_option"]] == "female" and nurse["correct"] == -1
     unamb = next(i for i in test if not i["ambiguous"])
     assert unamb["option_groups"][unamb["correct"]] in ("male", "female")

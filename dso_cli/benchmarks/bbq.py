@@ -81,7 +81,7 @@ def to_item(row: dict, *, where: str) -> dict | None:
         "anti_option": other if biased == target else target,
         "correct": int(row["label"]),
         "ambiguous": ambiguous,
-        "occupation": f"q{row['question_index']}",
+        "cluster": f"q{row['question_index']}",
         "attribute": f"{row['question_polarity']}/{row['additional_metadata'].get('subcategory', '')}",
         "pair_id": f"{BENCHMARK}/{group_id}/{'amb' if ambiguous else 'dis'}",
     }
@@ -104,7 +104,7 @@ def load_groups(path: str | None = None) -> dict[str, list[list[dict]]]:
                 raise DsoError(f"{where}: not JSON ({exc.msg})") from None
             item = to_item(row, where=where)
             if item is not None:
-                groups[item["occupation"]][item["pair_id"].split("/")[1]].append(item)
+                groups[item["cluster"]][item["pair_id"].split("/")[1]].append(item)
     if not groups:
         raise DsoError(f"bbq: {file} holds no usable items")
     return {q: list(instances.values()) for q, instances in groups.items()}

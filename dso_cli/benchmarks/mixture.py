@@ -55,7 +55,7 @@ def build(benchmarks: Sequence[str] = ("occupation", "synthbias"), **shared: Any
     out = {}
     for split in dict.fromkeys(names):
         items = [item for splits in built.values() if split in splits for item in splits[split].to_list()]
-        out[split] = to_dataset(dict(item, occupation=f"{item['benchmark']}{SEPARATOR}{item['occupation']}")
+        out[split] = to_dataset(dict(item, cluster=f"{item['benchmark']}{SEPARATOR}{item['cluster']}")
                                 for item in items)  # fmt: skip
     return datasets.DatasetDict(out)
 

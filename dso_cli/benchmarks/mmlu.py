@@ -43,7 +43,7 @@ def mc_item(benchmark: str, index: int, subject: str, question: str, choices: Se
         "anti_option": -1,
         "correct": answer,
         "ambiguous": False,
-        "occupation": subject,
+        "cluster": subject,
         "attribute": subject,
         "pair_id": f"{benchmark}/{subject}/{index}",
     }

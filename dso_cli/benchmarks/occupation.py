@@ -120,7 +120,7 @@ def _items_for(occ: Occupation, template: Template, holder: str | None, other_oc
             "anti_option": 1 - order.index(pro),
             "correct": -1 if holder is None else order.index(holder),
             "ambiguous": holder is None,
-            "occupation": occ.name,
+            "cluster": occ.name,
             "attribute": template.qtype,
             "pair_id": pair_id,
         }

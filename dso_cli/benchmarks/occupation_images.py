@@ -77,7 +77,7 @@ def _items_for(
             "anti_option": 1 - order.index(occ.majority),
             "correct": -1 if holder is None else order.index(holder),
             "ambiguous": holder is None,
-            "occupation": occ.name,
+            "cluster": occ.name,
             "attribute": qtype,
             "pair_id": pair_id,
             "images": [composite(*files)] if layout == "side_by_side" else files,

@@ -28,7 +28,7 @@ FEATURES = datasets.Features(
         "anti_option": datasets.Value("int32"),
         "correct": datasets.Value("int32"),
         "ambiguous": datasets.Value("bool"),
-        "occupation": datasets.Value("string"),
+        "cluster": datasets.Value("string"),
         "attribute": datasets.Value("string"),
         "pair_id": datasets.Value("string"),
         "images": datasets.Sequence(datasets.Value("string")),
@@ -45,11 +45,11 @@ class DecisionItem(TypedDict, total=False):
     (e.g. ``"The"`` before ``" man"`` / ``" woman"``); ``attribute`` is the question type; ``pair_id``
     ties together the items that counterbalance one another (same template, persons swapped); ``images``
     are image files shown before the prompt, in order (vision-language benchmarks; else empty);
-    ``occupation`` is the cluster that Per-Occupation Bias averages over (the occupation; for BBQ, the
-    question template; for MMLU, the subject). ``option_groups`` name the group each option denotes: a
-    gender, ``unknown`` ("cannot be determined"), or ``other``; an occupation-valued option denotes its
-    occupation's BLS majority gender. Ambiguous items have no correct option (``correct = -1``), except
-    an ``unknown`` one where offered (BBQ)."""
+    ``cluster`` is what Per-Occupation Bias averages over (the occupation; for BBQ, the question
+    template; for MMLU, the subject; in a mixture, ``<benchmark>:<cluster>``). ``option_groups`` name
+    the group each option denotes: a gender, ``unknown`` ("cannot be determined"), or ``other``; an
+    occupation-valued option denotes its occupation's BLS majority gender. Ambiguous items have no
+    correct option (``correct = -1``), except an ``unknown`` one where offered (BBQ)."""
 
     id: str
     benchmark: str
@@ -62,7 +62,7 @@ class DecisionItem(TypedDict, total=False):
     anti_option: int
     correct: int
     ambiguous: bool
-    occupation: str
+    cluster: str
     attribute: str
     pair_id: str
     images: list[str]

@@ -66,7 +66,7 @@ def _row_items(row: dict[str, str], index: int, pair_id: str, majority: dict[str
                 "anti_option": -1 if pro == -1 else 1 - pro,
                 "correct": -1 if ambiguous else order.index(occ_1),
                 "ambiguous": ambiguous,
-                "occupation": occ_1,
+                "cluster": occ_1,
                 "attribute": pronoun.lower(),
                 "pair_id": pair_id,
             }
@@ -118,7 +118,7 @@ def build(
         )
     pools: dict[bool, dict[str, list]] = {True: defaultdict(list), False: defaultdict(list)}
     for pair in load_pairs(path, url, sha256):
-        pools[pair[0]["ambiguous"]][pair[0]["occupation"]].append(pair)
+        pools[pair[0]["ambiguous"]][pair[0]["cluster"]].append(pair)
     rng = random.Random(seed)
     splits: dict[str, list] = {"train": [], "val": [], "test": []}
     for ambiguous, n_items in ((True, n_train), (False, n_train_unambiguous)):

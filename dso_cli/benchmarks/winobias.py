@@ -78,7 +78,7 @@ def _item(
         "anti_option": 1 - pro,
         "correct": correct,
         "ambiguous": False,
-        "occupation": referent,
+        "cluster": referent,
         "attribute": f"{kind}/{stereo}",
         "pair_id": pair_id,
     }

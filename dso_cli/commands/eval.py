@@ -193,7 +193,7 @@ def capability_columns(items: Sequence[dict], probs: Tensor) -> dict[str, Any]:
     """Accuracy (argmax, as MMLU is reported) with its binomial standard error, and per subject."""
     choice = probs.argmax(1).cpu().numpy()
     hit = (choice == np.array([it["correct"] for it in items])).astype(float)
-    subject = np.array([it["occupation"] for it in items])
+    subject = np.array([it["cluster"] for it in items])
     per_subject = [
         {"subject": name, "accuracy": float(hit[subject == name].mean()), "n": int((subject == name).sum())}
         for name in sorted(set(subject))

@@ -141,3 +141,14 @@ def find_head_projections(model: nn.Module) -> tuple[list[str], int]:
     if not heads:
         raise DsoError(f"the {model_family(model)} layout matches no attention output projection of this model")
     return names, int(heads)
+
+
+def layer_modules(model: nn.Module, layers: Sequence[int] | None, what: str) -> list[str]:
+    """Decoder-layer module names for layer indices (negative counts from the end); default: the middle.
+    ``what`` names the method in the error (``caa layers [40] out of range ...``)."""
+    names = find_decoder_layers(model)
+    chosen = [len(names) // 2] if not layers else list(layers)
+    try:
+        return [names[i] for i in chosen]
+    except IndexError:
+        raise DsoError(f"{what} layers {chosen} out of range: the model has {len(names)} decoder layers") from None

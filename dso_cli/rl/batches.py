@@ -30,8 +30,8 @@ class BatchSampler:
         self.unambiguous = [item for item in items if not item["ambiguous"]]
         for item in items:
             if item["ambiguous"]:
-                pairs[item["occupation"]][item["pair_id"]].append(item)
-                benchmark_of[item["occupation"]] = item["benchmark"]
+                pairs[item["cluster"]][item["pair_id"]].append(item)
+                benchmark_of[item["cluster"]] = item["benchmark"]
         self.pairs = {occ: list(by_id.values()) for occ, by_id in pairs.items()}
         if not self.pairs:
             raise DsoError("the training split has no ambiguous items to debias")

@@ -22,9 +22,9 @@ class Reward(Protocol):
 
 def occupation_index(items: Sequence[Mapping[str, Any]]) -> tuple[list[str], Tensor]:
     """The distinct occupations of a batch and, per item, the index of its occupation."""
-    names = sorted({item["occupation"] for item in items})
+    names = sorted({item["cluster"] for item in items})
     lookup = {name: i for i, name in enumerate(names)}
-    return names, torch.tensor([lookup[item["occupation"]] for item in items])
+    return names, torch.tensor([lookup[item["cluster"]] for item in items])
 
 
 def pro_anti_probs(items: Sequence[Mapping[str, Any]], probs: Tensor) -> tuple[Tensor, Tensor]:

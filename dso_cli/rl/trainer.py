@@ -28,7 +28,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,7 @@ from dso_cli.rl.checkpoint import load_checkpoint, save_checkpoint
 from dso_cli.rl.config import TrainConfig
 from dso_cli.rl.estimators import make_estimator
 from dso_cli.rl.rewards import Reward, per_occupation_gap
+from dso_cli.rl.state import TrainState
 from dso_cli.rl.step import (
     _one_step,
     _prompts,
@@ -94,44 +94,12 @@ def train_dso(
     state: dict[str, Any] = {"step": 0, "duals": {"unambiguous": cfg.kl_coef, "neutral_text": text_coef},
                              "best": {"pob": math.inf, "step": 0, "params": None}, "bad_evals": 0}  # fmt: skip
 
-    def snapshot() -> dict[str, Any]:
-        return {
-            "step": state["step"],
-            "params": {n: p.detach().cpu().clone() for n, p in params.items()},
-            "optimizer": optimizer.state_dict(),
-            "rng": {
-                "sampler": rng.getstate(),
-                "omega": omega_rng.getstate(),
-                "text": text_rng.getstate(),
-                "prompt": prompt_rng.getstate(),
-                "estimator": generator.get_state(),
-            },
-            "sampler": sampler.state(),
-            "base_cache": base.state(),
-            "duals": dict(state["duals"]),
-            "best": state["best"],
-            "bad_evals": state["bad_evals"],
-            "config": asdict(cfg),
-        }
-
+    streams = {"sampler": rng, "omega": omega_rng, "text": text_rng, "prompt": prompt_rng}
+    saved_state = TrainState(params, optimizer, streams, generator, sampler, base, state, cfg)
     if resume:
         if checkpoint_path is None:
             raise DsoError("resuming needs a checkpoint path")
-        saved = load_checkpoint(checkpoint_path)
-        if set(saved["params"]) != set(names):
-            raise DsoError(f"{checkpoint_path} holds parameters of other modules than this model's")
-        with torch.no_grad():
-            for n in names:
-                params[n].copy_(saved["params"][n].to(params[n].device))
-        optimizer.load_state_dict(saved["optimizer"])
-        rng.setstate(saved["rng"]["sampler"])
-        omega_rng.setstate(saved["rng"]["omega"])
-        text_rng.setstate(saved["rng"]["text"])
-        prompt_rng.setstate(saved["rng"]["prompt"])
-        generator.set_state(saved["rng"]["estimator"])
-        sampler.restore(saved["sampler"])
-        base.restore(saved["base_cache"])
-        state.update(step=saved["step"], duals=saved["duals"], best=saved["best"], bad_evals=saved["bad_evals"])
+        saved_state.restore(load_checkpoint(checkpoint_path), checkpoint_path)
 
     metrics: dict[str, float] = {}
     bar = tqdm(range(state["step"] + 1, cfg.steps + 1), desc="dso train", unit="step", initial=state["step"],
@@ -153,7 +121,7 @@ def train_dso(
             kl = {k: f"{metrics[k]:.4f}" for k in ("kl", "kl_text") if k in metrics}  # the KL terms trained on
             bar.set_postfix(reward=f"{metrics['reward']:.3f}", pob=f"{metrics['batch_pob']:.3f}", **kl)
             if checkpoint_path is not None and (step % cfg.checkpoint_every == 0 or interrupt["hit"]):
-                save_checkpoint(checkpoint_path, snapshot())
+                save_checkpoint(checkpoint_path, saved_state.snapshot())
             if interrupt["hit"]:
                 where = f"; checkpoint saved to {checkpoint_path}" if checkpoint_path else ""
                 print(f"dso train: stopped after step {step}{where}", file=sys.stderr, flush=True)

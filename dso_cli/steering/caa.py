@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from dso_cli.errors import DsoError
 from dso_cli.metrics import decision_metrics
-from dso_cli.models.layouts import find_decoder_layers
+from dso_cli.models.layouts import find_decoder_layers, layer_modules
 from dso_cli.models.loading import LoadedModel
 from dso_cli.scoring import OptionScorer, policy
 from dso_cli.steering.activations import ActivationStore
@@ -43,16 +43,6 @@ def mean_difference(pro: Tensor, anti: Tensor) -> Tensor:
     return anti.mean(0) - pro.mean(0)
 
 
-def resolve_layers(model: nn.Module, layers: Sequence[int] | None) -> list[str]:
-    """Decoder-layer module names for layer indices (negative counts from the end); default: the middle."""
-    names = find_decoder_layers(model)
-    chosen = [len(names) // 2] if not layers else list(layers)
-    try:
-        return [names[i] for i in chosen]
-    except IndexError:
-        raise DsoError(f"caa layers {chosen} out of range: the model has {len(names)} decoder layers") from None
-
-
 def default_candidates(n_layers: int, count: int = 5) -> list[int]:
     """``count`` evenly spaced interior layers (1/6 … 5/6 of the depth for five)."""
     return sorted({min(n_layers - 1, round(n_layers * k / (count + 1))) for k in range(1, count + 1)})
@@ -61,9 +51,9 @@ def default_candidates(n_layers: int, count: int = 5) -> list[int]:
 def caa_modules(model: nn.Module, options: Mapping[str, Any], can_select: bool) -> list[str]:
     """The decoder layers whose outputs a CAA fit with ``options`` records."""
     if options.get("layers") or not can_select:
-        return resolve_layers(model, options.get("layers"))
+        return layer_modules(model, options.get("layers"), "caa")
     candidates = options.get("candidate_layers") or default_candidates(len(find_decoder_layers(model)))
-    return resolve_layers(model, candidates)
+    return layer_modules(model, candidates, "caa")
 
 
 def fit_caa(
@@ -160,7 +150,7 @@ class CAA(SteeringMethod):
             layers=self.options.get("layers"),
             val_items=job.val_items,
             candidate_layers=self.options.get("candidate_layers"),
-            select_alpha=float(self.options.get("select_alpha", 2.0)),
+            select_alpha=float(self.options["select_alpha"]),
         )
 
     @classmethod

@@ -139,7 +139,7 @@ class ITI(SteeringMethod):
         return [], find_head_projections(model)[0]
 
     def fit(self, job: FitJob) -> Artifact:
-        top_k, seed = int(self.options.get("top_k", 8)), int(self.options.get("seed", 0))
+        top_k, seed = int(self.options["top_k"]), int(self.options["seed"])
         return fit_iti(job.loaded, job.activations(), top_k=top_k, seed=seed)
 
     @classmethod

@@ -16,11 +16,11 @@ import torch
 from torch import Tensor, nn
 
 from dso_cli.errors import DsoError
+from dso_cli.models.layouts import layer_modules
 from dso_cli.models.loading import LoadedModel
 from dso_cli.steering.activations import ActivationStore, usable_items
 from dso_cli.steering.affine import SteeringHandle
 from dso_cli.steering.artifact import Artifact
-from dso_cli.steering.caa import resolve_layers
 from dso_cli.steering.hooks import hooks_on, output_tensor, with_hidden
 from dso_cli.steering.method import FitJob, SteeringMethod
 
@@ -54,7 +54,7 @@ def erase(h: Tensor, proj_left: Tensor, proj_right: Tensor, bias: Tensor) -> Ten
 
 
 def fit_leace(loaded: LoadedModel, store: ActivationStore, layers: Sequence[int] | None = None) -> Artifact:
-    names = resolve_layers(loaded.model, layers)
+    names = layer_modules(loaded.model, layers, "leace")
     acts = store.outputs(names)
     z = gender_labels(store.items)
     tensors = {}
@@ -102,7 +102,7 @@ class LEACE(SteeringMethod):
     strength = STRENGTH
 
     def records(self, model: nn.Module, norm_modules: Any, can_select: bool) -> tuple[list[str], list[str]]:
-        return resolve_layers(model, self.options.get("layers")), []
+        return layer_modules(model, self.options.get("layers"), "leace"), []
 
     def fit(self, job: FitJob) -> Artifact:
         return fit_leace(job.loaded, job.activations(), layers=self.options.get("layers"))

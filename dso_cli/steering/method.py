@@ -82,7 +82,7 @@ class SteeringMethod:
             _REGISTRY[cls.name] = cls
 
     def __init__(self, **options: Any) -> None:
-        self.options = dict(options)
+        self.options = {**shipped_options(self.name), **options}  # the defaults live in the config file only
 
     def records(self, model: nn.Module, norm_modules: Any, can_select: bool) -> tuple[list[str], list[str]]:
         """``(outputs, inputs)``: the modules whose answer-position activations ``fit`` reads."""
@@ -139,6 +139,19 @@ def method_class(name: str) -> type[SteeringMethod]:
             f"imported: steering_method._target_=pkg.Method allow_targets=[pkg])"
         )
     return _REGISTRY[name]
+
+
+def shipped_options(name: str) -> dict[str, Any]:
+    """The options of ``conf/steering_method/<name>.yaml`` (none for a method without a config file)."""
+    from omegaconf import OmegaConf
+
+    from dso_cli.config_files import group_config
+
+    if name not in _builtin_names():
+        return {}
+    cfg = OmegaConf.to_container(group_config("steering_method", name), resolve=True)
+    assert isinstance(cfg, dict)
+    return {str(k): v for k, v in cfg.items() if k not in ("_target_", "name")}
 
 
 def method_names() -> list[str]:
