@@ -23,7 +23,7 @@ from torch import nn
 
 from dso_cli.errors import DsoError
 from dso_cli.steering.artifact import Artifact
-from dso_cli.steering.method import FitJob, SteeringMethod, Training
+from dso_cli.steering.method import FitJob, SteeringMethod, Training, method_class, shipped_options
 
 
 def load_benchmark(name: str, **options: Any) -> datasets.DatasetDict:
@@ -63,10 +63,8 @@ def fit(
     train = _as_items(items)
     val = _as_items(val_items) if val_items is not None else None
     if isinstance(method, str):
-        from dso_cli.steering.method import shipped_options
-
         own = {k: v for k, v in options.items() if k in shipped_options(method)}
-        fitter = _method_class(method)(**own)
+        fitter = method_class(method)(**own)
         rest = {k: v for k, v in options.items() if k not in own}
     else:
         fitter, rest = method, dict(options)
@@ -128,34 +126,23 @@ def _scorer(model: nn.Module, tokenizer: Any, processor: Any):
     return OptionScorer(model, tokenizer, processor=processor)
 
 
-def _method_class(name: str) -> type[SteeringMethod]:
-    from dso_cli.steering.method import method_class
-
-    return method_class(name)
-
-
 def _training(options: Mapping[str, Any]) -> Training:
     """The RL trainer's settings: ``conf/optimizer/adam.yaml`` and the paper's reward, ``options`` on top."""
     from omegaconf import OmegaConf
 
     from dso_cli.benchmarks.neutral_text import read_passages
     from dso_cli.config_files import group_config
+    from dso_cli.fitting import trainer_settings
     from dso_cli.rl.config import TrainConfig
     from dso_cli.targets import instantiate_checked
 
     opt = OmegaConf.to_container(group_config("optimizer", "adam"), resolve=True)
     assert isinstance(opt, dict)
-    text_path = opt.pop("kl_text_path", None)
-    opt.pop("name", None)
+    text_path = opt.get("kl_text_path")
     extra = dict(options)
     reward = extra.pop("reward", None) or instantiate_checked(group_config("reward", "stereotype_flip"), "reward")
     checkpoint = extra.pop("checkpoint_path", None)
-    unknown = sorted(set(extra) - set(TrainConfig.__dataclass_fields__))
-    if unknown:
-        raise DsoError(f"{unknown[0]} is not an option of the method or of its trainer")
-    settings = {**opt, **extra}
-    settings["betas"] = tuple(settings["betas"])
-    config = TrainConfig(**settings)
+    config = trainer_settings({**opt, **extra}, seed=TrainConfig.seed)  # a seed= option wins
     return Training(
         config=config,
         reward=reward,

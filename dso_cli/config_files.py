@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from dso_cli.errors import DsoError
+from dso_cli.errors import DsoError, first_line
 
 WHAT = {"bias_benchmark": "bias benchmark", "capability": "capability set"}
 
@@ -41,6 +41,18 @@ def group_config(group: str, name: str, *, where: str = "") -> DictConfig:
     return typed(group, name, cfg)
 
 
+def schema_error(exc: BaseException) -> tuple[str, str] | None:
+    """``(key, what was wrong)`` from the OmegaConf validation error behind ``exc`` (its cause chain)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        key = getattr(cause, "full_key", None)
+        if key:
+            msg = str(getattr(cause, "msg", "") or cause).strip().splitlines()[0]
+            return key, msg.replace("Invalid value assigned: ", "")
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def typed(group: str, name: str, cfg: DictConfig, *, prefix: str = "") -> DictConfig:
     """``cfg`` checked against the option's schema (types, closed keys), as a plain closed DictConfig.
 
@@ -56,8 +68,7 @@ def typed(group: str, name: str, cfg: DictConfig, *, prefix: str = "") -> DictCo
     try:
         checked = OmegaConf.merge(OmegaConf.structured(schema), cfg)
     except OmegaConfBaseException as exc:
-        key = getattr(exc, "full_key", "") or ""
-        message = str(getattr(exc, "msg", "") or exc).strip().splitlines()[0].replace("Invalid value assigned: ", "")
+        key, message = schema_error(exc) or ("", first_line(exc))
         where = prefix or group
         raise DsoError(f"{where}.{key}: {message}" if key else f"{where} {name}: {message}") from None
     out = OmegaConf.create(OmegaConf.to_container(checked, resolve=False))

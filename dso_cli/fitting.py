@@ -7,7 +7,10 @@ directory from here, so neither verb knows which method it is fitting.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -24,16 +27,20 @@ def train_config(cfg: DictConfig) -> TrainConfig:
     """The RL trainer's settings from the ``optimizer`` section (and the seed)."""
     opt = OmegaConf.to_container(cfg.optimizer, resolve=True)
     assert isinstance(opt, dict)
-    for key in ("name", "kl_text_path"):  # not trainer settings
-        opt.pop(key, None)
+    return trainer_settings(opt, int(cfg.seed), prefix="optimizer.")
+
+
+def trainer_settings(optimizer: Mapping[str, Any], seed: int, prefix: str = "") -> TrainConfig:
+    """A :class:`TrainConfig` from an optimizer mapping (``conf/optimizer/*.yaml`` keys; ``name`` and
+    ``kl_text_path`` are not trainer settings); ``prefix`` names a bad key as the user typed it."""
+    opt = {k: v for k, v in optimizer.items() if k not in ("name", "kl_text_path")}
     if "omega" in opt:  # a run recorded before optimizer.omega was named strength_mode
         opt.setdefault("strength_mode", opt.pop("omega"))
     opt["betas"] = tuple(opt.get("betas", (0.9, 0.999)))
-    known = set(TrainConfig.__dataclass_fields__)
-    unknown = sorted(set(opt) - known)
+    unknown = sorted(set(opt) - set(TrainConfig.__dataclass_fields__))
     if unknown:
-        raise DsoError(f"optimizer.{unknown[0]} is not an option of the DSO trainer")
-    return TrainConfig(**opt, seed=int(cfg.seed))
+        raise DsoError(f"{prefix}{unknown[0]} is not an option of the DSO trainer")
+    return TrainConfig(**{"seed": seed, **opt})
 
 
 def norm_override(cfg: DictConfig) -> str | list[str] | None:
@@ -51,26 +58,37 @@ def kl_text(cfg: DictConfig, part: str = "train") -> list[str]:
     return read_passages(cfg.optimizer.get("kl_text_path"), part, what="optimizer.kl_text_path")
 
 
-def fit_in_run(method: SteeringMethod, job: FitJob, cfg: DictConfig, run_dir: Path, resume: bool = False) -> Artifact:
-    """``method`` fitted on ``job``; a trained one logs to the configured tracker and checkpoints into
-    ``run_dir`` (``resume``: continue from its checkpoint)."""
+def training_inputs(cfg: DictConfig) -> Training:
+    """What a trained method reads from the config: the trainer's settings, the reward and the KL text
+    (made before the model loads, so a bad value or a missing file fails in seconds)."""
+    tcfg = train_config(cfg)
+    return Training(
+        config=tcfg,
+        reward=instantiate_checked(cfg.reward, "reward"),
+        text_passages=kl_text(cfg) if tcfg.kl_text_passages > 0 else (),
+        val_text_passages=kl_text(cfg, "val") if tcfg.eval_every > 0 else (),
+        extra_hyperparameters={"benchmark": cfg.bias_benchmark.name},
+    )
+
+
+def fit_in_run(
+    method: SteeringMethod,
+    job: FitJob,
+    cfg: DictConfig,
+    run_dir: Path,
+    resume: bool = False,
+    training: Training | None = None,
+) -> Artifact:
+    """``method`` fitted on ``job``; a trained one (with ``training``, default :func:`training_inputs`)
+    logs to the configured tracker and checkpoints into ``run_dir`` (``resume``: continue from it)."""
     if not method.trained:
         return method.fit(job)
-    tcfg = train_config(cfg)
     checkpoint = run_dir / CHECKPOINT
     resume_step = int(load_checkpoint(checkpoint)["step"]) if resume else None
     logger = make_logger(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True), resume_step=resume_step)
     try:
-        job.training = Training(
-            config=tcfg,
-            reward=instantiate_checked(cfg.reward, "reward"),
-            log=logger,
-            text_passages=kl_text(cfg) if tcfg.kl_text_passages > 0 else (),
-            val_text_passages=kl_text(cfg, "val") if tcfg.eval_every > 0 else (),
-            checkpoint_path=checkpoint,
-            resume=resume,
-            extra_hyperparameters={"benchmark": cfg.bias_benchmark.name},
-        )
+        inputs = training or training_inputs(cfg)
+        job.training = replace(inputs, log=logger, checkpoint_path=checkpoint, resume=resume)
         return method.fit(job)
     finally:
         logger.close()

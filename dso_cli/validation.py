@@ -3,7 +3,7 @@ sets and methods. Run up front for a single run, and again inside every multirun
 
 from __future__ import annotations
 
-from dso_cli.config_files import group_options
+from dso_cli.config_files import group_options, schema_error
 from dso_cli.errors import DsoError
 
 
@@ -86,13 +86,10 @@ def _whole(key: str, value) -> int:
 
 def typed_error(exc: BaseException) -> str | None:
     """``key: what was wrong`` from the schema's validation error behind a composition error, if any."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        key = getattr(cause, "full_key", None)
-        if key:
-            msg = str(getattr(cause, "msg", "") or cause).strip().splitlines()[0]
-            if key.startswith("bias_benchmark."):  # as the user types it (the `bias=` alias)
-                key = "bias." + key[len("bias_benchmark.") :]
-            return f"{key}: {msg.replace('Invalid value assigned: ', '')}"
-        cause = cause.__cause__ or cause.__context__
-    return None
+    found = schema_error(exc)
+    if found is None:
+        return None
+    key, msg = found
+    if key.startswith("bias_benchmark."):  # as the user types it (the `bias=` alias)
+        key = "bias." + key[len("bias_benchmark.") :]
+    return f"{key}: {msg}"

@@ -57,8 +57,7 @@ def method_options(cfg: DictConfig, method: str) -> DictConfig:
     if method not in group_options("steering_method"):  # a method of the user's package: its options are all
         if extra is None or not extra.get("_target_"):
             raise DsoError(f"compare.methods: {method} has no config; set compare.options.{method}._target_=pkg.Class")
-        plugin = OmegaConf.create({**OmegaConf.to_container(extra, resolve=True), "name": method})
-        return plugin
+        return OmegaConf.create({**OmegaConf.to_container(extra, resolve=True), "name": method})
     options = group_config("steering_method", method)
     for key in extra or {}:
         if key not in options:  # a typo would silently change nothing

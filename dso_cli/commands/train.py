@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from dso_cli.benchmarks import build_benchmark, split_items
 from dso_cli.errors import DsoError
 from dso_cli.evaluation import evaluate_strengths
-from dso_cli.fitting import fit_in_run, kl_text, norm_override, train_config
+from dso_cli.fitting import fit_in_run, norm_override, training_inputs
 from dso_cli.leakage import RECORD, training_record
 from dso_cli.pipeline.inputs import store_from_config
 from dso_cli.pipeline.results import markdown_table
@@ -19,7 +19,6 @@ from dso_cli.rl.checkpoint import CHECKPOINT, load_checkpoint
 from dso_cli.runs import ARTIFACT_DIR, claim_run_dir, load_train_config, new_train_dir, save_provenance, typed_keys
 from dso_cli.steering.artifact import MANIFEST
 from dso_cli.steering.method import FitJob, make_method
-from dso_cli.targets import instantiate_checked
 
 
 def run_train(cfg: DictConfig, job_num: int | None = None, overrides: Sequence[str] = ()) -> Path:
@@ -35,7 +34,8 @@ def run_train(cfg: DictConfig, job_num: int | None = None, overrides: Sequence[s
         cfg = resumed_config(cfg, overrides)
     method = make_method(cfg.steering_method)
     cfg.steering_method.name = method.name  # steering_method._target_=pkg.Method: the run records its name
-    tcfg = train_config(cfg) if method.trained else None  # bad optimizer values fail before any file is made
+    # bad optimizer values, a missing reward target or KL text fail before any file is made
+    training = training_inputs(cfg) if method.trained else None
     if cfg.run_dir:
         run_dir = Path(cfg.run_dir)
         if finished(run_dir) and not cfg.get("overwrite"):
@@ -54,10 +54,6 @@ def run_train(cfg: DictConfig, job_num: int | None = None, overrides: Sequence[s
             f"bias={cfg.bias_benchmark.name} has no ambiguous training items, so there is no bias to train away; "
             "evaluate transfer to it with `dso eval` instead"
         )
-    if tcfg is not None:  # a missing reward target or KL text fails before the model loads
-        instantiate_checked(cfg.reward, "reward")
-        if tcfg.kl_text_passages > 0:
-            kl_text(cfg)
     loaded, scorer = load_from_config(cfg)
     if not cfg.get("resume"):
         extra = {"device": str(loaded.device), "dtype": str(loaded.dtype), "scoring": scorer.describe()}
@@ -67,7 +63,7 @@ def run_train(cfg: DictConfig, job_num: int | None = None, overrides: Sequence[s
     job = FitJob(loaded, scorer, train_items, val_items, norm_modules=norm_override(cfg))
     if not method.trained:
         job.store = store_from_config(cfg, scorer, train_items)
-    artifact = fit_in_run(method, job, cfg, run_dir, resume=bool(cfg.get("resume")))
+    artifact = fit_in_run(method, job, cfg, run_dir, resume=bool(cfg.get("resume")), training=training)
     for line in job.store.cache_log if job.store is not None else []:
         print(f"dso train: {line}", flush=True)
     artifact.manifest[RECORD] = training_record(train_items)  # later verbs refuse to evaluate on these

@@ -127,11 +127,8 @@ class SteeringMethod:
 
 def method_class(name: str) -> type[SteeringMethod]:
     """The registered method called ``name``; a built-in one is found through its config file."""
-    if name not in _REGISTRY:
-        from dso_cli.config_files import group_options
-
-        if name in group_options("steering_method"):
-            _import_target(_config_target(name))
+    if name not in _REGISTRY and name in _builtin_names():
+        _import_target(_config_target(name))
     if name not in _REGISTRY:
         known = ", ".join(sorted(set(_REGISTRY) | set(_builtin_names())))
         raise DsoError(
@@ -162,22 +159,24 @@ def method_names() -> list[str]:
 def make_method(section: Mapping[str, Any]) -> SteeringMethod:
     """The method a ``steering_method`` config section describes (``_target_`` checked against
     ``allow_targets``; ``name`` and ``_target_`` are not options)."""
-    from dso_cli.targets import check_targets
-
     options = {k: v for k, v in dict(section).items() if k not in ("_target_", "name")}
     target = section.get("_target_")
-    if target:
-        check_targets({"_target_": target}, "steering_method")
-        cls = _import_target(str(target))
-    else:  # a config recorded before methods had a _target_
-        cls = method_class(str(section.get("name")))
+    cls = _checked_class(str(target)) if target else method_class(str(section.get("name")))  # no _target_: older
     return cls(**options)  # the class's name is the method's (a config's name key is a label)
 
 
 def register_from(section: Mapping[str, Any] | None) -> None:
     """Import a (checked) run config's method class, so the artifacts it made can be applied."""
     if section is not None and section.get("_target_"):
-        make_method(section)
+        _checked_class(str(section["_target_"]))
+
+
+def _checked_class(target: str) -> type[SteeringMethod]:
+    """The class ``target`` names, imported only when it is inside dso_cli or in ``allow_targets``."""
+    from dso_cli.targets import check_targets
+
+    check_targets({"_target_": target}, "steering_method")
+    return _import_target(target)
 
 
 def _config_target(name: str) -> str:
