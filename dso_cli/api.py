@@ -22,6 +22,7 @@ import datasets
 from torch import nn
 
 from dso_cli.errors import DsoError
+from dso_cli.scoring_options import ScoringOptions
 from dso_cli.steering.artifact import Artifact
 from dso_cli.steering.method import FitJob, SteeringMethod, Training, method_class, shipped_options
 
@@ -52,12 +53,14 @@ def fit(
     *,
     val_items: Iterable[Mapping[str, Any]] | None = None,
     processor: Any = None,
+    scoring: ScoringOptions | None = None,
     **options: Any,
 ) -> Artifact:
     """Fit ``method`` (a name or a :class:`SteeringMethod`) on ``items`` (a benchmark's train split).
 
     ``options`` are the method's own (``layers=[10]`` for CAA), and for a trained method also the RL
-    trainer's (``steps=``, ``lr=``, ``reward=`` a reward callable, ``checkpoint_path=``)."""
+    trainer's (``steps=``, ``lr=``, ``reward=`` a reward callable, ``checkpoint_path=``). ``scoring``:
+    how prompts are rendered and scored (default: the shipped ``scoring`` section's values)."""
     from dso_cli.models.loading import LoadedModel
 
     train = _as_items(items)
@@ -69,7 +72,7 @@ def fit(
     else:
         fitter, rest = method, dict(options)
     loaded = LoadedModel.wrap(model, tokenizer, processor)
-    job = FitJob(loaded, _scorer(model, tokenizer, processor), train, val)
+    job = FitJob(loaded, _scorer(model, tokenizer, processor, scoring), train, val)
     if fitter.trained:
         job.training = _training(rest)
     elif rest:
@@ -95,6 +98,7 @@ def evaluate(
     strengths: Sequence[float],
     *,
     processor: Any = None,
+    scoring: ScoringOptions | None = None,
     bootstrap_reps: int = 1000,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
@@ -105,7 +109,7 @@ def evaluate(
     if artifact is not None:
         artifact.check_fits(model)
     return evaluate_strengths(
-        _scorer(model, tokenizer, processor),
+        _scorer(model, tokenizer, processor, scoring),
         artifact,
         _as_items(items),
         [float(s) for s in strengths],
@@ -120,10 +124,10 @@ def _as_items(items: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return [dict(item) for item in items]
 
 
-def _scorer(model: nn.Module, tokenizer: Any, processor: Any):
+def _scorer(model: nn.Module, tokenizer: Any, processor: Any, scoring: ScoringOptions | None):
     from dso_cli.scoring import OptionScorer
 
-    return OptionScorer(model, tokenizer, processor=processor)
+    return OptionScorer(model, tokenizer, scoring, processor=processor)
 
 
 def _training(options: Mapping[str, Any]) -> Training:

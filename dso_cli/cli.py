@@ -28,6 +28,7 @@ VERBS = {
     "export": "fold a DSO run's transform at one strength into a Hugging Face checkpoint: out=DIR alpha=1",
     "extract": "cache a split's activations once (norms, residual stream, heads) for the baseline fits",
     "analyze": "where the demographic signal lives: linear probes per layer on an extract run's cache",
+    "generate": "what the steered model writes at each strength, and how often it matches the scored decision",
 }
 OPEN_SECTIONS = {"eval": ("bias_benchmark", "capability"), "compare": ("compare.options", "compare.grids")}
 """Per verb, sections whose keys may be set even when the composed default lacks them (``eval`` passes
@@ -78,13 +79,14 @@ def usage() -> str:
         "  dso report",
         "  dso eval eval.benchmarks=[occupation,winobias,bbq] alpha=[0,0.5,1]  # one table, many benchmarks",
         "  dso compare                                # all methods on one model and benchmark, ~30 min on CPU",
+        '  dso generate "alpha=[0,1]" generate.max_items=8  # the steered model\'s own answers, side by side',
         "  dso prune keep=0.1:1:0.1                   # newest DSO run with only its strongest neurons",
         "  dso export out=exported alpha=0.5          # the newest DSO run folded in: a plain HF checkpoint",
         "  dso extract run_dir=acts                   # cache activations once for all baseline fits:",
         "  dso train steering_method=caa extract.cache=acts",
         "  dso analyze run_dir=acts                   # probe accuracy per layer from that cache",
         "  dso train model=qwen2_5_3b bias=occupation # hub model on a GPU",
-        "  dso train model=llava bias.image_dir=DIR   # a VLM shown the two people (DIR/<occupation>/<gender>/*.jpg)",
+        "  dso train model=llava bias=occupation      # a VLM shown the two people (hub images, or bias.image_dir=DIR)",
         "  dso train --cfg job                        # print the composed config",
     ]
     return "\n".join(lines)
@@ -218,6 +220,7 @@ def _runner(verb: str) -> Callable:
         from dso_cli.commands.eval import run_eval
         from dso_cli.commands.export import run_export
         from dso_cli.commands.extract import run_extract
+        from dso_cli.commands.generate import run_generate
         from dso_cli.commands.prune import run_prune
         from dso_cli.commands.report import run_report
         from dso_cli.commands.sweep import run_sweep
@@ -236,6 +239,7 @@ def _runner(verb: str) -> Callable:
             "export": run_export,
             "extract": run_extract,
             "analyze": run_analyze,
+            "generate": run_generate,
         }  # verb -> run(cfg, overrides); train also takes the multirun job number
         multirun = str(hydra_cfg.mode) == "RunMode.MULTIRUN"
         cfg = plain(cfg)

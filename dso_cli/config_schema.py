@@ -151,6 +151,10 @@ class EvalSection:
     steer: bool = MISSING  # false: the base model only
     bootstrap_reps: int = MISSING  # pair-bootstrap resamples
     text_batch_size: int = MISSING  # passages per forward pass
+    lm_eval_tasks: list[str] | None = MISSING  # lm-evaluation-harness tasks run at every strength
+    lm_eval_include_path: str | None = MISSING  # a folder of local lm-eval task YAMLs
+    lm_eval_limit: int | None = MISSING  # documents per task (null: all)
+    lm_eval_batch_size: int = MISSING  # lm-eval's batch size
 
 
 @dataclass
@@ -225,6 +229,23 @@ class ReportSchema(BaseSchema):
 
 
 @dataclass
+class GenerateSection:
+    split: str = MISSING  # the run's benchmark split generated for
+    prompts: str | None = MISSING  # a .txt of prompts or a decision file instead of the split
+    max_items: int | None = MISSING  # the first N items (null: all)
+    max_new_tokens: int = MISSING  # tokens per answer
+    do_sample: bool = MISSING  # false: greedy decoding
+    temperature: float = MISSING  # sampling temperature
+    top_p: float = MISSING  # nucleus sampling mass
+
+
+@dataclass
+class GenerateSchema(BaseSchema):
+    alpha: Any = MISSING  # strengths
+    generate: GenerateSection = MISSING
+
+
+@dataclass
 class ExtractVerbSchema(BaseSchema):
     pass
 
@@ -239,6 +260,7 @@ SCHEMAS: dict[str, type] = {
     "export": ExportSchema,
     "extract": ExtractVerbSchema,
     "analyze": AnalyzeSchema,
+    "generate": GenerateSchema,
 }
 
 

@@ -26,7 +26,7 @@ def evaluate_strengths(
     scorer: OptionScorer,
     artifact: Artifact | None,
     items: Sequence[DecisionItem],
-    alphas: Sequence[float],
+    strengths: Sequence[float],
     *,
     bootstrap_reps: int = 1000,
     seed: int = 0,
@@ -35,7 +35,7 @@ def evaluate_strengths(
     extra_metrics: Callable[[Sequence[DecisionItem], Tensor], dict[str, Any]] | None = None,
     base: Tensor | None = None,
 ) -> list[dict[str, Any]]:
-    """Metrics at every ω in ``alphas`` (the base model, ω = 0, is scored once for the KL column).
+    """Metrics at every ω in ``strengths`` (the base model, ω = 0, is scored once for the KL column).
 
     ``extra_metrics(items, probs)`` adds benchmark-specific columns to each row. ``base``: the base
     model's option probabilities on ``items`` when already known (see :func:`base_policy`).
@@ -43,13 +43,13 @@ def evaluate_strengths(
     if base is None:
         base = base_policy(scorer, items, desc)
     rows = []
-    for alpha in tqdm(alphas, desc=desc, unit="strength"):
-        if alpha == 0.0 or artifact is None:
+    for strength in tqdm(strengths, desc=desc, unit="strength"):
+        if strength == 0.0 or artifact is None:
             probs = base
         else:
-            with artifact.steer(scorer, alpha):
-                probs = policy(scorer.logprobs(items, progress=f"{desc} w={alpha:g}")).cpu()
-        row = {"alpha": alpha, **decision_metrics(items, probs, base, bootstrap_reps=bootstrap_reps, seed=seed)}
+            with artifact.steer(scorer, strength):
+                probs = policy(scorer.logprobs(items, progress=f"{desc} w={strength:g}")).cpu()
+        row = {"alpha": strength, **decision_metrics(items, probs, base, bootstrap_reps=bootstrap_reps, seed=seed)}
         if extra_metrics is not None:
             row.update(extra_metrics(items, probs))
         rows.append(row)
@@ -66,7 +66,7 @@ def evaluate_text(
     scorer: OptionScorer,
     artifact: Artifact | None,
     corpus: TextCorpus,
-    alphas: Sequence[float],
+    strengths: Sequence[float],
     *,
     batch_size: int = 8,
     on_row: Callable[[dict[str, Any]], None] = lambda row: None,
@@ -75,7 +75,7 @@ def evaluate_text(
     """Per-token ``KL(steered ‖ base)`` of the next-token distribution and perplexity, at every ω."""
     tokenizer = scorer.tokenizer
     seqs = [tokenizer(p, truncation=True, max_length=corpus.max_tokens)["input_ids"] for p in corpus.passages]
-    return evaluate_sequences(scorer, artifact, seqs, alphas, batch_size=batch_size, on_row=on_row, desc=desc)
+    return evaluate_sequences(scorer, artifact, seqs, strengths, batch_size=batch_size, on_row=on_row, desc=desc)
 
 
 def prompt_sequences(scorer: OptionScorer, items: Sequence[DecisionItem], max_items: int) -> list[list[int]]:
@@ -92,7 +92,7 @@ def evaluate_sequences(
     scorer: OptionScorer,
     artifact: Artifact | None,
     seqs: Sequence[Sequence[int]],
-    alphas: Sequence[float],
+    strengths: Sequence[float],
     *,
     batch_size: int = 8,
     on_row: Callable[[dict[str, Any]], None] = lambda row: None,
@@ -105,31 +105,31 @@ def evaluate_sequences(
     delta-method standard error of the perplexity (a ratio of token sums, sequences as the units).
     """
     seqs = sorted((list(s) for s in seqs if len(s) >= 2), key=len)
-    nll = {a: [] for a in alphas}  # per sequence: (sum of token NLL, token count)
-    kl = {a: [] for a in alphas}
+    nll = {a: [] for a in strengths}  # per sequence: (sum of token NLL, token count)
+    kl = {a: [] for a in strengths}
     batches = [seqs[i : i + batch_size] for i in range(0, len(seqs), batch_size)]
     with torch.no_grad():
         for batch in tqdm(batches, desc=desc, unit="batch", leave=False):
             base, lengths = scorer.token_logprobs(batch)
-            for alpha in alphas:
-                if alpha == 0.0 or artifact is None:
+            for strength in strengths:
+                if strength == 0.0 or artifact is None:
                     logp = base
                 else:
-                    with artifact.steer(scorer, alpha):
+                    with artifact.steer(scorer, strength):
                         logp, _ = scorer.token_logprobs(batch)
                 for row, n in enumerate(lengths.tolist()):
                     pred, target = logp[row, : n - 1], torch.tensor(batch[row][1:], device=logp.device)
                     token_nll = -pred.gather(1, target[:, None])[:, 0]
                     token_kl = (pred.exp() * (pred - base[row, : n - 1])).sum(-1)
-                    nll[alpha].append((float(token_nll.sum()), n - 1))
-                    kl[alpha].append(float(token_kl.mean()))
+                    nll[strength].append((float(token_nll.sum()), n - 1))
+                    kl[strength].append(float(token_kl.mean()))
     rows = []
-    for alpha in alphas:
-        sums = np.array(nll[alpha], dtype=float).reshape(-1, 2)
-        kls = np.array(kl[alpha])
+    for strength in strengths:
+        sums = np.array(nll[strength], dtype=float).reshape(-1, 2)
+        kls = np.array(kl[strength])
         ppl, ppl_se = perplexity(sums[:, 0], sums[:, 1])
         row = {
-            "alpha": alpha,
+            "alpha": strength,
             "kl": float(kls.mean()) if len(kls) else math.nan,
             "kl_se": mean_se(kls),
             "ppl": ppl,
@@ -161,7 +161,7 @@ TEXT_COLUMNS = ["text_kl", "text_kl_se", "text_ppl", "text_ppl_se", "prompt_kl",
 def capability_cost(
     scorer: OptionScorer,
     artifact: Artifact | None,
-    alphas: Sequence[float],
+    strengths: Sequence[float],
     *,
     corpus: TextCorpus | None,
     prompts: Sequence[Sequence[int]] = (),
@@ -171,12 +171,14 @@ def capability_cost(
     """Per ω: full-vocabulary KL and perplexity on held-out neutral text (``text_*``, with ``corpus``)
     and the KL on the benchmark's own held-out prompts (``prompt_*``, with ``prompts``): only the
     columns measured, so the results of two calls merge with ``|``."""
-    out: dict[float, dict[str, float]] = {a: {} for a in alphas}
+    out: dict[float, dict[str, float]] = {a: {} for a in strengths}
     if corpus is not None:
-        for row in evaluate_text(scorer, artifact, corpus, alphas, batch_size=batch_size, desc=f"{desc} text"):
+        for row in evaluate_text(scorer, artifact, corpus, strengths, batch_size=batch_size, desc=f"{desc} text"):
             out[row["alpha"]].update(text_kl=row["kl"], text_kl_se=row["kl_se"], text_ppl=row["ppl"],
                                      text_ppl_se=row["ppl_se"])  # fmt: skip
     if prompts:
-        for row in evaluate_sequences(scorer, artifact, prompts, alphas, batch_size=batch_size, desc=f"{desc} prompts"):
+        for row in evaluate_sequences(
+            scorer, artifact, prompts, strengths, batch_size=batch_size, desc=f"{desc} prompts"
+        ):
             out[row["alpha"]].update(prompt_kl=row["kl"], prompt_kl_se=row["kl_se"])
     return out

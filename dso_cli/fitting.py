@@ -8,11 +8,11 @@ directory from here, so neither verb knows which method it is fitting.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from dso_cli.errors import DsoError
 from dso_cli.rl.checkpoint import CHECKPOINT, load_checkpoint
@@ -43,12 +43,6 @@ def trainer_settings(optimizer: Mapping[str, Any], seed: int, prefix: str = "") 
     return TrainConfig(**{"seed": seed, **opt})
 
 
-def norm_override(cfg: DictConfig) -> str | list[str] | None:
-    """``model.norm_modules``: None, one regex, or a list of module names."""
-    value = cfg.model.get("norm_modules")
-    return list(value) if isinstance(value, ListConfig) else value
-
-
 def kl_text(cfg: DictConfig, part: str = "train") -> list[str]:
     """Neutral-text passages for the training KL (``optimizer.kl_text_path``, default the Lee
     background articles; never the held-out articles that ``text_kl`` is measured on). ``part="val"``:
@@ -71,24 +65,42 @@ def training_inputs(cfg: DictConfig) -> Training:
     )
 
 
+@dataclass(frozen=True)
+class Tracking:
+    """Where a trained method's progress goes: the ``logger`` section, and the run's resolved config
+    (the hyperparameters a tracker such as wandb records beside the curves)."""
+
+    logger: Mapping[str, Any]
+    config: Mapping[str, Any]
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> Tracking:
+        logger = OmegaConf.to_container(cfg.logger, resolve=True)
+        config = OmegaConf.to_container(cfg, resolve=True)
+        assert isinstance(logger, dict) and isinstance(config, dict)
+        return cls(logger=logger, config=config)
+
+
 def fit_in_run(
     method: SteeringMethod,
     job: FitJob,
-    cfg: DictConfig,
     run_dir: Path,
-    resume: bool = False,
+    *,
     training: Training | None = None,
+    tracking: Tracking | None = None,
+    resume: bool = False,
 ) -> Artifact:
-    """``method`` fitted on ``job``; a trained one (with ``training``, default :func:`training_inputs`)
-    logs to the configured tracker and checkpoints into ``run_dir`` (``resume``: continue from it)."""
+    """``method`` fitted on ``job``; a trained one (``training``, from :func:`training_inputs`) logs to
+    ``tracking``'s tracker and checkpoints into ``run_dir`` (``resume``: continue from it)."""
     if not method.trained:
         return method.fit(job)
+    if training is None or tracking is None:
+        raise ValueError(f"{method.name} is trained: fit_in_run needs its training inputs and tracking")
     checkpoint = run_dir / CHECKPOINT
     resume_step = int(load_checkpoint(checkpoint)["step"]) if resume else None
-    logger = make_logger(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True), resume_step=resume_step)
+    logger = make_logger(tracking.logger, run_dir, tracking.config, resume_step=resume_step)
     try:
-        inputs = training or training_inputs(cfg)
-        job.training = replace(inputs, log=logger, checkpoint_path=checkpoint, resume=resume)
+        job.training = replace(training, log=logger, checkpoint_path=checkpoint, resume=resume)
         return method.fit(job)
     finally:
         logger.close()

@@ -35,7 +35,7 @@ class OccupationSchema(BenchmarkSchema):
     heldout_occupations: list[str] = MISSING  # occupations kept out of train/val/test
     seed: int = MISSING
     modality: str = MISSING  # auto | text | image
-    source: str = MISSING  # image_dir | social_counterfactuals
+    source: str = MISSING  # auto (image_dir if given, else the hub) | image_dir | social_counterfactuals
     image_dir: str | None = MISSING  # <occupation>/<male|female>/*.jpg
     image_layout: str = MISSING  # pair | side_by_side
     hub_dataset: str = MISSING  # the SocialCounterfactuals hub id, or a local copy of its parquet files
@@ -74,6 +74,17 @@ class WinoBiasSchema(BenchmarkSchema):
 
 
 @dataclass
+class DecisionsSchema(BenchmarkSchema):
+    path: str | None = MISSING  # a .jsonl, .csv or .parquet file of decision items (schema: benchmarks/decisions.py)
+    hub_id: str | None = MISSING  # or a hub dataset of the same columns, read through datasets
+    hub_split: str = MISSING  # the hub dataset's split to read
+    hub_revision: str | None = MISSING  # hub commit, branch or tag
+    val_pairs_per_cluster: int = MISSING  # without a split column: pairs per cluster dealt to val
+    test_pairs_per_cluster: int = MISSING  # ... and to test (the rest is train)
+    seed: int = MISSING
+
+
+@dataclass
 class MixtureSchema(BenchmarkSchema):
     benchmarks: list[str] = MISSING  # the members (conf/bias_benchmark/ names)
     modality: str = MISSING  # reaches the members with images
@@ -92,6 +103,11 @@ class MixtureSchema(BenchmarkSchema):
 class MethodSchema:
     _target_: str = MISSING  # the SteeringMethod class (inside dso_cli, or in allow_targets)
     name: str = MISSING  # the method (dso, caa, iti, mean_match, leace, prompting, none)
+
+
+@dataclass
+class DSOSchema(MethodSchema):
+    stock_export: bool = MISSING  # keep b = 0 on the norms whose shift a stock checkpoint cannot hold
 
 
 @dataclass
@@ -174,10 +190,11 @@ GROUP_SCHEMAS: dict[str, dict[str, type]] = {
         "synthbias": SynthBiasSchema,
         "bbq": BBQSchema,
         "winobias": WinoBiasSchema,
+        "decisions": DecisionsSchema,
         "mixture": MixtureSchema,
     },
     "steering_method": {
-        "dso": MethodSchema,
+        "dso": DSOSchema,
         "caa": CAASchema,
         "iti": ITISchema,
         "mean_match": MethodSchema,

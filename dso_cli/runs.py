@@ -199,7 +199,7 @@ def save_provenance(run_dir: Path, cfg: DictConfig, prefix: str = "", extra: dic
     write_json(run_dir / f"{prefix}env.json", environment(extra))
 
 
-def parse_alpha(value: Any, name: str = "alpha") -> list[float]:
+def parse_strengths(value: Any, name: str = "alpha") -> list[float]:
     """``"start:stop:step"`` (inclusive of stop), a number, or a list of numbers -> sorted values >= 0."""
     if isinstance(value, (list, tuple, ListConfig)):
         try:
@@ -209,7 +209,7 @@ def parse_alpha(value: Any, name: str = "alpha") -> list[float]:
     elif isinstance(value, (int, float)):
         grid = [float(value)]
     elif str(value).strip().startswith("[") and str(value).strip().endswith("]"):
-        return parse_alpha([v for v in str(value).strip()[1:-1].split(",") if v.strip()] or [float("nan")], name)
+        return parse_strengths([v for v in str(value).strip()[1:-1].split(",") if v.strip()] or [float("nan")], name)
     else:
         text = str(value).strip()
         parts = text.split(":")

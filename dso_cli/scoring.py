@@ -13,7 +13,7 @@ scenario sentence) and the option tokens are all computed in one forward pass pe
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +28,7 @@ from dso_cli.models.linear_kernels import linear, linear_kernel, resolve_kernel
 from dso_cli.models.multimodal import Payload, collate, needs_own_positions
 from dso_cli.prefix_tree import PackedRow, additive_mask, pack, tree_mask
 from dso_cli.scoring_checks import StartupChecks, _resolve_attention_chunk, _resolve_tree_tokens
+from dso_cli.scoring_options import ScoringOptions
 from dso_cli.scoring_paths import BatchedPaths
 from dso_cli.scoring_render import EncodedItem, PromptRendering
 from dso_cli.tree_attention import attention_implementation, chunked_tree_attention, plan_tree_attention
@@ -68,31 +69,28 @@ class OptionScorer(PromptRendering, BatchedPaths, StartupChecks):
         self,
         model: torch.nn.Module,
         tokenizer: Any,
+        options: ScoringOptions | None = None,
         *,
-        chat_template: bool = True,
-        system_prompt: str | None = None,
-        chat_template_kwargs: Mapping[str, Any] | None = None,
-        length_normalize: bool = False,
-        batch_size: int = 16,
-        share_prompt: bool = True,
-        prefix_tree: bool = True,
-        tree_tokens: int | str = "auto",
-        tree_attention_chunk: int | str = "auto",
-        cpu_linear: str = "auto",
         processor: Any = None,
+        **overrides: Any,
     ) -> None:
+        """``options`` (default: :class:`ScoringOptions`) with any of its fields replaced by
+        ``overrides``, e.g. ``OptionScorer(model, tokenizer, prefix_tree=False)``."""
+        options = ScoringOptions.from_mapping({**vars(options or ScoringOptions()), **overrides})
+        self.options = options
         self.model = model
         self.tokenizer = tokenizer
         self.processor = processor
         # a vision-language model's chat template (the one that places images) lives in its processor
         self.templater = processor if getattr(processor, "chat_template", None) else tokenizer
-        self.use_chat_template = chat_template and getattr(self.templater, "chat_template", None) is not None
-        self.system_prompt = system_prompt
+        has_template = getattr(self.templater, "chat_template", None) is not None
+        self.use_chat_template = options.chat_template and has_template
+        self.system_prompt = options.system_prompt
         self.instruction: str | None = None  # prepended to every prompt while set (see instructed)
-        self.chat_template_kwargs = dict(chat_template_kwargs or {})
-        self.length_normalize = length_normalize
-        self.batch_size = batch_size
-        self.share_prompt = share_prompt
+        self.chat_template_kwargs = dict(options.chat_template_kwargs)
+        self.length_normalize = options.length_normalize
+        self.batch_size = options.batch_size
+        self.share_prompt = options.share_prompt
         self.head = model.get_output_embeddings()
         if self.head is None:
             raise DsoError(f"{type(model).__name__} has no output head to score options with")
@@ -104,11 +102,11 @@ class OptionScorer(PromptRendering, BatchedPaths, StartupChecks):
         self.stats = ScoringStats()
         self.linear_kernel = "stock"  # the start-up checks run on stock kernels
         self.full_forward = not self._shortcut_matches_model()
-        self.tree_tokens = _resolve_tree_tokens(tree_tokens, self.device)
-        self.attention_chunk = _resolve_attention_chunk(tree_attention_chunk, self.device)
+        self.tree_tokens = _resolve_tree_tokens(options.tree_tokens, self.device)
+        self.attention_chunk = _resolve_attention_chunk(options.tree_attention_chunk, self.device)
         self._attention_implementation = attention_implementation(model)
-        self.prefix_tree = prefix_tree and self._tree_matches_rows()
-        kernel = resolve_kernel(cpu_linear, model, self.tree_tokens)
+        self.prefix_tree = options.prefix_tree and self._tree_matches_rows()
+        kernel = resolve_kernel(options.cpu_linear, model, self.tree_tokens)
         if kernel != "stock" and self._kernel_matches_stock(kernel):
             self.linear_kernel = kernel
         self.stats = ScoringStats()  # the checks above do not count

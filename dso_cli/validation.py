@@ -16,10 +16,14 @@ def check_config(verb: str, cfg) -> None:
     if missing:
         raise DsoError(f"{missing[0]} must be set (e.g. {missing[0]}=VALUE)")
     check_values(verb, cfg)
-    if verb in ("sweep", "eval"):
-        from dso_cli.runs import parse_alpha
+    if verb in ("sweep", "eval", "generate"):
+        from dso_cli.runs import parse_strengths
 
-        parse_alpha(cfg.alpha)
+        parse_strengths(cfg.alpha)
+    if verb == "generate":
+        from dso_cli.commands.generate import settings_of
+
+        settings_of(cfg)
     if verb == "prune":
         from dso_cli.commands.prune import parse_keep
 
@@ -45,7 +49,8 @@ def check_config(verb: str, cfg) -> None:
 
 
 COUNTS = ("seed", "sweep.bootstrap_reps", "prune.bootstrap_reps", "eval.bootstrap_reps", "compare.bootstrap_reps",
-          "compare.hypervolume_bootstrap_reps", "analyze.folds")  # fmt: skip
+          "compare.hypervolume_bootstrap_reps", "analyze.folds", "generate.max_items",
+          "generate.max_new_tokens", "eval.lm_eval_limit", "eval.lm_eval_batch_size")  # fmt: skip
 """Keys that must be whole numbers >= 0 wherever the verb has them."""
 
 
@@ -62,9 +67,9 @@ def check_values(verb: str, cfg) -> None:
         if value is not None and (key.startswith(("n_", "max_")) or key.endswith("_per_occupation")):
             _whole(f"bias.{key}", value)
     if verb == "prune" and cfg.get("alpha") is not None:
-        from dso_cli.runs import parse_alpha
+        from dso_cli.runs import parse_strengths
 
-        if len(parse_alpha(cfg.alpha)) != 1:
+        if len(parse_strengths(cfg.alpha)) != 1:
             raise DsoError(f"alpha={cfg.alpha} must be one strength for dso prune")
     if verb == "train":
         from dso_cli.fitting import train_config

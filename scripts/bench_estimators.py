@@ -37,10 +37,11 @@ sys.path.insert(0, str(ROOT))
 
 from dso_cli.benchmarks import build_benchmark, split_items  # noqa: E402
 from dso_cli.cli import compose_config, rewrite_aliases  # noqa: E402
-from dso_cli.fitting import norm_override, train_config  # noqa: E402
+from dso_cli.fitting import train_config  # noqa: E402
 from dso_cli.models.layouts import find_norm_modules  # noqa: E402
 from dso_cli.pipeline.results import markdown_table  # noqa: E402
-from dso_cli.pipeline.setup import load_from_config, seed_everything  # noqa: E402
+from dso_cli.pipeline.setup import load_scored_model, seed_everything  # noqa: E402
+from dso_cli.pipeline.specs import ModelSetup  # noqa: E402
 from dso_cli.rl.estimators import ESTIMATORS  # noqa: E402
 from dso_cli.rl.rewards import per_occupation_gap  # noqa: E402
 from dso_cli.rl.trainer import train_dso  # noqa: E402
@@ -75,7 +76,8 @@ def run_one(cfg: Any, loaded: Any, scorer: Any, train: list[dict], val: list[dic
     """Train once; the val POB curve against optimisation steps and seconds."""
     tcfg = replace(train_config(cfg), estimator=estimator, seed=seed, eval_every=eval_every, patience=10**9)
     seed_everything(seed)
-    params = init_affine_params(find_norm_modules(loaded.model, norm_override(cfg)), device=loaded.device)
+    norms = ModelSetup.from_config(cfg).norm_modules
+    params = init_affine_params(find_norm_modules(loaded.model, norms), device=loaded.device)
     rows: list[dict[str, float]] = []
     wall = time.perf_counter()
     train_dso(scorer, params, train, instantiate(cfg.reward), tcfg, log=rows.append, val_items=val)
@@ -125,7 +127,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     args, overrides = parse_args(argv)
     cfg = compose_config("train", overrides, job_name="bench_estimators")
     seed_everything(int(cfg.seed))
-    loaded, scorer = load_from_config(cfg)
+    loaded, scorer = load_scored_model(ModelSetup.from_config(cfg))
     splits = build_benchmark(cfg.bias_benchmark, cfg.model)
     train, val = split_items(splits, "train"), split_items(splits, "val")
     val_ambiguous = [item for item in val if item["ambiguous"]]

@@ -28,7 +28,8 @@ from dso_cli.benchmarks import build_benchmark, split_items  # noqa: E402
 from dso_cli.cli import compose_config, rewrite_aliases  # noqa: E402
 from dso_cli.commands.extract import label_columns, resolve_modules  # noqa: E402
 from dso_cli.pipeline.results import markdown_table  # noqa: E402
-from dso_cli.pipeline.setup import load_from_config, seed_everything  # noqa: E402
+from dso_cli.pipeline.setup import load_scored_model, seed_everything  # noqa: E402
+from dso_cli.pipeline.specs import ModelSetup  # noqa: E402
 from dso_cli.steering.activation_cache import ActivationCache  # noqa: E402
 from dso_cli.steering.activations import ActivationStore, collect, usable_items  # noqa: E402
 from dso_cli.steering.method import FitJob, make_method  # noqa: E402
@@ -57,7 +58,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     overrides = rewrite_aliases(argv)
     cfg = compose_config("extract", overrides, job_name="bench_extract")
     seed_everything(int(cfg.seed))
-    loaded, scorer = load_from_config(cfg)
+    loaded, scorer = load_scored_model(ModelSetup.from_config(cfg))
     splits = build_benchmark(cfg.bias_benchmark, cfg.model)
     train = usable_items(split_items(splits, "train"))
 

@@ -67,7 +67,8 @@ from dso_cli.models.layouts import find_decoder_layers  # noqa: E402
 from dso_cli.models.linear_kernels import linear_kernel  # noqa: E402
 from dso_cli.models.loading import LoadedModel  # noqa: E402
 from dso_cli.pipeline.results import markdown_table  # noqa: E402
-from dso_cli.pipeline.setup import load_from_config, scorer_from_config, seed_everything  # noqa: E402
+from dso_cli.pipeline.setup import load_scored_model, scorer_for, seed_everything  # noqa: E402
+from dso_cli.pipeline.specs import ModelSetup  # noqa: E402
 from dso_cli.scoring import OptionScorer  # noqa: E402
 from dso_cli.steering.activations import ActivationStore, usable_items  # noqa: E402
 from dso_cli.steering.caa import caa_modules, fit_caa, mean_difference  # noqa: E402
@@ -207,7 +208,8 @@ def measure(
 ) -> dict[str, Any]:
     """Load the model and benchmark of ``cfg``, fit CAA both ways and compare time and vectors."""
     seed_everything(int(cfg.seed))
-    loaded, scorer = load_from_config(cfg)
+    setup = ModelSetup.from_config(cfg)
+    loaded, scorer = load_scored_model(setup)
     splits = build_benchmark(cfg.bias_benchmark, cfg.model)
     train = usable_items(split_items(splits, "train"))
     val = [it for it in (split_items(splits, "val") if "val" in splits else []) if it["ambiguous"]]
@@ -218,10 +220,10 @@ def measure(
     tokenizer = library_tokenizer(loaded.tokenizer)
 
     warm = train[:warmup_items]  # first-call costs are nobody's fit time
-    fit_ours(loaded, scorer_from_config(cfg, loaded), warm, 0, batch_size)
+    fit_ours(loaded, scorer_for(loaded, setup), warm, 0, batch_size)
     fit_steering_vectors(loaded, scorer, warm, 0, batch_size, tokenizer)
 
-    store, candidates, candidate_seconds = candidate_pass(loaded, scorer_from_config(cfg, loaded), train, batch_size)
+    store, candidates, candidate_seconds = candidate_pass(loaded, scorer_for(loaded, setup), train, batch_size)
     selection_seconds = None
     if layer is None:
         if not val:
@@ -245,7 +247,7 @@ def measure(
     for repeat in range(repeats):
         for who in contenders if repeat % 2 == 0 else contenders[::-1]:
             if who == "ours":
-                ours, seconds = fit_ours(loaded, scorer_from_config(cfg, loaded), train, layer, batch_size)
+                ours, seconds = fit_ours(loaded, scorer_for(loaded, setup), train, layer, batch_size)
             else:
                 with linear_kernel(loaded.model, who.split("/")[1]):
                     theirs, seconds = fit_steering_vectors(loaded, scorer, train, layer, batch_size, tokenizer)

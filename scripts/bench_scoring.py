@@ -51,7 +51,8 @@ from dso_cli.cli import compose_config, rewrite_aliases  # noqa: E402
 from dso_cli.models.layouts import find_decoder_layers  # noqa: E402
 from dso_cli.models.linear_kernels import linear, linear_kernel, onednn_available  # noqa: E402
 from dso_cli.pipeline.results import markdown_table  # noqa: E402
-from dso_cli.pipeline.setup import load_from_config, scorer_from_config, seed_everything  # noqa: E402
+from dso_cli.pipeline.setup import load_scored_model, scorer_for, seed_everything  # noqa: E402
+from dso_cli.pipeline.specs import ModelSetup  # noqa: E402
 from dso_cli.scoring import OptionScorer, ScoringStats  # noqa: E402
 
 GENERATION_STOP = "\n\n"
@@ -192,7 +193,8 @@ def main(argv: list[str]) -> dict[str, Any]:
     args, overrides = parse_args(argv)
     cfg = compose_config("eval", overrides, job_name="bench_scoring")
     seed_everything(int(cfg.seed))
-    loaded, scorer = load_from_config(cfg)
+    setup = ModelSetup.from_config(cfg)
+    loaded, scorer = load_scored_model(setup)
     items = split_items(build_benchmark(cfg.bias_benchmark, cfg.model), args.split)
     subset = evenly_spaced(items, args.n_baseline)
     device, dtype = scorer.device, scorer.head.weight.dtype
@@ -214,9 +216,9 @@ def main(argv: list[str]) -> dict[str, Any]:
     naive = {k: naive_loop(scorer, subset, k) for k in kernels}
     generation = {k: generate_and_parse(scorer, subset, args.max_new_tokens, k) for k in kernels}
     matmul = matmul_flops_per_second(dtype, device)
-    rows_scorer = scorer_from_config(cfg, loaded, prefix_tree=False)
+    rows_scorer = scorer_for(loaded, setup, prefix_tree=False)
     rows_seconds, rows_logprobs, rows_stats = time_ours(rows_scorer, items, cold=True)
-    stock_scorer = scorer_from_config(cfg, loaded, cpu_linear="stock") if kernel != "stock" else scorer
+    stock_scorer = scorer_for(loaded, setup, cpu_linear="stock") if kernel != "stock" else scorer
     stock_seconds, stock_logprobs, _ = time_ours(stock_scorer, items, cold=True)
 
     ours_rate = len(items) / ours_seconds

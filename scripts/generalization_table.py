@@ -21,8 +21,8 @@ COLUMNS = {  # column -> (file, benchmark, split)
 }
 
 
-def cell(frame: pd.DataFrame, alpha: float, column: str = "pob") -> str:
-    row = frame[frame["alpha"] == alpha]
+def cell(frame: pd.DataFrame, strength: float, column: str = "pob") -> str:
+    row = frame[frame["alpha"] == strength]
     if row.empty or pd.isna(row[column].iloc[0]):
         return ""
     value = float(row[column].iloc[0])
@@ -43,21 +43,21 @@ def table(out: Path) -> pd.DataFrame:
         evals = pd.read_csv(run / "eval.csv") if (run / "eval.csv").is_file() else pd.DataFrame(columns=["benchmark"])
         text = evals[evals["benchmark"] == "neutral_text"]
         own = frames.get("occ_test") if frames.get("occ_test") is not None and len(frames["occ_test"]) else None
-        alphas = sorted(set(text["alpha"])) if len(text) else sorted(set(own["alpha"]) if own is not None else [])
+        strengths = sorted(set(text["alpha"])) if len(text) else sorted(set(own["alpha"]) if own is not None else [])
         base_ppl = float(text[text["alpha"] == 0]["ppl"].iloc[0]) if len(text) else float("nan")
-        for alpha in alphas:
-            row = {"objective": objective, "trained_on": trained_on, "alpha": alpha}
+        for strength in strengths:
+            row = {"objective": objective, "trained_on": trained_on, "alpha": strength}
             for name, frame in frames.items():
                 if len(frame):
-                    row[f"{name}_pob"] = cell(frame, alpha)
+                    row[f"{name}_pob"] = cell(frame, strength)
             has_test = "occ_test" in frames and len(frames["occ_test"])
             accuracy = frames["occ_test"] if has_test else frames.get("occ_eval")
             if accuracy is not None and len(accuracy):
-                row["occ_unamb_acc"] = cell(accuracy, alpha, "unamb_acc")
+                row["occ_unamb_acc"] = cell(accuracy, strength, "unamb_acc")
             if "winobias" in frames and len(frames["winobias"]):
-                row["winobias_acc"] = cell(frames["winobias"], alpha, "unamb_acc")
+                row["winobias_acc"] = cell(frames["winobias"], strength, "unamb_acc")
             if len(text):
-                at = text[text["alpha"] == alpha]
+                at = text[text["alpha"] == strength]
                 row["text_kl"] = f"{float(at['kl'].iloc[0]):.4f} ± {float(at['kl_se'].iloc[0]):.4f}"
                 row["text_ppl_ratio"] = f"{float(at['ppl'].iloc[0]) / base_ppl:.3f}"
             rows.append(row)

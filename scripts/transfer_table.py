@@ -25,9 +25,10 @@ def cell(value: float, se: float | None = None, digits: int = 3) -> str:
 def table(run_dir: Path) -> str:
     frame = pd.read_csv(run_dir / "eval.csv")
     trained_on = OmegaConf.load(run_dir / "config.yaml").bias_benchmark.name
-    alphas = sorted(frame["alpha"].unique())
+    strengths = sorted(frame["alpha"].unique())
     lines = [
-        f"DSO trained on **{trained_on}**; each cell is ω = 0 (base) → " + " → ".join(f"ω = {a:g}" for a in alphas[1:]),
+        f"DSO trained on **{trained_on}**; each cell is ω = 0 (base) → "
+        + " → ".join(f"ω = {a:g}" for a in strengths[1:]),
         "",
         "| benchmark | POB ↓ | stereotype gap ↓ | unamb. / capability acc ↑ | pro − anti acc "
         "| BBQ s_DIS / s_AMB | KL to base | ppl |",
@@ -39,11 +40,11 @@ def table(run_dir: Path) -> str:
         def path(col: str, se_col: str | None = None, rows=rows) -> str:
             if rows[col].isna().all():
                 return "–"
-            return " → ".join(cell(rows.at[a, col], rows.at[a, se_col] if se_col else None) for a in alphas)
+            return " → ".join(cell(rows.at[a, col], rows.at[a, se_col] if se_col else None) for a in strengths)
 
         capability = bench.startswith("mmlu")
         acc_col, acc_se = ("capability_acc", "capability_acc_se") if capability else ("unamb_acc", "unamb_acc_se")
-        bbq = " → ".join(f"{cell(rows.at[a, 's_dis'])} / {cell(rows.at[a, 's_amb'])}" for a in alphas)
+        bbq = " → ".join(f"{cell(rows.at[a, 's_dis'])} / {cell(rows.at[a, 's_amb'])}" for a in strengths)
         lines.append(
             f"| {bench} | {path('pob', 'pob_se')} | {path('stereotype_gap')} | {path(acc_col, acc_se)} | "
             f"{path('acc_pro_anti_gap')} | {bbq if bench == 'bbq' else '–'} | {path('kl', 'kl_se')} | {path('ppl')} |"

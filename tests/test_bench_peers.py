@@ -53,7 +53,7 @@ def test_caa_vectors_agree_with_steering_vectors(tiny_llama_dir):
 def test_pairs_put_anti_first_and_read_the_last_token(tiny_llama_dir):
     bench = load_script()
     cfg = bench.compose_config("train", ["model=hf", f"model.name_or_path={tiny_llama_dir}", *TINY])
-    loaded, scorer = bench.load_from_config(cfg)
+    loaded, scorer = bench.load_scored_model(bench.ModelSetup.from_config(cfg))
     items = bench.usable_items(bench.split_items(bench.build_benchmark(cfg.bias_benchmark, cfg.model), "train"))[:3]
     for (positive, negative), item in zip(bench.contrast_pairs(scorer, items), items, strict=True):
         prompt = scorer.render(item)

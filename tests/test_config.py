@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from dso_cli.cli import GROUPS, conf_dir, group_options, rewrite_aliases
 from dso_cli.errors import DsoError
-from dso_cli.runs import find_latest_train_run, merge_run_config, parse_alpha
+from dso_cli.runs import find_latest_train_run, merge_run_config, parse_strengths
 
 
 def composed(verb, overrides=()):
@@ -48,13 +48,13 @@ def test_bias_alias():
      ([1, 0, 0.5], [0, 0.5, 1]), (0.5, [0.5]), ("0.3", [0.3]), ("0:1:0.3", [0, 0.3, 0.6, 0.9])],
 )  # fmt: skip
 def test_parse_alpha(value, grid):
-    assert parse_alpha(value) == pytest.approx(grid)
+    assert parse_strengths(value) == pytest.approx(grid)
 
 
 @pytest.mark.parametrize("bad", ["1:0:oops", "1:0:0.1", "0:1:0", "0:1", "a", [0, "x"], "-1", "nan"])
 def test_parse_alpha_rejects(bad):
     with pytest.raises(DsoError):
-        parse_alpha(bad)
+        parse_strengths(bad)
 
 
 def fake_run(root: Path, name: str, name_or_path: str, bench: str, mtime: float) -> Path:

@@ -21,6 +21,7 @@ from dso_cli.steering.artifact import Artifact
 from dso_cli.steering.export import export_checkpoint
 from dso_cli.steering.export_folding import fold_norms, weight_convention
 from dso_cli.steering.export_modeling import BIAS_MODULES_KEY, MODELING_FILE, RECORD_KEY
+from dso_cli.steering.export_stock import plan_shifts
 from tests.conftest import build_tiny_model
 from tests.test_cli import SMALL, assert_bad_input, dso
 from tests.vlm_fixtures import build_tiny_vlm
@@ -85,12 +86,14 @@ def test_exported_checkpoint_gives_the_steered_logits(family, tokenizer, tmp_pat
     result, loaded, config = export(base, tokenizer, tensors, 0.8, tmp_path / "out")
     convention = "offset" if family.startswith("gemma") else "scale"  # Gemma's RMSNorm computes (1 + w) * n(x)
     assert result.conventions == {convention: len(norms)}
+    unplaced = plan_shifts(base, norms).unplaced
     if family == "gpt2":  # LayerNorm has a bias of its own: a stock checkpoint
-        assert not result.remote_code and result.native_bias == len(norms)
+        assert not result.remote_code and result.native_bias == len(norms) and unplaced == []
         assert "auto_map" not in config and not (tmp_path / "out" / MODELING_FILE).exists()
         assert type(loaded) is type(base)
-    else:  # RMSNorm: the shift needs the added bias of the saved modeling file
-        assert result.bias_modules == norms and config[BIAS_MODULES_KEY] == norms
+    else:  # RMSNorm: a shift the q/k/v or gate/up biases cannot take needs the modeling file's added bias
+        assert result.bias_modules == unplaced and config[BIAS_MODULES_KEY] == unplaced
+        assert result.shifts_in_linears == len(norms) - len(unplaced) > 0
         class_name = f"DsoExport{type(base).__name__}"
         assert config["auto_map"] == {"AutoModelForCausalLM": f"modeling_dso_export.{class_name}"}
         assert config["architectures"] == [class_name] and config["model_type"] == base.config.model_type
@@ -106,6 +109,39 @@ def test_exported_checkpoint_gives_the_steered_logits(family, tokenizer, tmp_pat
     record = config[RECORD_KEY]
     assert record["alpha"] == 0.8 and record["norms"] == len(norms)
     assert record["verified"]["max_abs_logit_diff"] == result.max_logit_diff <= 1e-4
+
+
+@pytest.mark.parametrize(
+    ("family", "flags", "unplaced"),
+    [
+        ("llama", ["attention_bias", "mlp_bias"], ["model.norm"]),  # the final norm feeds the tied, unbiased head
+        ("qwen2", [], ["post_attention_layernorm", "model.norm"]),  # q/k/v are biased already; the MLP cannot be
+        ("gemma3_text", ["attention_bias"], ["post_attention_layernorm", "pre_feedforward_layernorm"]),
+        ("gpt2", [], []),
+    ],
+)
+def test_shifts_move_into_the_biases_of_the_linears_that_read_the_norm(family, flags, unplaced, tokenizer, tmp_path):
+    base = build_tiny_model(family, tokenizer)
+    norms = list(find_norm_modules(base))
+    plan = plan_shifts(base, norms)
+    assert sorted(plan.flags) == flags
+    assert all(any(name.endswith(u) for name in plan.unplaced) for u in unplaced)
+    if family == "llama":
+        assert plan.unplaced == ["model.norm"]
+        assert plan.consumers["model.layers.0.input_layernorm"] == [f"model.layers.0.self_attn.{p}_proj" for p in "qkv"]
+        assert plan.consumers["model.layers.0.post_attention_layernorm"] == ["model.layers.0.mlp.gate_proj",
+                                                                             "model.layers.0.mlp.up_proj"]  # fmt: skip
+    tensors = random_tensors(base)
+    for name in plan.unplaced:  # what steering_method.stock_export=true trains: no shift where none fits
+        tensors[f"{name}.b"].zero_()
+    result, loaded, config = export(base, tokenizer, tensors, 1.0, tmp_path / "out")
+    assert not result.remote_code and "auto_map" not in config and not (tmp_path / "out" / MODELING_FILE).exists()
+    assert type(loaded) is type(base) and hooked_modules(loaded) == []
+    assert all(config[flag] is True for flag in flags) and result.config_flags == flags
+    for batch in batches(tokenizer):
+        expected = logits(base, batch, tensors, 1.0)
+        torch.testing.assert_close(logits(loaded, batch), expected, atol=1e-4, rtol=0)
+        assert (expected - logits(base, batch)).abs().max() > 1e-2
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma3_text"])
@@ -280,3 +316,26 @@ def test_cli_exports_a_trained_run_and_refuses_bad_input(trained_run, tiny_llama
     Artifact("caa", artifact.tensors, {**artifact.manifest, "method": "caa"}).save(caa_run / "artifact")
     assert_bad_input(dso("export", f"run_dir={caa_run}", f"out={tmp_path / 'y'}"), "holds a caa artifact")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_stock_export_option_trains_no_shift_where_none_fits_and_exports_stock(tiny_llama_dir, tmp_path):
+    run_dir = tmp_path / "stock"
+    trained = dso("train", "model=hf", f"model.name_or_path={tiny_llama_dir}", f"run_dir={run_dir}",
+                  "train.eval_val=false", "steering_method.stock_export=true", *SMALL)  # fmt: skip
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    artifact = Artifact.load(run_dir / "artifact")
+    assert artifact.manifest["hyperparameters"]["shift_frozen"] == ["model.norm"]
+    assert not artifact.tensors["model.norm.b"].any() and artifact.tensors["model.norm.a"].any()
+    assert artifact.tensors["model.layers.0.input_layernorm.b"].any()  # the other shifts train as before
+    out = tmp_path / "exported"
+    result = dso("export", f"run_dir={run_dir}", f"out={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "need the modeling file" not in result.stdout and "attention_bias=true" in result.stdout
+    config = json.loads((out / "config.json").read_text())
+    assert "auto_map" not in config and not (out / MODELING_FILE).exists()
+    loaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)  # no remote code
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    for batch in batches(AutoTokenizer.from_pretrained(out)):
+        with artifact.apply(base, 1.0):
+            expected = logits(base, batch)
+        torch.testing.assert_close(logits(loaded, batch), expected, atol=1e-4, rtol=0)

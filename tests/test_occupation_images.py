@@ -98,7 +98,7 @@ def test_a_file_that_is_not_an_image_is_one_line(tmp_path, monkeypatch):
 
 def test_image_benchmark_bad_input(tmp_path):
     with pytest.raises(DsoError, match=r"needs bias\.image_dir"):
-        build(modality="image", **SIZES)
+        build(modality="image", source="image_dir", **SIZES)
     with pytest.raises(DsoError, match="does not exist"):
         build(modality="image", image_dir=str(tmp_path / "nope"), **SIZES)
     (tmp_path / "empty").mkdir()
@@ -110,6 +110,32 @@ def test_image_benchmark_bad_input(tmp_path):
         build(modality="image", source="social_counterfactuals", hub_dataset=str(tmp_path / "missing"), **SIZES)
     with pytest.raises(DsoError, match="modality"):
         build(modality="audio", **SIZES)
+
+
+def test_source_auto_takes_the_folder_else_the_hub(social_counterfactuals, tmp_path, monkeypatch):
+    monkeypatch.setenv("DSO_CACHE", str(tmp_path / "cache"))
+    from_hub = build(modality="image", hub_dataset=str(social_counterfactuals), heldout_occupations=[], **SIZES)
+    explicit = build(modality="image", source="social_counterfactuals", hub_dataset=str(social_counterfactuals),
+                     heldout_occupations=[], **SIZES)  # fmt: skip
+    assert from_hub["test"].to_list() == explicit["test"].to_list()  # auto without a folder: the hub's images
+    folder = tmp_path / "faces"
+    for occupation in ("nurse", "carpenter"):
+        for g, gender in enumerate(("male", "female")):
+            (folder / occupation / gender).mkdir(parents=True)
+            for k in range(3):
+                (folder / occupation / gender / f"{k}.png").write_bytes(png((10 * k, 10 * g, 0)))
+    local = build(modality="image", image_dir=str(folder), hub_dataset=str(tmp_path / "unused"),
+                  heldout_occupations=[], **SIZES)  # fmt: skip
+    assert all(path.startswith(str(folder)) for item in local["test"] for path in item["images"])
+
+
+def test_source_auto_with_neither_names_both_ways(tmp_path, monkeypatch):
+    monkeypatch.setenv("DSO_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(DsoError) as caught:
+        build(modality="image", hub_dataset=str(tmp_path / "unreachable"), **SIZES)
+    message = str(caught.value)
+    assert "bias.image_dir=PATH" in message and "SocialCounterfactuals" in message and "hub" in message
+    assert "\n" not in message
 
 
 def test_caption_occupation():

@@ -37,8 +37,8 @@ def run(tokenizer, items, **overrides):
     return scorer, params, rows
 
 
-def pob(scorer, params, items, omega):
-    with apply_affine(scorer.model, params, omega):
+def pob(scorer, params, items, strength):
+    with apply_affine(scorer.model, params, strength):
         return decision_metrics(items, policy(scorer.logprobs(items)), bootstrap_reps=2)["pob"]
 
 
@@ -60,11 +60,11 @@ def test_seeded_runs_are_identical(tokenizer, train_items):
 def test_path_term_alone_moves_the_parameters(tokenizer, train_items):
     """With a zero reward and no KL, only the path term can produce a gradient."""
     zero = lambda items, probs: torch.zeros_like(probs)  # noqa: E731
-    for omega, moves in (("fixed", False), ("path", True)):
+    for mode, moves in (("fixed", False), ("path", True)):
         model = build_tiny_model("llama", tokenizer, seed=3)
         params = init_affine_params(find_norm_modules(model))
         rows = []
-        cfg = TrainConfig(steps=3, lr=0.05, strength_mode=omega, kl_coef=0.0, path_weight=10.0, l1=0.0)
+        cfg = TrainConfig(steps=3, lr=0.05, strength_mode=mode, kl_coef=0.0, path_weight=10.0, l1=0.0)
         train_dso(OptionScorer(model, tokenizer, batch_size=32), params, train_items, zero, cfg, log=rows.append)
         assert any(p.abs().sum() > 0 for p in params.values()) == moves
         assert ("path_loss" in rows[0]) == moves

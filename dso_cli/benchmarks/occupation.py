@@ -162,7 +162,7 @@ def build(
     heldout_template_pairs_per_occupation: int | None = 12,
     seed: int = 0,
     modality: str = "text",
-    source: str = "image_dir",
+    source: str = "auto",
     image_dir: str | None = None,
     image_layout: str = "pair",
     hub_dataset: str = "Intel/SocialCounterfactuals",
@@ -173,8 +173,9 @@ def build(
     """Build the splits. ``n_train``/``n_train_unambiguous`` count items (two per pair).
 
     ``modality="image"`` builds the vision-language version from images (see
-    :mod:`dso_cli.benchmarks.occupation_images`): ``source`` is ``image_dir`` (with ``image_dir``) or
-    ``social_counterfactuals`` (``hub_dataset``), ``image_layout`` is ``pair`` or ``side_by_side``, and
+    :mod:`dso_cli.benchmarks.occupation_images`): ``source`` is ``image_dir`` (with ``image_dir``),
+    ``social_counterfactuals`` (``hub_dataset``) or ``auto`` (``image_dir`` when given, else the hub's
+    SocialCounterfactuals images, cached after the first read), ``image_layout`` is ``pair`` or ``side_by_side``, and
     the val/test sizes count person pairs.
 
     Text: ``train`` holds ``n_train`` ambiguous items (the paper's 600 by default) plus
@@ -194,7 +195,9 @@ def build(
         from dso_cli.benchmarks import occupation_images as images
 
         rng = random.Random(seed)
-        if source == "image_dir":
+        if source == "auto":
+            pairs = images.pairs_from_either(image_dir, hub_dataset, rng, max_rows=max_hub_rows, revision=hub_revision)
+        elif source == "image_dir":
             if not image_dir:
                 raise DsoError("bias.source=image_dir needs bias.image_dir=PATH (<occupation>/<male|female>/*.jpg)")
             pairs = images.pairs_from_image_dir(image_dir, rng)
@@ -203,7 +206,7 @@ def build(
                 hub_dataset, rng, max_rows=max_hub_rows, revision=hub_revision
             )
         else:
-            raise DsoError(f"bias.source must be image_dir or social_counterfactuals, not {source!r}")
+            raise DsoError(f"bias.source must be auto, image_dir or social_counterfactuals, not {source!r}")
         return images.build_image_splits(
             pairs, n_train=n_train, n_train_unambiguous=n_train_unambiguous, layout=image_layout,
             val_pairs_per_occupation=val_pairs_per_occupation, test_pairs_per_occupation=test_pairs_per_occupation,

@@ -171,6 +171,25 @@ def pairs_from_social_counterfactuals(
     return pairs
 
 
+def pairs_from_either(
+    image_dir: str | None, dataset: str, rng: random.Random, *, max_rows: int | None, revision: str | None
+) -> dict[str, list[PersonPair]]:
+    """``bias.source=auto``: the local ``image_dir`` when one is given, else the SocialCounterfactuals
+    images of ``dataset`` (streamed once into the cache, at most ``max_rows`` rows read). Offline with
+    neither a folder nor a cached read, one line names both ways."""
+    if image_dir:
+        return pairs_from_image_dir(image_dir, rng)
+    try:
+        return pairs_from_social_counterfactuals(dataset, rng, max_rows=max_rows, revision=revision)
+    except DsoError as exc:
+        raise DsoError(
+            "the image version of bias=occupation needs pictures of the people: pass bias.image_dir=PATH "
+            f"(<occupation>/<male|female>/*.jpg), or go online once to stream the paper's SocialCounterfactuals "
+            f"images from the hub ({dataset}, cached; bias.max_hub_rows bounds the read) "
+            f"[{str(exc).split('; offline')[0]}]"
+        ) from None
+
+
 PINS = "pins.json"
 """``hub id -> commit`` under ``<cache>/social_counterfactuals/``: the revision each dataset was first read at."""
 

@@ -22,11 +22,12 @@ from torch import Tensor
 from dso_cli.benchmarks import build_benchmark, split_items
 from dso_cli.errors import DsoError
 from dso_cli.evaluation import base_policy, capability_cost, evaluate_strengths, prompt_sequences
-from dso_cli.fitting import fit_in_run, norm_override, train_config
+from dso_cli.fitting import Tracking, fit_in_run, train_config, training_inputs
 from dso_cli.leakage import RECORD, training_record
-from dso_cli.pipeline.inputs import heldout_corpus, store_from_config
+from dso_cli.pipeline.inputs import activation_store, heldout_corpus
 from dso_cli.pipeline.results import SWEEP_COLUMNS, RowWriter
-from dso_cli.pipeline.setup import load_from_config, seed_everything
+from dso_cli.pipeline.setup import load_scored_model
+from dso_cli.pipeline.specs import CacheSettings, HeldoutText, ModelSetup
 from dso_cli.report.comparison import hypervolume_draws, load_probs, point_key, save_probs, write_compare_report
 from dso_cli.rl.checkpoint import CHECKPOINT
 from dso_cli.runs import (
@@ -36,7 +37,7 @@ from dso_cli.runs import (
     TRAIN_CONFIG,
     load_train_config,
     new_train_dir,
-    parse_alpha,
+    parse_strengths,
     save_provenance,
     settings_differences,
     settings_hash,
@@ -100,7 +101,7 @@ def check_compare(cfg: DictConfig) -> tuple[list[str], dict[str, str | None]]:
     grids = {m: cfg.compare.grids.get(m) for m in methods}
     for grid in grids.values():
         if grid is not None:
-            parse_alpha(grid)
+            parse_strengths(grid)
     for method in options:
         if method not in known:
             raise DsoError(f"compare.options.{method}: unknown steering method (choose from: {', '.join(known)})")
@@ -136,24 +137,27 @@ def run_compare(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
     objects = {m: make_method(method_options(cfg, m)) for m in methods}
     if any(o.trained for o in objects.values()) and not cfg.compare.dso_run:
         train_config(cfg)  # bad optimizer values fail before the model loads
-    seed_everything(int(cfg.seed))
+    text = HeldoutText.from_config(cfg)
+    heldout_corpus(text)  # a clash with the training text is refused before the model loads
     splits = build_benchmark(cfg.bias_benchmark, cfg.model)
     for split in splits_wanted:
         split_items(splits, split)  # fails fast on a split the benchmark lacks
     train_items = split_items(splits, "train")
     if not any(item["ambiguous"] for item in train_items):
         raise DsoError(f"bias={cfg.bias_benchmark.name} has no ambiguous training items to fit the methods on")
-    loaded, scorer = load_from_config(cfg)
+    setup = ModelSetup.from_config(cfg)
+    loaded, scorer = load_scored_model(setup)
     provenance = {"device": str(loaded.device), "settings_sha256": settings_hash(cfg)}
     save_provenance(run_dir, cfg, prefix=COMPARE_PREFIX, extra=provenance)
     print(f"dso compare: {', '.join(methods)} on {cfg.bias_benchmark.name}; run directory {run_dir}", flush=True)
 
-    artifacts = fit_all(cfg, run_dir, objects, loaded, scorer, splits, train_items)
-    alphas = {
-        m: parse_alpha(grids[m] if grids[m] is not None else artifacts[m].manifest["strength"]["default_grid"])
+    artifacts = fit_all(cfg, run_dir, objects, FitJob(loaded, scorer, train_items, norm_modules=setup.norm_modules),
+                        splits)  # fmt: skip
+    strengths = {
+        m: parse_strengths(grids[m] if grids[m] is not None else artifacts[m].manifest["strength"]["default_grid"])
         for m in methods
     }
-    data, probs = evaluate_all(cfg, run_dir, methods, artifacts, alphas, scorer, splits, splits_wanted)
+    data, probs = evaluate_all(cfg, run_dir, methods, artifacts, strengths, scorer, splits, splits_wanted, text)
     report_split = cfg.compare.report_split
     draws = hypervolume_draws(cfg, data, probs[report_split], split_items(splits, report_split))
     out_dir = write_compare_report(data, run_dir / "report", cfg, draws)
@@ -163,15 +167,11 @@ def run_compare(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
 
 
 def fit_all(
-    cfg: DictConfig,
-    run_dir: Path,
-    methods: dict[str, SteeringMethod],
-    loaded,
-    scorer,
-    splits,
-    train_items: list[dict],
+    cfg: DictConfig, run_dir: Path, methods: dict[str, SteeringMethod], shared: FitJob, splits
 ) -> dict[str, Artifact]:
-    """Each method's artifact: loaded from ``<run_dir>/<method>/artifact`` when already fitted."""
+    """Each method's artifact: loaded from ``<run_dir>/<method>/artifact`` when already fitted, else fitted
+    on ``shared``'s model and training items (closed-form methods from one activation store)."""
+    loaded, scorer, train_items = shared.loaded, shared.scorer, list(shared.train_items)
     artifacts: dict[str, Artifact] = {}
     todo = [m for m in methods if not (run_dir / m / ARTIFACT_DIR / MANIFEST).is_file()]
     for name in methods:
@@ -179,10 +179,10 @@ def fit_all(
             artifacts[name] = Artifact.load(run_dir / name / ARTIFACT_DIR, loaded.describe())
             print(f"dso compare: {name} already fitted, loaded from {run_dir / name}", flush=True)
     val_items = split_items(splits, "val") if "val" in splits else None
-    store = store_from_config(cfg, scorer, train_items)
+    store = activation_store(scorer, train_items, str(cfg.bias_benchmark.name), CacheSettings.from_config(cfg))
     closed = [methods[m] for m in todo if not methods[m].trained]
     started = time.perf_counter()
-    prefetch_for(closed, loaded, store, norm_modules=norm_override(cfg), can_select=bool(val_items))
+    prefetch_for(closed, loaded, store, norm_modules=shared.norm_modules, can_select=bool(val_items))
     for line in store.cache_log:
         print(f"dso compare: {line}", flush=True)
     if store.passes:
@@ -197,9 +197,11 @@ def fit_all(
         if reused:
             artifact = reuse_trained(cfg, loaded, method)
         else:
-            job = FitJob(loaded, scorer, train_items, val_items, store=store, norm_modules=norm_override(cfg))
+            job = FitJob(loaded, scorer, train_items, val_items, store=store, norm_modules=shared.norm_modules)
             resume = (method_dir / CHECKPOINT).is_file()  # an interrupted comparison continues a trained method
-            artifact = fit_in_run(method, job, method_cfg, method_dir, resume=resume)
+            training = training_inputs(method_cfg) if method.trained else None
+            tracking = Tracking.from_config(method_cfg) if method.trained else None
+            artifact = fit_in_run(method, job, method_dir, training=training, tracking=tracking, resume=resume)
         seconds = time.perf_counter() - started
         artifact.manifest["train_metrics"]["fit_seconds"] = seconds
         artifact.manifest.setdefault(RECORD, training_record(train_items))
@@ -232,10 +234,11 @@ def evaluate_all(
     run_dir: Path,
     methods: Sequence[str],
     artifacts: dict[str, Artifact],
-    alphas: dict[str, list[float]],
+    strengths: dict[str, list[float]],
     scorer,
     splits,
     split_names: Sequence[str],
+    text: HeldoutText,
 ) -> tuple[pd.DataFrame, dict[str, dict[str, Tensor]]]:
     """Every (split, method, ω) not yet in ``compare.csv`` (or whose per-item probabilities were not
     kept); the base model is scored once per split. Returns the rows and, per split, the option
@@ -244,9 +247,9 @@ def evaluate_all(
     earlier = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=COMPARE_COLUMNS)
     rows = RowWriter(path, COMPARE_COLUMNS, ["method", "split", "alpha"])
     kept: dict[str, dict[str, Tensor]] = {}
-    corpus = heldout_corpus(cfg)
+    corpus = heldout_corpus(text)
     text_cost: dict[str, dict[float, dict[str, float]]] = {}  # per method: the same for every split
-    batch = int(cfg.heldout_text.batch_size)
+    batch = text.batch_size
 
     def record(method: str, split: str, row: dict, probs: Tensor, cost: dict[float, dict[str, float]]) -> None:
         kept[split][point_key(method, row["alpha"])] = probs
@@ -257,7 +260,9 @@ def evaluate_all(
     for split in split_names:
         kept[split] = load_probs(run_dir, split)
         done = {(r.method, float(r.alpha)) for r in earlier[earlier["split"] == split].itertuples()}
-        todo = {m: [a for a in alphas[m] if (m, a) not in done or point_key(m, a) not in kept[split]] for m in methods}
+        todo = {
+            m: [s for s in strengths[m] if (m, s) not in done or point_key(m, s) not in kept[split]] for m in methods
+        }
         if not any(todo.values()):
             continue
         items = split_items(splits, split)
@@ -268,10 +273,10 @@ def evaluate_all(
             if not missing:
                 continue
             captured: list[Tensor] = []
-            if method not in text_cost or any(a not in text_cost[method] for a in missing):
-                text_cost[method] = capability_cost(scorer, artifacts[method], alphas[method], corpus=corpus,
+            if method not in text_cost or any(s not in text_cost[method] for s in missing):
+                text_cost[method] = capability_cost(scorer, artifacts[method], strengths[method], corpus=corpus,
                                                     batch_size=batch, desc=method)  # fmt: skip
-            prompts = prompt_sequences(scorer, items, int(cfg.heldout_text.prompt_items))
+            prompts = prompt_sequences(scorer, items, text.prompt_items)
             cost = capability_cost(scorer, artifacts[method], missing, corpus=None, prompts=prompts,
                                    batch_size=batch, desc=f"{split} {method}")  # fmt: skip
             evaluate_strengths(
@@ -287,6 +292,6 @@ def evaluate_all(
                 desc=f"{split} {method}",
             )
     data = pd.read_csv(path)
-    wanted = {(m, s, a) for m in methods for s in split_names for a in alphas[m]}
+    wanted = {(m, split, s) for m in methods for split in split_names for s in strengths[m]}
     keep = [(r.method, r.split, float(r.alpha)) in wanted for r in data.itertuples()]
     return data[keep].reset_index(drop=True), kept

@@ -1,8 +1,9 @@
 """``dso eval``: one model, one artifact (or none), several strengths, many benchmarks, one table.
 
 The model is loaded once; every bias benchmark (its test split) and every capability set is scored
-at every ω. ``eval.csv`` has one row per benchmark × ω with the ``sweep.csv`` columns plus capability
-accuracy, perplexity and the benchmark-specific columns (empty where they do not apply).
+at every strength (``alpha``). ``eval.csv`` has one row per benchmark × strength with the
+``sweep.csv`` columns plus capability accuracy, perplexity and the benchmark-specific columns (empty
+where they do not apply).
 
 The run's own benchmark is rebuilt from the run's recorded config, so its test split is exactly the
 one held out from training. ``bias.<key>=value`` on the command line reaches every evaluated
@@ -31,9 +32,10 @@ from dso_cli.io import atomic_write
 from dso_cli.leakage import check_no_leakage
 from dso_cli.metrics import bbq_bias_scores, pro_anti_accuracy
 from dso_cli.pipeline.results import SWEEP_COLUMNS, RowWriter, markdown_table
-from dso_cli.pipeline.setup import load_from_config, seed_everything
+from dso_cli.pipeline.setup import load_scored_model
+from dso_cli.pipeline.specs import ModelSetup
 from dso_cli.pipeline.trained_run import run_config
-from dso_cli.runs import ARTIFACT_DIR, load_train_config, parse_alpha, save_provenance, typed_keys
+from dso_cli.runs import ARTIFACT_DIR, load_train_config, parse_strengths, save_provenance, typed_keys
 from dso_cli.steering.artifact import Artifact
 
 OFFLINE_BENCHMARKS = ("occupation", "winobias", "bbq")
@@ -109,7 +111,7 @@ def eval_run_dir(cfg: DictConfig) -> Path:
 
 
 def run_eval(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
-    alphas = parse_alpha(cfg.alpha)
+    strengths = parse_strengths(cfg.alpha)
     run_cfg: DictConfig | None = None
     if cfg.eval.steer:
         run_dir, cfg = run_config(cfg, overrides)
@@ -117,7 +119,7 @@ def run_eval(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
             raise DsoError(f"run_dir {run_dir} has no trained artifact; run `dso train` first or pass eval.steer=false")
         run_cfg = load_train_config(run_dir)
     else:
-        run_dir, alphas = eval_run_dir(cfg), [0.0]
+        run_dir, strengths = eval_run_dir(cfg), [0.0]
     bias_keys, cap_keys = explicit(overrides, "bias_benchmark"), explicit(overrides, "capability")
 
     # Build every benchmark before loading the model, so a missing file fails in seconds.
@@ -138,20 +140,24 @@ def run_eval(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
         else:
             sets.append(("capability", name, split_items(built, "test")))
 
+    harness = None
+    if cfg.eval.lm_eval_tasks:
+        from dso_cli.integrations.harness import check_tasks
+
+        harness = check_tasks(list(cfg.eval.lm_eval_tasks), cfg.eval.lm_eval_include_path)
     artifact = Artifact.load(run_dir / ARTIFACT_DIR) if run_cfg is not None else None
     if artifact is not None and cfg.eval.split != "train":  # evaluating the training fit itself is allowed
         bias_sets = {f"{name}/{cfg.eval.split}": items for kind, name, items in sets if kind == "bias"}
         note = check_no_leakage(artifact.manifest, bias_sets, overrides)
         if note:
             print(f"dso eval: note: {note}", flush=True)
-    seed_everything(int(cfg.seed))
-    loaded, scorer = load_from_config(cfg)
+    loaded, scorer = load_scored_model(ModelSetup.from_config(cfg))
     if artifact is not None:
         artifact.check_model(loaded.describe())
         artifact.check_fits(loaded.model)
     method = artifact.method if artifact is not None else "none"
     sizes = ", ".join(f"{name} {len(data.passages) if kind == 'text' else len(data)}" for kind, name, data in sets)
-    print(f"dso eval: {method} from {run_dir}, strengths {alphas}; {sizes}", flush=True)
+    print(f"dso eval: {method} from {run_dir}, strengths {strengths}; {sizes}", flush=True)
 
     eval_csv = run_dir / "eval.csv"
     rows = RowWriter(eval_csv, EVAL_COLUMNS, ["method", "benchmark", "split", "alpha"],
@@ -166,7 +172,7 @@ def run_eval(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
     for kind, name, data in sets:
         if kind == "text":
             evaluate_text(
-                scorer, artifact, data, alphas, batch_size=int(cfg.eval.text_batch_size), desc=name,
+                scorer, artifact, data, strengths, batch_size=int(cfg.eval.text_batch_size), desc=name,
                 on_row=lambda row, name=name: record(name, "text", row),
             )  # fmt: skip
             continue
@@ -178,9 +184,20 @@ def run_eval(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
             return {**pro_anti_accuracy(items, probs), **bbq_bias_scores(items, probs)}
 
         evaluate_strengths(
-            scorer, artifact, data, alphas, bootstrap_reps=int(cfg.eval.bootstrap_reps), seed=int(cfg.seed),
+            scorer, artifact, data, strengths, bootstrap_reps=int(cfg.eval.bootstrap_reps), seed=int(cfg.seed),
             on_row=lambda row, name=name, split=split: record(name, split, row), desc=name, extra_metrics=extras,
         )  # fmt: skip
+    if harness is not None:
+        from dso_cli.integrations.harness import harness_rows
+
+        task_rows, metric_rows = harness_rows(
+            loaded, artifact, strengths, list(cfg.eval.lm_eval_tasks), harness, limit=cfg.eval.lm_eval_limit,
+            batch_size=int(cfg.eval.lm_eval_batch_size),
+        )  # fmt: skip
+        for row in task_rows:
+            rows.add({"method": method, **row})
+        frame = pd.DataFrame(metric_rows)
+        atomic_write(run_dir / "eval_lm_eval.csv", lambda tmp: frame.to_csv(tmp, index=False))
     if subjects:
         frame = pd.DataFrame(subjects)
         atomic_write(run_dir / "eval_subjects.csv", lambda tmp: frame.to_csv(tmp, index=False))

@@ -1,7 +1,7 @@
 """``dso export``: a trained affine artifact folded at one strength into a Hugging Face checkpoint.
 
 The artifact of a run (``dso`` or ``mean_match``, the methods applied as ``h + ω(a⊙h + b)`` on norm
-outputs) is folded into the norms of the run's model at ``alpha`` (see :mod:`dso_cli.steering.export`)
+outputs) is folded into the norms of the run's model at strength ``alpha`` (see :mod:`dso_cli.steering.export`)
 and saved with its tokenizer (and processor, for vision-language models) in ``out``, together with the
 resolved config (``dso_export.yaml``) and environment (``dso_export_env.json``). The checkpoint loads
 with plain ``transformers``, needs no steering hooks, and is verified against the hooked model before
@@ -24,8 +24,9 @@ from dso_cli.errors import DsoError
 from dso_cli.io import environment, git_commit, sha256_of
 from dso_cli.models.loading import load_model
 from dso_cli.pipeline.setup import seed_everything
+from dso_cli.pipeline.specs import ModelSetup
 from dso_cli.pipeline.trained_run import run_config
-from dso_cli.runs import ARTIFACT_DIR, parse_alpha
+from dso_cli.runs import ARTIFACT_DIR, parse_strengths
 from dso_cli.steering.artifact import MANIFEST, TENSORS, Artifact
 from dso_cli.steering.export import check_out_dir, export_checkpoint
 from dso_cli.steering.prune import is_affine
@@ -34,11 +35,11 @@ CONFIG_FILE = "dso_export.yaml"
 ENV_FILE = "dso_export_env.json"
 
 
-def parse_export_alpha(value: object) -> float | None:
+def parse_export_strength(value: object) -> float | None:
     """``alpha=0.5``: one strength >= 0, or None for the artifact's trained strength."""
     if value is None:
         return None
-    grid = parse_alpha(value)
+    grid = parse_strengths(value)
     if len(grid) != 1:
         raise DsoError(f"alpha={value}: dso export folds in one strength, not a grid")
     return grid[0]
@@ -56,7 +57,7 @@ def parse_tolerance(value: object) -> float:
 
 def check_export(cfg: DictConfig) -> None:
     """What can be checked before loading anything: the strength, the tolerance and the output directory."""
-    parse_export_alpha(cfg.alpha)
+    parse_export_strength(cfg.alpha)
     parse_tolerance(cfg.tolerance)
     check_out_dir(cfg.out, bool(cfg.overwrite))
 
@@ -78,7 +79,7 @@ def without_local_paths(node: Any) -> Any:
 
 
 def run_export(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
-    alpha = parse_export_alpha(cfg.alpha)
+    strength = parse_export_strength(cfg.alpha)
     tolerance = parse_tolerance(cfg.tolerance)
     out = check_out_dir(cfg.out, bool(cfg.overwrite))
     run_dir, cfg = run_config(cfg, overrides)
@@ -90,20 +91,19 @@ def run_export(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
     artifact = Artifact.load(artifact_dir)
     if not is_affine(artifact):
         raise DsoError(f"run {run_dir} holds a {artifact.method} artifact; dso export needs dso or mean_match")
-    if alpha is None:
-        alpha = float(artifact.manifest.get("strength", {}).get("trained_at", 1))
+    if strength is None:
+        strength = float(artifact.manifest.get("strength", {}).get("trained_at", 1))
     if any(o.lstrip("+").startswith("model.dtype=") for o in overrides) and cfg.model.dtype != "float32":
         raise DsoError(
             f"dso export folds and verifies in float32, not model.dtype={cfg.model.dtype}; "
             "load the exported checkpoint with dtype=torch.bfloat16 instead"
         )
     cfg.model.dtype = "float32"
-    cfg.alpha = alpha
+    cfg.alpha = strength
 
-    seed_everything(int(cfg.seed))
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    assert isinstance(model_cfg, dict)
-    loaded = load_model(**model_cfg)
+    setup = ModelSetup.from_config(cfg)
+    seed_everything(setup.seed)
+    loaded = load_model(**setup.model)  # no scorer: the export verifies logits itself
     artifact.check_model(loaded.describe())
     record = {
         "method": artifact.method,
@@ -120,12 +120,12 @@ def run_export(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
         CONFIG_FILE: OmegaConf.to_yaml(shared_cfg),
         ENV_FILE: json.dumps(environment(), indent=2, default=str) + "\n",
     }
-    print(f"dso export: {artifact.method} from {run_dir} at strength {alpha:g} into {out}", flush=True)
+    print(f"dso export: {artifact.method} from {run_dir} at strength {strength:g} into {out}", flush=True)
     result = export_checkpoint(
         loaded.model,
         loaded.tokenizer,
         artifact.tensors,
-        alpha,
+        strength,
         out,
         processor=loaded.processor,
         record=record,
@@ -136,9 +136,15 @@ def run_export(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
         release=lambda: setattr(loaded, "model", None),
     )
     conventions = ", ".join(f"{n} {c}" for c, n in result.conventions.items())
-    added = f"{len(result.bias_modules)} given an added bias (remote code)" if result.remote_code else "no added bias"
+    moved = f"{result.shifts_in_linears} shifts in the biases of the linears that read them"
+    if result.config_flags:
+        moved += f" ({', '.join(f'{flag}=true' for flag in result.config_flags)})"
     print(f"dso export: folded {sum(result.conventions.values())} norms ({conventions}); "
-          f"{result.native_bias} native bias, {added}")  # fmt: skip
+          f"{result.native_bias} native bias, {moved}")  # fmt: skip
+    if result.remote_code:
+        shown = ", ".join(result.bias_modules[:4]) + (" ..." if len(result.bias_modules) > 4 else "")
+        print(f"dso export: {len(result.bias_modules)} norms need the modeling file (remote code) for their shift: "
+              f"{shown}; train with steering_method.stock_export=true for a stock checkpoint")  # fmt: skip
     print(f"dso export: verified max |Δlogits| = {result.max_logit_diff:.2e} on {result.probe_tokens} probe tokens "
           f"(norm outputs {result.max_norm_diff:.2e}; tolerance {tolerance:g})")  # fmt: skip
     print(f"dso export: saved {out}; load with {result.load_hint()}", flush=True)

@@ -20,7 +20,8 @@ from dso_cli.benchmarks import build_benchmark, split_items
 from dso_cli.errors import DsoError
 from dso_cli.io import write_json
 from dso_cli.models.layouts import find_decoder_layers, find_head_projections, find_norm_modules
-from dso_cli.pipeline.setup import load_from_config, seed_everything
+from dso_cli.pipeline.setup import load_scored_model
+from dso_cli.pipeline.specs import ModelSetup
 from dso_cli.runs import new_train_dir, save_provenance
 from dso_cli.scoring import OptionScorer
 from dso_cli.steering.activation_cache import MANIFEST, ActivationCache, CacheEntry, CacheRequest, Key
@@ -87,7 +88,6 @@ def label_columns(items: Sequence[dict]) -> dict[str, list]:
 def run_extract(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
     check_extract(cfg)
     run_dir = Path(cfg.run_dir) if cfg.run_dir else new_train_dir(cfg, under="extract")
-    seed_everything(int(cfg.seed))
     splits = build_benchmark(cfg.bias_benchmark, cfg.model)
     split = str(cfg.extract.split)
     if split not in splits:
@@ -95,7 +95,7 @@ def run_extract(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
     items = usable_items(split_items(splits, split))
     if not items:
         raise DsoError(f"bias={cfg.bias_benchmark.name} split {split} has no ambiguous items with pro and anti options")
-    loaded, scorer = load_from_config(cfg)
+    loaded, scorer = load_scored_model(ModelSetup.from_config(cfg))
     sets = module_sets(loaded.model, cfg.extract.modules)
     keys = keys_of(sets)
     cache = ActivationCache(run_dir, dtype=str(cfg.extract.dtype), shard_items=int(cfg.extract.shard_items))

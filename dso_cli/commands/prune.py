@@ -18,8 +18,9 @@ from dso_cli.benchmarks import split_items
 from dso_cli.errors import DsoError
 from dso_cli.evaluation import base_policy, evaluate_strengths
 from dso_cli.pipeline.results import RowWriter, markdown_table
-from dso_cli.pipeline.trained_run import load_run_artifact
-from dso_cli.runs import parse_alpha, save_provenance
+from dso_cli.pipeline.specs import ModelSetup
+from dso_cli.pipeline.trained_run import open_trained_run, run_config
+from dso_cli.runs import parse_strengths, save_provenance
 from dso_cli.steering.prune import PruneStats, is_affine, prune_affine
 
 PRUNE_COLUMNS = [
@@ -33,7 +34,7 @@ PRUNED_DIR = "pruned"
 
 def parse_keep(value: object) -> list[float]:
     """``keep=0.6``, ``keep=0.1:1:0.1`` or ``keep=[0.2,0.5]``: fractions in (0, 1]."""
-    grid = parse_alpha(value, "keep")
+    grid = parse_strengths(value, "keep")
     if grid[0] <= 0.0 or grid[-1] > 1.0:
         raise DsoError(f"keep={value}: fractions of neurons must lie in (0, 1]")
     return grid
@@ -41,15 +42,19 @@ def parse_keep(value: object) -> list[float]:
 
 def run_prune(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
     keeps = parse_keep(cfg.keep)
-    run_dir, cfg, scorer, artifact, splits = load_run_artifact(cfg, overrides, "prune", cfg.prune.splits)
+    run_dir, cfg = run_config(cfg, overrides)
+    run = open_trained_run(run_dir, ModelSetup.from_config(cfg), cfg.bias_benchmark, verb="prune",
+                           evaluated=cfg.prune.splits, overrides=overrides)  # fmt: skip
+    scorer, artifact = run.scorer, run.artifact
     if not is_affine(artifact):
         raise DsoError(f"run {run_dir} holds a {artifact.method} artifact; dso prune needs dso or mean_match")
-    alpha = float(cfg.alpha) if cfg.alpha is not None else float(artifact.manifest["strength"].get("trained_at", 1))
+    trained_at = float(artifact.manifest["strength"].get("trained_at", 1))
+    strength = float(cfg.alpha) if cfg.alpha is not None else trained_at
     pruned = [prune_affine(artifact, keep) for keep in keeps]
     if cfg.prune.save_artifacts:
         for candidate, stats in pruned:
             candidate.save(run_dir / PRUNED_DIR / f"keep_{stats.keep:g}")
-    print(f"dso prune: {artifact.method} from {run_dir} at strength {alpha:g}, keep {keeps}", flush=True)
+    print(f"dso prune: {artifact.method} from {run_dir} at strength {strength:g}, keep {keeps}", flush=True)
 
     prune_csv = run_dir / "prune.csv"
     rows = RowWriter(prune_csv, PRUNE_COLUMNS, ["split", "alpha", "keep"], sort=True,
@@ -57,17 +62,17 @@ def run_prune(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
 
     def record(split: str, stats: PruneStats, row: dict) -> None:
         rows.add({"method": artifact.method, "benchmark": cfg.bias_benchmark.name, "split": split,
-                  **stats.as_row(), **row, "alpha": alpha})  # fmt: skip
+                  **stats.as_row(), **row, "alpha": strength})  # fmt: skip
 
     reps, seed = int(cfg.prune.bootstrap_reps), int(cfg.seed)
     for split in cfg.prune.splits:
-        items = split_items(splits, split)
+        items = split_items(run.splits, split)
         base = base_policy(scorer, items, f"prune {split}")
         unpruned = PruneStats(0.0, 0, pruned[0][1].n_neurons, 0.0, 0)
         (row,) = evaluate_strengths(scorer, None, items, [0.0], base=base, bootstrap_reps=reps, seed=seed)
         record(split, unpruned, row)
         for candidate, stats in tqdm(pruned, desc=f"prune {split}", unit="fraction"):
-            (row,) = evaluate_strengths(scorer, candidate, items, [alpha], base=base, bootstrap_reps=reps, seed=seed,
+            (row,) = evaluate_strengths(scorer, candidate, items, [strength], base=base, bootstrap_reps=reps, seed=seed,
                                         desc=f"keep={stats.keep:g}")  # fmt: skip
             record(split, stats, row)
     print(markdown_table(rows.rows, TABLE_COLUMNS))

@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 from dso_cli.errors import DsoError
 from dso_cli.io import atomic_write, write_text
 from dso_cli.pipeline.results import markdown_table
+from dso_cli.pipeline.specs import RunLocation
 from dso_cli.pipeline.trained_run import resolve_run_dir
 from dso_cli.report.placement import steering_sections
 from dso_cli.report.plots import pareto_plot
@@ -18,7 +19,7 @@ from dso_cli.runs import save_provenance
 
 
 def run_report(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
-    runs = [Path(r) for r in cfg.runs] if cfg.runs else [resolve_run_dir(cfg)]
+    runs = [Path(r) for r in cfg.runs] if cfg.runs else [resolve_run_dir(RunLocation.from_config(cfg))]
     missing = [r for r in runs if not r.is_dir()]
     if missing:
         raise DsoError(f"run directory {missing[0]} does not exist")

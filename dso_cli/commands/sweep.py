@@ -14,11 +14,9 @@ from dso_cli.evaluation import capability_cost, evaluate_strengths, prompt_seque
 from dso_cli.metrics import mean_se
 from dso_cli.pipeline.inputs import heldout_corpus
 from dso_cli.pipeline.results import SWEEP_COLUMNS, RowWriter, markdown_table
-from dso_cli.pipeline.trained_run import load_run_artifact
-from dso_cli.runs import (
-    parse_alpha,
-    save_provenance,
-)
+from dso_cli.pipeline.specs import HeldoutText, ModelSetup
+from dso_cli.pipeline.trained_run import open_trained_run, run_config
+from dso_cli.runs import parse_strengths, save_provenance
 
 TYPE_COLUMNS = ["method", "benchmark", "split", "alpha", "question_type", "unamb_acc", "unamb_acc_se", "n_unambiguous"]
 TABLE_COLUMNS = [
@@ -27,12 +25,16 @@ TABLE_COLUMNS = [
 
 
 def run_sweep(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
-    alphas = parse_alpha(cfg.alpha)
-    run_dir, cfg, scorer, artifact, splits = load_run_artifact(cfg, overrides, "sweep", cfg.sweep.splits)
+    strengths = parse_strengths(cfg.alpha)
+    run_dir, cfg = run_config(cfg, overrides)
+    text = HeldoutText.from_config(cfg)
+    corpus = heldout_corpus(text)  # a clash with the training text is refused before the model loads
+    run = open_trained_run(run_dir, ModelSetup.from_config(cfg), cfg.bias_benchmark, verb="sweep",
+                           evaluated=cfg.sweep.splits, overrides=overrides)  # fmt: skip
+    scorer, artifact = run.scorer, run.artifact
     if not any(o.lstrip("+").startswith("alpha=") for o in overrides):  # the method's own default grid
-        alphas = parse_alpha(artifact.manifest.get("strength", {}).get("default_grid", cfg.alpha))
-    corpus = heldout_corpus(cfg)
-    print(f"dso sweep: {artifact.method} from {run_dir}, strengths {alphas}", flush=True)
+        strengths = parse_strengths(artifact.manifest.get("strength", {}).get("default_grid", cfg.alpha))
+    print(f"dso sweep: {artifact.method} from {run_dir}, strengths {strengths}", flush=True)
 
     key = ["method", "benchmark", "split", "alpha"]
     rows = RowWriter(run_dir / "sweep.csv", SWEEP_COLUMNS, key, sort=True,
@@ -40,25 +42,26 @@ def run_sweep(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
     type_rows = RowWriter(run_dir / "sweep_types.csv", TYPE_COLUMNS, [*key, "question_type"], sort=True)
 
     def record(row: dict, split: str, benchmark: str, cost: dict[float, dict[str, float]]) -> None:
-        alpha = row["alpha"]
+        strength = row["alpha"]
         head = {"method": artifact.method, "benchmark": benchmark, "split": split}
         types = row.pop("_types", [])
-        rows.add(head | row | text_cost[alpha] | cost[alpha])
+        rows.add(head | row | text_cost[strength] | cost[strength])
         for qtype in types:
-            type_rows.add(head | {"alpha": alpha, **qtype})
+            type_rows.add(head | {"alpha": strength, **qtype})
 
-    batch = int(cfg.heldout_text.batch_size)
-    text_cost = capability_cost(scorer, artifact, alphas, corpus=corpus, batch_size=batch, desc="sweep")
+    batch = text.batch_size
+    text_cost = capability_cost(scorer, artifact, strengths, corpus=corpus, batch_size=batch, desc="sweep")
     for split in cfg.sweep.splits:
-        for benchmark, items in by_benchmark(split_items(splits, split)).items():
+        for benchmark, items in by_benchmark(split_items(run.splits, split)).items():
             desc = f"sweep {split}" + (f" {benchmark}" if benchmark != cfg.bias_benchmark.name else "")
-            prompts = prompt_sequences(scorer, items, int(cfg.heldout_text.prompt_items))
-            cost = capability_cost(scorer, artifact, alphas, corpus=None, prompts=prompts, batch_size=batch, desc=desc)
+            prompts = prompt_sequences(scorer, items, text.prompt_items)
+            cost = capability_cost(scorer, artifact, strengths, corpus=None, prompts=prompts, batch_size=batch,
+                                   desc=desc)  # fmt: skip
             evaluate_strengths(
                 scorer,
                 artifact,
                 items,
-                alphas,
+                strengths,
                 bootstrap_reps=int(cfg.sweep.bootstrap_reps),
                 seed=int(cfg.seed),
                 on_row=lambda row, s=split, b=benchmark, c=cost: record(row, s, b, c),
@@ -95,6 +98,6 @@ def type_table(type_rows: Sequence[dict]) -> str:
     """Unambiguous accuracy per question type: one row per (benchmark, split, type), one column per ω."""
     frame = pd.DataFrame(type_rows)
     wide = frame.pivot_table(index=["benchmark", "split", "question_type"], columns="alpha", values="unamb_acc")
-    wide.columns = [f"acc w={a:g}" for a in wide.columns]
+    wide.columns = [f"acc w={s:g}" for s in wide.columns]
     records = wide.reset_index().to_dict("records")
     return markdown_table(records, ["benchmark", "split", "question_type", *wide.columns])

@@ -10,11 +10,12 @@ from omegaconf import DictConfig, OmegaConf
 from dso_cli.benchmarks import build_benchmark, split_items
 from dso_cli.errors import DsoError
 from dso_cli.evaluation import evaluate_strengths
-from dso_cli.fitting import fit_in_run, norm_override, training_inputs
+from dso_cli.fitting import Tracking, fit_in_run, training_inputs
 from dso_cli.leakage import RECORD, training_record
-from dso_cli.pipeline.inputs import store_from_config
+from dso_cli.pipeline.inputs import activation_store
 from dso_cli.pipeline.results import markdown_table
-from dso_cli.pipeline.setup import load_from_config, seed_everything
+from dso_cli.pipeline.setup import load_scored_model
+from dso_cli.pipeline.specs import CacheSettings, ModelSetup
 from dso_cli.rl.checkpoint import CHECKPOINT, load_checkpoint
 from dso_cli.runs import ARTIFACT_DIR, claim_run_dir, load_train_config, new_train_dir, save_provenance, typed_keys
 from dso_cli.steering.artifact import MANIFEST
@@ -46,7 +47,6 @@ def run_train(cfg: DictConfig, job_num: int | None = None, overrides: Sequence[s
         run_dir = new_train_dir(cfg, job_num)
     cfg = cfg.copy()
     cfg.run_dir = str(run_dir)
-    seed_everything(int(cfg.seed))
     splits = build_benchmark(cfg.bias_benchmark, cfg.model)
     train_items = split_items(splits, "train")
     if not any(item["ambiguous"] for item in train_items):
@@ -54,16 +54,18 @@ def run_train(cfg: DictConfig, job_num: int | None = None, overrides: Sequence[s
             f"bias={cfg.bias_benchmark.name} has no ambiguous training items, so there is no bias to train away; "
             "evaluate transfer to it with `dso eval` instead"
         )
-    loaded, scorer = load_from_config(cfg)
+    setup = ModelSetup.from_config(cfg)
+    loaded, scorer = load_scored_model(setup)
     if not cfg.get("resume"):
         extra = {"device": str(loaded.device), "dtype": str(loaded.dtype), "scoring": scorer.describe()}
         save_provenance(run_dir, cfg, extra=extra)
     print(f"dso train: run directory {run_dir}", flush=True)
     val_items = split_items(splits, "val") if "val" in splits else None
-    job = FitJob(loaded, scorer, train_items, val_items, norm_modules=norm_override(cfg))
+    job = FitJob(loaded, scorer, train_items, val_items, norm_modules=setup.norm_modules)
     if not method.trained:
-        job.store = store_from_config(cfg, scorer, train_items)
-    artifact = fit_in_run(method, job, cfg, run_dir, resume=bool(cfg.get("resume")), training=training)
+        job.store = activation_store(scorer, train_items, str(cfg.bias_benchmark.name), CacheSettings.from_config(cfg))
+    tracking = Tracking.from_config(cfg) if method.trained else None
+    artifact = fit_in_run(method, job, run_dir, training=training, tracking=tracking, resume=bool(cfg.get("resume")))
     for line in job.store.cache_log if job.store is not None else []:
         print(f"dso train: {line}", flush=True)
     artifact.manifest[RECORD] = training_record(train_items)  # later verbs refuse to evaluate on these

@@ -1,4 +1,4 @@
-"""A verb's start: seeds, and the model and scorer its config describes."""
+"""A verb's start: seeds, and the model and scorer a :class:`ModelSetup` describes."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from dso_cli.models.loading import LoadedModel, load_model
+from dso_cli.pipeline.specs import ModelSetup
 from dso_cli.scoring import OptionScorer
 
 
@@ -19,24 +19,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_from_config(cfg: DictConfig) -> tuple[LoadedModel, OptionScorer]:
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    assert isinstance(model_cfg, dict)
-    loaded = load_model(**model_cfg)
-    return loaded, scorer_from_config(cfg, loaded)
+def load_scored_model(setup: ModelSetup) -> tuple[LoadedModel, OptionScorer]:
+    """The model ``setup`` names (loaded right after seeding) and a scorer with its options."""
+    seed_everything(setup.seed)
+    loaded = load_model(**setup.model)
+    return loaded, scorer_for(loaded, setup)
 
 
-def scorer_from_config(cfg: DictConfig, loaded: LoadedModel, **scoring_overrides: Any) -> OptionScorer:
-    """A scorer for ``loaded`` with the ``scoring`` section of ``cfg`` (keys in ``scoring_overrides``
-    replaced) and the model's chat-template arguments; a new scorer starts with an empty token cache."""
-    template_kwargs = cfg.model.get("chat_template_kwargs")
-    template_kwargs = OmegaConf.to_container(template_kwargs, resolve=True) if template_kwargs else {}
-    scoring = OmegaConf.to_container(cfg.scoring, resolve=True)
-    assert isinstance(scoring, dict) and isinstance(template_kwargs, dict)
-    return OptionScorer(
-        loaded.model,
-        loaded.tokenizer,
-        processor=loaded.processor,
-        chat_template_kwargs=template_kwargs,
-        **(scoring | scoring_overrides),
-    )
+def scorer_for(loaded: LoadedModel, setup: ModelSetup, **overrides: Any) -> OptionScorer:
+    """A scorer for ``loaded`` with ``setup``'s options (any of them replaced by ``overrides``); a new
+    scorer starts with an empty token cache."""
+    return OptionScorer(loaded.model, loaded.tokenizer, setup.scoring, processor=loaded.processor, **overrides)

@@ -19,8 +19,8 @@ from dso_cli.report.plots import pareto_plot
 from dso_cli.report.tables import curve_summary, operating_points, pareto_points
 
 
-def point_key(method: str, alpha: float) -> str:
-    return f"{method}@{float(alpha)!r}"
+def point_key(method: str, strength: float) -> str:
+    return f"{method}@{float(strength)!r}"
 
 
 def save_probs(run_dir: Path, split: str, probs: dict[str, Tensor]) -> None:

@@ -112,15 +112,15 @@ def operating_points(
         floor = float(base["unamb_acc"].iloc[0]) - max_acc_drop if len(base) else -float("inf")
         eligible = select[(select["unamb_acc"] >= floor) | (select["alpha"] == 0.0)]
         best = eligible.loc[eligible["pob"].idxmin()] if len(eligible) else select.iloc[0]
-        alpha = float(best["alpha"])
-        if alpha not in report.index:
+        strength = float(best["alpha"])
+        if strength not in report.index:
             continue
-        at = report.loc[alpha]
+        at = report.loc[strength]
         base_pob = float(report.loc[0.0, "pob"]) if 0.0 in report.index else float("nan")
         rows.append(
             {
                 "method": method,
-                "alpha": alpha,
+                "alpha": strength,
                 "pob": float(at["pob"]),
                 "pob_se": float(at["pob_se"]),
                 "unamb_acc": float(at["unamb_acc"]),

@@ -17,12 +17,14 @@ from dso_cli.errors import DsoError
 from dso_cli.rl.batches import BaseCache, BatchSampler
 from dso_cli.rl.config import TrainConfig
 
+LEGACY_STREAMS = {"strength": "omega"}  # stream names of checkpoints from earlier versions
+
 
 @dataclass
 class TrainState:
     params: Mapping[str, Tensor]
     optimizer: torch.optim.Optimizer
-    rngs: Mapping[str, random.Random]  # sampler, omega, text, prompt: separate streams
+    rngs: Mapping[str, random.Random]  # sampler, strength, text, prompt: separate streams
     generator: torch.Generator  # the estimator's sampling
     sampler: BatchSampler
     base: BaseCache
@@ -52,8 +54,8 @@ class TrainState:
             for name, param in self.params.items():
                 param.copy_(saved["params"][name].to(param.device))
         self.optimizer.load_state_dict(saved["optimizer"])
-        for name, stream in self.rngs.items():
-            stream.setstate(saved["rng"][name])
+        for name, stream in self.rngs.items():  # "omega": the strength stream's name in older checkpoints
+            stream.setstate(saved["rng"][name] if name in saved["rng"] else saved["rng"][LEGACY_STREAMS[name]])
         self.generator.set_state(saved["rng"]["estimator"])
         self.sampler.restore(saved["sampler"])
         self.base.restore(saved["base_cache"])

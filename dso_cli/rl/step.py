@@ -40,15 +40,15 @@ def _one_step(
     step: int,
     texts: tuple[list[list[int]], random.Random],
     prompts: tuple[list[list[int]], random.Random],
-    omega_rng: random.Random,
+    strength_rng: random.Random,
 ) -> dict[str, float]:
     """One optimizer step (``ppo_epochs`` of them for PPO) over ``accumulate`` micro-batches."""
     micro = []
     for _ in range(cfg.accumulate):
         amb, unamb = sampler.ambiguous_batch(), sampler.unambiguous_batch()
         text = _draw(*texts, cfg.kl_text_passages) + _draw(*prompts, cfg.kl_prompt_items)
-        omega = omega_rng.uniform(0.0, 1.0) if cfg.strength_mode == "path" else None
-        micro.append({"amb": amb, "unamb": unamb, "text": text, "omega": omega, "plan": None})
+        strength = strength_rng.uniform(0.0, 1.0) if cfg.strength_mode == "path" else None
+        micro.append({"amb": amb, "unamb": unamb, "text": text, "strength": strength, "plan": None})
     duals = state["duals"]
     metrics: dict[str, float] = {"step": step}
     constrained = cfg.kl_mode == "constraint"
@@ -72,14 +72,14 @@ def _one_step(
             for bench, pob in per_benchmark_pob(batch["amb"], probs.detach(), sampler.benchmarks).items():
                 sums[f"batch_pob_{bench}"] += pob
             backward(estimator.loss(batch["plan"], probs), 1.0, "policy_loss")
-            if batch["omega"] is not None:
-                omega = batch["omega"]
-                target = (1.0 - omega) * per_occupation_gap(batch["amb"], policy(base(batch["amb"])))
-                steer.strength = omega
+            if batch["strength"] is not None:
+                strength = batch["strength"]
+                target = (1.0 - strength) * per_occupation_gap(batch["amb"], policy(base(batch["amb"])))
+                steer.strength = strength
                 gap = per_occupation_gap(batch["amb"], policy(scorer.logprobs(batch["amb"], grad=True)))
                 steer.strength = 1.0
                 backward((gap - target).pow(2).mean(), cfg.path_weight, "path_loss")
-                sums["path_omega"] += omega
+                sums["path_strength"] += strength
             if base_unamb is not None or (cfg.accuracy_weight > 0 and batch["unamb"]):
                 unamb_lp = scorer.logprobs(batch["unamb"], grad=True)
                 terms = []

@@ -79,7 +79,7 @@ def train_dso(
     )
     rng = random.Random(cfg.seed)
     sampler = BatchSampler(items, cfg, rng)
-    omega_rng = random.Random(cfg.seed + 1)  # separate streams: every mode sees the same batches
+    strength_rng = random.Random(cfg.seed + 1)  # separate streams: every mode sees the same batches
     text_rng = random.Random(cfg.seed + 2)
     texts = _tokenized(scorer, text_passages, cfg.kl_text_tokens) if cfg.kl_text_passages > 0 else []
     prompts = _prompts(scorer, items) if cfg.kl_prompt_items > 0 else []
@@ -88,13 +88,13 @@ def train_dso(
     val_texts = _tokenized(scorer, val_text_passages, cfg.kl_text_tokens) if val_ambiguous else []
     base = BaseCache(scorer)
     names = list(params)
-    leaves = [params[n] for n in names]
+    leaves = [params[n] for n in names if params[n].requires_grad]  # a frozen b (stock_export) stays 0
     optimizer = torch.optim.Adam(leaves, lr=cfg.lr, betas=cfg.betas)
     text_coef = cfg.kl_coef if cfg.kl_text_coef is None else cfg.kl_text_coef
     state: dict[str, Any] = {"step": 0, "duals": {"unambiguous": cfg.kl_coef, "neutral_text": text_coef},
                              "best": {"pob": math.inf, "step": 0, "params": None}, "bad_evals": 0}  # fmt: skip
 
-    streams = {"sampler": rng, "omega": omega_rng, "text": text_rng, "prompt": prompt_rng}
+    streams = {"sampler": rng, "strength": strength_rng, "text": text_rng, "prompt": prompt_rng}
     saved_state = TrainState(params, optimizer, streams, generator, sampler, base, state, cfg)
     if resume:
         if checkpoint_path is None:
@@ -109,7 +109,7 @@ def train_dso(
         for step in bar:
             started = time.perf_counter()
             metrics = _one_step(scorer, steer, estimator, sampler, base, cfg, state, optimizer, leaves, step,
-                                (texts, text_rng), (prompts, prompt_rng), omega_rng)  # fmt: skip
+                                (texts, text_rng), (prompts, prompt_rng), strength_rng)  # fmt: skip
             metrics["step_seconds"] = time.perf_counter() - started  # the optimisation alone, no evaluation
             state["step"] = step
             stop = False

@@ -74,14 +74,14 @@ def apply_affine(model: nn.Module, params: Mapping[str, Tensor], strength: float
 
 def _make_hook(handle: SteeringHandle, a: Tensor, b: Tensor):
     def hook(module: nn.Module, inputs: tuple, output: Tensor) -> Tensor | None:
-        omega = handle.strength
-        if omega == 0.0:
+        strength = handle.strength
+        if strength == 0.0:
             return None
         if output.shape[-1] != a.shape[0]:
             raise DsoError(f"steering vector of size {a.shape[0]} does not fit an output of size {output.shape[-1]}")
         # in float32, cast back once: in bfloat16 a small trained (a, b) would be rounded away term by term
         h = output.float()
-        return (h + omega * (a.to(output.device).float() * h + b.to(output.device).float())).to(output.dtype)
+        return (h + strength * (a.to(output.device).float() * h + b.to(output.device).float())).to(output.dtype)
 
     return hook
 

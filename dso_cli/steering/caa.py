@@ -32,7 +32,7 @@ from dso_cli.steering.hooks import hooks_on, output_tensor, with_hidden
 from dso_cli.steering.method import FitJob, SteeringMethod
 
 STRENGTH = {
-    "semantics": "residual stream of each chosen layer + alpha * (mean anti - mean pro activation); 0 = base",
+    "semantics": "residual stream of each chosen layer + strength * (mean anti - mean pro activation); 0 = base",
     "range": [0.0, 8.0],
     "default_grid": "[0,1,2,4,8]",
 }
@@ -95,19 +95,24 @@ def fit_caa(
 
 
 def select_layer(
-    scorer: OptionScorer, vectors: Mapping[str, Tensor], val_ambiguous: Sequence[Mapping[str, Any]], alpha: float
+    scorer: OptionScorer, vectors: Mapping[str, Tensor], val_ambiguous: Sequence[Mapping[str, Any]], strength: float
 ) -> dict[str, Any]:
-    """Val POB of each candidate layer's vector at strength ``alpha`` (and of the base model)."""
+    """Val POB of each candidate layer's vector at ``strength`` (and of the base model)."""
     base = policy(scorer.logprobs(val_ambiguous)).cpu()
     candidates = []
     device = next(scorer.model.parameters()).device
     for name, vector in tqdm(vectors.items(), desc="caa layer on val", unit="layer", leave=False):
-        with apply_additive(scorer.model, {f"{name}.v": vector.to(device)}, alpha):
+        with apply_additive(scorer.model, {f"{name}.v": vector.to(device)}, strength):
             probs = policy(scorer.logprobs(val_ambiguous)).cpu()
         pob = decision_metrics(val_ambiguous, probs, bootstrap_reps=0)["pob"]
         candidates.append({"module": name, "val_pob": pob})
     base_pob = decision_metrics(val_ambiguous, base, bootstrap_reps=0)["pob"]
-    return {"alpha": alpha, "n_val_ambiguous": len(val_ambiguous), "val_pob_base": base_pob, "candidates": candidates}
+    return {
+        "alpha": strength,
+        "n_val_ambiguous": len(val_ambiguous),
+        "val_pob_base": base_pob,
+        "candidates": candidates,
+    }
 
 
 @contextmanager

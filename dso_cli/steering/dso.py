@@ -41,10 +41,15 @@ def fit_dso(
     val_text_passages: Sequence[str] = (),
     checkpoint_path: Path | None = None,
     resume: bool = False,
+    stock_export: bool = False,
 ) -> Artifact:
-    """Train ``a``, ``b`` on every backbone norm of ``loaded`` and package them as an artifact."""
+    """Train ``a``, ``b`` on every backbone norm of ``loaded`` and package them as an artifact; with
+    ``stock_export``, ``b`` stays 0 on the norms whose shift a stock checkpoint cannot hold."""
     modules = find_norm_modules(loaded.model, norm_modules)
     params = init_affine_params(modules, device=loaded.device)
+    frozen = stock_only_scales(loaded.model, modules) if stock_export else []
+    for name in frozen:
+        params[f"{name}.b"].requires_grad_(False)
     metrics = train_dso(
         scorer,
         params,
@@ -62,10 +67,24 @@ def fit_dso(
         "dso",
         params,
         model=loaded.describe(),
-        hyperparameters={**asdict(cfg), "reward": type(reward).__name__, **(extra_hyperparameters or {})},
+        hyperparameters={
+            **asdict(cfg),
+            "reward": type(reward).__name__,
+            "stock_export": stock_export,
+            "shift_frozen": frozen,
+            **(extra_hyperparameters or {}),
+        },
         strength=STRENGTH,
         train_metrics=metrics,
     )
+
+
+def stock_only_scales(model, modules: Mapping[str, int]) -> list[str]:
+    """The norms whose shift ``b`` no stock checkpoint of this architecture can hold (see
+    :mod:`dso_cli.steering.export_stock`): ``stock_export`` trains only their scale ``a``."""
+    from dso_cli.steering.export_stock import plan_shifts
+
+    return plan_shifts(model, modules).unplaced
 
 
 class DSO(AffineMethod):
@@ -94,4 +113,5 @@ class DSO(AffineMethod):
             val_text_passages=run.val_text_passages,
             checkpoint_path=run.checkpoint_path,
             resume=run.resume,
+            stock_export=bool(self.options.get("stock_export")),
         )

@@ -5,11 +5,13 @@ A hooked norm outputs ``y = N(x)``; steered at strength ω it outputs ``y + ω(a
 - The multiplicative part goes into the norm's weight. Where the weight sits differs between families
   (``y = w⊙n(x)`` for LayerNorm and the Llama/Qwen RMSNorm, ``y = (1 + w)⊙n(x)`` for Gemma's), so the
   convention is measured on each module rather than guessed from its class name.
-- The additive part goes into the norm's own bias where it has one (LayerNorm). RMSNorm has none, and
-  the stock architecture cannot represent it: those norms get an added ``bias`` parameter from a small
+- The additive part goes into the norm's own bias where it has one (LayerNorm), else into the biases
+  of the linear layers that read the norm (q/k/v, gate/up; a config flag such as ``attention_bias``
+  or ``mlp_bias`` gives them one, see :mod:`dso_cli.steering.export_stock`). A norm whose shift fits
+  neither (a final norm before an unbiased output head) gets an added ``bias`` parameter from a small
   modeling file saved beside the weights (``auto_map`` in ``config.json``; load with
-  ``trust_remote_code=True``). When every ``ωb`` lands in a native bias or is zero, the checkpoint is a
-  stock one of the same ``model_type``.
+  ``trust_remote_code=True``). When every ``ωb`` lands in a bias or is zero, the checkpoint is a stock
+  one of the same ``model_type``, loaded with plain ``from_pretrained``.
 
 Nothing is published unless the saved checkpoint, loaded back through the Auto classes, reproduces the
 steered model on a probe (logits and every folded norm's output) within a tolerance; the directory then
@@ -23,7 +25,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,7 @@ from dso_cli.steering.export_modeling import (
     auto_class_name,
     modeling_source,
 )
+from dso_cli.steering.export_stock import ShiftPlan, plan_shifts, write_shifts
 
 TOLERANCE = 1e-4
 PROBE_TEXTS = (
@@ -72,7 +75,7 @@ class Probe:
 
 
 def steered_probe(
-    model: nn.Module, tokenizer: Any, tensors: Mapping[str, Tensor], alpha: float, texts: Sequence[str] = PROBE_TEXTS
+    model: nn.Module, tokenizer: Any, tensors: Mapping[str, Tensor], strength: float, texts: Sequence[str] = PROBE_TEXTS
 ) -> Probe:
     """Logits of the hooked model on ``texts`` (one padded batch, or one by one without a pad token) and
     the output of each hooked norm on a random input: the latter covers norms the text does not reach
@@ -88,7 +91,7 @@ def steered_probe(
     generator = torch.Generator().manual_seed(0)
     norm_inputs = {name: torch.randn(2, 3, tensors[f"{name}.a"].numel(), generator=generator) * 2 + 0.5
                    for name in module_names(tensors)}  # fmt: skip
-    with torch.no_grad(), apply_affine(model, steering, alpha):
+    with torch.no_grad(), apply_affine(model, steering, strength):
         logits = [_logits(model, batch) for batch in inputs]
         outputs = {name: _run_norm(modules[name], x) for name, x in norm_inputs.items()}
     return Probe(inputs, logits, norm_inputs, outputs)
@@ -115,6 +118,8 @@ class ExportResult:
     conventions: dict[str, int]  # convention -> number of norms
     native_bias: int  # norms whose own bias absorbed ωb
     bias_modules: list[str]  # norms given an added bias through the modeling file
+    shifts_in_linears: int = 0  # norms whose shift went into the biases of the linears reading them
+    config_flags: list[str] = field(default_factory=list)  # config flags turned on for those biases
 
     @property
     def remote_code(self) -> bool:
@@ -146,7 +151,7 @@ def export_checkpoint(
     model: nn.Module,
     tokenizer: Any,
     tensors: Mapping[str, Tensor],
-    alpha: float,
+    strength: float,
     out: str | Path,
     *,
     processor: Any = None,
@@ -157,7 +162,7 @@ def export_checkpoint(
     device_map: Any = None,
     release: Callable[[], None] | None = None,
 ) -> ExportResult:
-    """Fold ``tensors`` at strength ``alpha`` into ``model`` (in place), save model + tokenizer (+
+    """Fold ``tensors`` at ``strength`` into ``model`` (in place), save model + tokenizer (+
     ``processor``) into ``out`` and verify the saved checkpoint before publishing it.
 
     ``record`` goes into ``config.json`` under ``dso_export``; ``extra_files`` (name -> text) are written
@@ -165,17 +170,24 @@ def export_checkpoint(
     the caller's references to ``model``, so that loading the copy back does not need twice the memory.
     """
     out = check_out_dir(out, overwrite)
-    alpha = float(alpha)
+    strength = float(strength)
     embeddings = model.get_input_embeddings().weight
     device_map = device_map or str(embeddings.device)
     dtype, auto_class = embeddings.dtype, auto_class_name(model)
-    probe = steered_probe(model, tokenizer, tensors, alpha)
-    folds = fold_norms(model, tensors, alpha)
+    probe = steered_probe(model, tokenizer, tensors, strength)
+    folds = fold_norms(model, tensors, strength)
+    shifted = [fold.name for fold in folds if fold.added_bias]
+    plan = plan_shifts(model, shifted) if shifted else ShiftPlan()
+    moved = {fold.name: fold.bias for fold in folds if fold.name in plan.consumers}
+    folds = [replace(fold, bias=None) if fold.name in moved else fold for fold in folds]
+    for name, shift in moved.items():  # the norm itself now outputs (1 + ωa)⊙y; its consumers add W·ωb
+        probe.norm_outputs[name] = probe.norm_outputs[name] - shift.float().cpu()
     bias_modules = [fold.name for fold in folds if fold.added_bias]
     conventions = {c: n for c in ("scale", "offset") if (n := sum(f.convention == c for f in folds))}
     native = sum(f.native_bias for f in folds)
-    summary = {"norms": len(folds), "conventions": conventions, "native_bias": native, "added_bias": len(bias_modules)}
-    full_record = {**(record or {}), "alpha": alpha, **summary}
+    summary = {"norms": len(folds), "conventions": conventions, "native_bias": native, "added_bias": len(bias_modules),
+               "shift_in_linear_biases": len(moved), "config_flags": sorted(plan.flags)}  # fmt: skip
+    full_record = {**(record or {}), "alpha": strength, **summary}
 
     out.parent.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex
@@ -183,6 +195,7 @@ def export_checkpoint(
     tmp.mkdir()
     try:
         write_folds(model, folds)
+        write_shifts(model, plan, moved)
         class_name = save_folded(model, bias_modules, auto_class, full_record, tmp)
         if bias_modules:
             full_record[MODELING_SHA_KEY] = sha256_of(tmp / MODELING_FILE)
@@ -204,7 +217,8 @@ def export_checkpoint(
             shutil.rmtree(tmp, ignore_errors=True)
         if bias_modules:
             _forget_module_copy(token)
-    return ExportResult(out, auto_class, logit_diff, norm_diff, probe.n_tokens, conventions, native, bias_modules)
+    return ExportResult(out, auto_class, logit_diff, norm_diff, probe.n_tokens, conventions, native, bias_modules,
+                        len(moved), sorted(plan.flags))  # fmt: skip
 
 
 def save_folded(

@@ -67,7 +67,7 @@ def weight_convention(module: nn.Module, name: str) -> Convention:
     raise DsoError(f"norm {name!r} is neither w*n(x) nor (1+w)*n(x) in its weight; its transform cannot be folded")
 
 
-def fold_norms(model: nn.Module, tensors: Mapping[str, Tensor], alpha: float) -> list[FoldedNorm]:
+def fold_norms(model: nn.Module, tensors: Mapping[str, Tensor], strength: float) -> list[FoldedNorm]:
     """Each hooked norm's parameters with ``h + α(a⊙h + b)`` folded in (the model is not changed).
 
     Written as ``new = old + α(a⊙old + b)`` on the effective scale and shift, so α = 0 reproduces the
@@ -86,12 +86,12 @@ def fold_norms(model: nn.Module, tensors: Mapping[str, Tensor], alpha: float) ->
         convention = weight_convention(module, name)
         w = weight.detach().double().cpu()
         effective = w if convention == "scale" else 1.0 + w
-        new_weight = (w + alpha * a * effective).to(weight.dtype)
+        new_weight = (w + strength * a * effective).to(weight.dtype)
         if bias is not None:
             beta = bias.detach().double().cpu()
-            new_bias: Tensor | None = (beta + alpha * (a * beta + b)).to(bias.dtype)
+            new_bias: Tensor | None = (beta + strength * (a * beta + b)).to(bias.dtype)
         else:
-            added = alpha * b
+            added = strength * b
             new_bias = added.to(weight.dtype) if bool(added.ne(0).any()) else None
         folds.append(FoldedNorm(name, convention, new_weight, new_bias, bias is not None))
     return folds

@@ -28,7 +28,7 @@ from dso_cli.steering.hooks import hooks_on
 from dso_cli.steering.method import FitJob, SteeringMethod
 
 STRENGTH = {
-    "semantics": "chosen heads' outputs + alpha * sigma * unit(mean anti - mean pro); 0 = base",
+    "semantics": "chosen heads' outputs + strength * sigma * unit(mean anti - mean pro); 0 = base",
     "range": [0.0, 20.0],
     "default_grid": "[0,1,2.5,5,10,15]",
 }

@@ -25,7 +25,7 @@ from dso_cli.steering.hooks import hooks_on, output_tensor, with_hidden
 from dso_cli.steering.method import FitJob, SteeringMethod
 
 STRENGTH = {
-    "semantics": "h + alpha * (erase(h) - h) at the chosen layers' outputs; 0 = base, 1 = gender erased",
+    "semantics": "h + strength * (erase(h) - h) at the chosen layers' outputs; 0 = base, 1 = gender erased",
     "range": [0.0, 1.0],
     "default_grid": "0:1:0.25",
 }

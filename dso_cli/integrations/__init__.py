@@ -1,0 +1,1 @@
+"""Integrations with other tools (lm-evaluation-harness); each imports its tool only when used."""
