@@ -232,7 +232,7 @@ class ReportSchema(BaseSchema):
 class GenerateSection:
     split: str = MISSING  # the run's benchmark split generated for
     prompts: str | None = MISSING  # a .txt of prompts or a decision file instead of the split
-    max_items: int | None = MISSING  # the first N items (null: all)
+    max_items: int | None = MISSING  # about N items, whole pairs spread over the clusters (null: all)
     max_new_tokens: int = MISSING  # tokens per answer
     do_sample: bool = MISSING  # false: greedy decoding
     temperature: float = MISSING  # sampling temperature

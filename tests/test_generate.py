@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import dso_cli
+from dso_cli.commands.generate import spread
 from dso_cli.generation import GenerationSettings, agreement_summary, generate_at_strengths, parse_choice
 from dso_cli.scoring import OptionScorer
 from tests.conftest import build_tiny_model
@@ -64,6 +65,13 @@ def test_generation_is_the_steered_models_greedy_continuation(tokenizer, items):
         assert record["choice"] == parse_choice(record["text"], item["options"])
 
 
+def test_spread_takes_whole_pairs_over_clusters():
+    items = [{"cluster": c, "pair_id": f"{c}{p}", "k": k} for c in "abc" for p in range(3) for k in range(2)]
+    chosen = spread(items, 6)
+    assert [(it["cluster"], it["pair_id"]) for it in chosen[::2]] == [("a", "a0"), ("b", "b0"), ("c", "c0")]
+    assert len(spread(items, 5)) == 6 and len(spread(items, 100)) == len(items)
+
+
 def test_sampling_is_seeded_per_item(tokenizer, items):
     scorer = OptionScorer(build_tiny_model("llama", tokenizer), tokenizer)
     settings = GenerationSettings(max_new_tokens=8, do_sample=True, seed=3)
@@ -82,10 +90,11 @@ def run_dir(tiny_llama_dir, tmp_path_factory):
 
 
 def test_dso_generate_writes_jsonl_table_and_agreement(run_dir, tmp_path):
-    result = dso("generate", f"run_dir={run_dir}", "alpha=[0,1]", "generate.max_items=3", "generate.max_new_tokens=4")
+    result = dso("generate", f"run_dir={run_dir}", "alpha=[0,1]", "generate.max_items=4", "generate.max_new_tokens=4")
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [json.loads(line) for line in (run_dir / "generations.jsonl").read_text().splitlines()]
-    assert len(lines) == 6 and sorted({r["alpha"] for r in lines}) == [0.0, 1.0]
+    assert len(lines) == 8 and sorted({r["alpha"] for r in lines}) == [0.0, 1.0]
+    assert len({r["cluster"] for r in lines}) == 2  # two whole pairs of two occupations
     assert all(set(r) >= {"id", "alpha", "text", "choice", "scored_choice"} for r in lines)
     table = (run_dir / "generations.md").read_text()
     assert "ω = 0" in table and "ω = 1" in table and "agreement" in table

@@ -48,6 +48,21 @@ def prompt_items(path: Path) -> list[dict]:
     ]  # fmt: skip
 
 
+def spread(items: list[dict], n: int) -> list[dict]:
+    """About ``n`` items taken whole pair by whole pair, one cluster after another (a split is ordered by
+    cluster, so its first ``n`` items would all be one occupation)."""
+    pairs: dict[str, dict[str, list[dict]]] = {}
+    for item in items:
+        pairs.setdefault(item["cluster"], {}).setdefault(item["pair_id"], []).append(item)
+    queues = [list(by_pair.values()) for by_pair in pairs.values()]
+    chosen: list[dict] = []
+    while len(chosen) < n and any(queues):
+        for queue in queues:
+            if queue and len(chosen) < n:
+                chosen += queue.pop(0)
+    return chosen
+
+
 def settings_of(cfg: DictConfig) -> GenerationSettings:
     g = cfg.generate
     if int(g.max_new_tokens) < 1:
@@ -69,7 +84,7 @@ def run_generate(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
                            evaluated=[] if own is not None else [split], overrides=overrides)  # fmt: skip
     items = own if own is not None else split_items(run.splits, split)
     if cfg.generate.max_items is not None:
-        items = items[: int(cfg.generate.max_items)]
+        items = spread(list(items), int(cfg.generate.max_items))
     if not items:
         raise DsoError("dso generate: no items to generate for")
     artifact = run.artifact
