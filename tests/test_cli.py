@@ -317,7 +317,8 @@ def test_help_and_composed_config():
     assert result.returncode == 0, result.stderr
     assert "name_or_path: Qwen/Qwen2.5-3B-Instruct" in result.stdout and "n_train: 600" in result.stdout
     result = dso("train", "--help")
-    assert result.returncode == 0 and "bias_benchmark: bbq, decisions, mixture, occupation, synthbias, winobias" in result.stdout
+    groups = "bias_benchmark: bbq, decisions, mixture, occupation, synthbias, winobias"
+    assert result.returncode == 0 and groups in result.stdout
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path):

@@ -53,10 +53,8 @@ def harness_scores(lm) -> tuple[float, float]:
     return result["acc,none"], result["brier_score,none"]
 
 
-@pytest.mark.parametrize("method", ["mean_match", "caa", "prompting"])
-def test_harness_scores_equal_dso_scoring_and_move_with_strength(method, tokenizer, items):
-    model = build_tiny_model("llama", tokenizer)
-    artifact = dso_cli.fit(method, model, tokenizer, items, **({"layers": [1]} if method == "caa" else {}))
+def assert_harness_is_dso_scoring(model, tokenizer, artifact, tolerance: float) -> None:
+    """At strength 0 and 1, lm-eval's accuracy and Brier score of the task equal dso's own, and move."""
     scorer = OptionScorer(model, tokenizer, chat_template=False)
     briers = []
     for strength in (0.0, 1.0):
@@ -66,9 +64,16 @@ def test_harness_scores_equal_dso_scoring_and_move_with_strength(method, tokeniz
         finally:
             lm.close()
         want_acc, want_brier = dso_scores(scorer, artifact, strength)
-        assert acc == pytest.approx(want_acc) and brier == pytest.approx(want_brier, abs=1e-5)
+        assert acc == pytest.approx(want_acc) and brier == pytest.approx(want_brier, abs=tolerance)
         briers.append(brier)
-    assert briers[0] != pytest.approx(briers[1], abs=1e-6)  # the steering reaches lm-eval's requests
+    assert abs(briers[0] - briers[1]) > 10 * tolerance  # the steering reaches lm-eval's requests
+
+
+@pytest.mark.parametrize("method", ["mean_match", "caa", "prompting"])
+def test_harness_scores_equal_dso_scoring_and_move_with_strength(method, tokenizer, items):
+    model = build_tiny_model("llama", tokenizer)
+    artifact = dso_cli.fit(method, model, tokenizer, items, **({"layers": [1]} if method == "caa" else {}))
+    assert_harness_is_dso_scoring(model, tokenizer, artifact, 1e-5)
     with torch.no_grad():  # closing the model type leaves the base model
         ids = torch.tensor([[1, 2, 3]])
         assert torch.equal(model(ids).logits, build_tiny_model("llama", tokenizer)(ids).logits)

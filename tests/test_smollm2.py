@@ -71,20 +71,8 @@ def test_train_sweep_report_on_smollm2(tmp_path):
 def test_lm_eval_model_dso_on_smollm2_equals_dso_scoring(smollm2):
     """The harness's scores of the shipped local task are dso's own scores of the same items, steered."""
     import dso_cli
-    from dso_cli.integrations.lm_eval import DsoLM
-    from tests.test_lm_eval import dso_scores, harness_scores
+    from tests.test_lm_eval import assert_harness_is_dso_scoring
 
     train = [i for i in build(test_pairs_per_occupation=1)["train"].to_list() if i["cluster"] in ("nurse", "mechanic")]
     artifact = dso_cli.fit("mean_match", smollm2.model, smollm2.tokenizer, train)
-    scorer = OptionScorer(smollm2.model, smollm2.tokenizer, chat_template=False)
-    briers = []
-    for strength in (0.0, 1.0):
-        lm = DsoLM(pretrained=smollm2.model, tokenizer=smollm2.tokenizer, artifact=artifact, strength=strength)
-        try:
-            acc, brier = harness_scores(lm)
-        finally:
-            lm.close()
-        want_acc, want_brier = dso_scores(scorer, artifact, strength)
-        assert acc == pytest.approx(want_acc) and brier == pytest.approx(want_brier, abs=1e-4)
-        briers.append(brier)
-    assert abs(briers[0] - briers[1]) > 1e-4
+    assert_harness_is_dso_scoring(smollm2.model, smollm2.tokenizer, artifact, 1e-4)
