@@ -32,7 +32,7 @@ from typing import Any
 
 import datasets
 
-from dso_cli.benchmarks.schema import GROUPS, splits_to_datasets
+from dso_cli.benchmarks.schema import ItemError, splits_to_datasets, validate_item
 from dso_cli.benchmarks.splits import deal_per_cluster
 from dso_cli.errors import DsoError
 
@@ -118,8 +118,13 @@ def _flag(row: Mapping[str, Any], field: str, default: bool) -> bool:
     raise RowError(field, f"must be true or false, not {value!r}")
 
 
+USER_FIELDS = {"pro_option": "stereotyped", "anti_option": "anti_stereotyped"}
+"""The schema's item fields under the names this file format gives them."""
+
+
 def to_item(row: Mapping[str, Any], where: str, name: str, base_dir: Path) -> dict[str, Any]:
-    """One schema-valid decision item from a row; :class:`RowError` names the first bad field."""
+    """One schema-valid decision item from a row; :class:`RowError` names the first bad field. The
+    item invariants are the schema's own (:func:`validate_item`); this adds what a file row can lack."""
     if "__error__" in row:
         raise RowError("row", str(row["__error__"]))
     for field in REQUIRED:
@@ -129,33 +134,14 @@ def to_item(row: Mapping[str, Any], where: str, name: str, base_dir: Path) -> di
     if not prompt.strip():
         raise RowError("prompt", "empty")
     options = [str(o) for o in _listed(row, "options")]
-    if len(options) < 2:
-        raise RowError("options", f"needs at least two options, has {len(options)}")
     groups = [str(g) for g in _listed(row, "option_groups")]
-    if len(groups) != len(options):
-        raise RowError("option_groups", f"has {len(groups)} entries for {len(options)} options")
-    bad = [g for g in groups if g not in GROUPS]
-    if bad:
-        raise RowError("option_groups", f"unknown group {bad[0]!r} (use {', '.join(GROUPS)})")
     n = len(options)
     correct = _index(row, "correct", n)
     ambiguous = _flag(row, "ambiguous", correct is None)
-    if not ambiguous and correct is None:
-        raise RowError("correct", "an unambiguous item needs its correct option")
-    if ambiguous and correct is not None and groups[correct] != "unknown":
-        raise RowError("correct", "an ambiguous item's only correct option is an 'unknown' one")
     pro = _index(row, "stereotyped", n)
     anti = _index(row, "anti_stereotyped", n)
     if ambiguous and pro is None:
         raise RowError("stereotyped", "an ambiguous item needs its stereotyped option")
-    if pro is not None and anti is None:
-        other = {"male": "female", "female": "male"}.get(groups[pro])
-        candidates = [i for i, g in enumerate(groups) if g == other]
-        if ambiguous and len(candidates) != 1:
-            raise RowError("anti_stereotyped", "cannot be inferred (no single option of the other gender); set it")
-        anti = candidates[0] if len(candidates) == 1 else None
-    if pro is not None and pro == anti:
-        raise RowError("anti_stereotyped", "is the stereotyped option itself")
     pair_id = row.get("pair_id")
     if ambiguous and (pair_id is None or str(pair_id) == ""):
         raise RowError("pair_id", "an ambiguous item needs the pair it counterbalances")
@@ -167,7 +153,7 @@ def to_item(row: Mapping[str, Any], where: str, name: str, base_dir: Path) -> di
             raise RowError("images", f"no such file {image}")
         resolved.append(str(file))
     item_id = str(row.get("id") or f"{name}/{where.replace(' ', '')}")
-    return {
+    item = {
         "id": item_id,
         "benchmark": name,
         "split": str(row.get("split") or ""),
@@ -184,6 +170,19 @@ def to_item(row: Mapping[str, Any], where: str, name: str, base_dir: Path) -> di
         "pair_id": str(pair_id) if pair_id not in (None, "") else item_id,
         "images": resolved,
     }
+    try:
+        validate_item(item)
+    except ItemError as exc:
+        raise RowError(USER_FIELDS.get(exc.field, exc.field), exc.problem) from None
+    if pro is not None and anti is None:  # the only option of the other gender
+        other = {"male": "female", "female": "male"}.get(groups[pro])
+        candidates = [i for i, g in enumerate(groups) if g == other]
+        if ambiguous and len(candidates) != 1:
+            raise RowError("anti_stereotyped", "cannot be inferred (no single option of the other gender); set it")
+        item["anti_option"] = candidates[0] if len(candidates) == 1 else -1
+    if pro is not None and pro == item["anti_option"]:
+        raise RowError("anti_stereotyped", "is the stereotyped option itself")
+    return item
 
 
 def read_items(rows: Iterator[tuple[str, dict[str, Any]]], source: str, name: str, base_dir: Path) -> list[dict]:

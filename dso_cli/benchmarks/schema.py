@@ -68,24 +68,35 @@ class DecisionItem(TypedDict, total=False):
     images: list[str]
 
 
+class ItemError(DsoError):
+    """A broken item invariant; ``field`` and ``problem`` let a file reader name the field of its row."""
+
+    def __init__(self, where: str, field: str, problem: str) -> None:
+        super().__init__(f"{where}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
 def validate_item(item: Mapping[str, Any]) -> None:
-    """Raise a one-line :class:`DsoError` when an item breaks the schema's invariants."""
+    """Raise a one-line :class:`ItemError` when an item breaks the schema's invariants."""
     n = len(item["options"])
     where = f"item {item.get('id', '?')}"
     if n < 2:
-        raise DsoError(f"{where}: needs at least two options, has {n}")
-    if len(item["option_groups"]) != n:
-        raise DsoError(f"{where}: option_groups has {len(item['option_groups'])} entries for {n} options")
-    bad = [g for g in item["option_groups"] if g not in GROUPS]
+        raise ItemError(where, "options", f"needs at least two options, has {n}")
+    groups = item["option_groups"]
+    if len(groups) != n:
+        raise ItemError(where, "option_groups", f"option_groups has {len(groups)} entries for {n} options")
+    bad = [g for g in groups if g not in GROUPS]
     if bad:
-        raise DsoError(f"{where}: unknown option group {bad[0]!r} (expected one of {', '.join(GROUPS)})")
+        expected = ", ".join(GROUPS)
+        raise ItemError(where, "option_groups", f"unknown option group {bad[0]!r} (expected one of {expected})")
     for key in ("pro_option", "anti_option", "correct"):
         if not -1 <= item[key] < n:
-            raise DsoError(f"{where}: {key}={item[key]} is out of range for {n} options")
-    if item["ambiguous"] and item["correct"] != -1 and item["option_groups"][item["correct"]] != "unknown":
-        raise DsoError(f"{where}: an ambiguous item's only correct option is an 'unknown' one")
+            raise ItemError(where, key, f"{key}={item[key]} is out of range for {n} options")
+    if item["ambiguous"] and item["correct"] != -1 and groups[item["correct"]] != "unknown":
+        raise ItemError(where, "correct", "an ambiguous item's only correct option is an 'unknown' one")
     if not item["ambiguous"] and item["correct"] == -1:
-        raise DsoError(f"{where}: an unambiguous item needs a correct option")
+        raise ItemError(where, "correct", "an unambiguous item needs a correct option")
 
 
 def to_dataset(items: Iterable[Mapping[str, Any]]) -> datasets.Dataset:

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from dso_cli.benchmarks import build_benchmark, split_items
+from dso_cli.benchmarks.neutral_text import TextCorpus
 from dso_cli.errors import DsoError
 from dso_cli.evaluation import base_policy, capability_cost, evaluate_strengths, prompt_sequences
 from dso_cli.fitting import Tracking, fit_in_run, train_config, training_inputs
@@ -138,7 +139,7 @@ def run_compare(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
     if any(o.trained for o in objects.values()) and not cfg.compare.dso_run:
         train_config(cfg)  # bad optimizer values fail before the model loads
     text = HeldoutText.from_config(cfg)
-    heldout_corpus(text)  # a clash with the training text is refused before the model loads
+    corpus = heldout_corpus(text)  # a clash with the training text is refused before the model loads
     splits = build_benchmark(cfg.bias_benchmark, cfg.model)
     for split in splits_wanted:
         split_items(splits, split)  # fails fast on a split the benchmark lacks
@@ -157,7 +158,8 @@ def run_compare(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
         m: parse_strengths(grids[m] if grids[m] is not None else artifacts[m].manifest["strength"]["default_grid"])
         for m in methods
     }
-    data, probs = evaluate_all(cfg, run_dir, methods, artifacts, strengths, scorer, splits, splits_wanted, text)
+    data, probs = evaluate_all(cfg, run_dir, methods, artifacts, strengths, scorer, splits, splits_wanted, text,
+                               corpus)  # fmt: skip
     report_split = cfg.compare.report_split
     draws = hypervolume_draws(cfg, data, probs[report_split], split_items(splits, report_split))
     out_dir = write_compare_report(data, run_dir / "report", cfg, draws)
@@ -239,6 +241,7 @@ def evaluate_all(
     splits,
     split_names: Sequence[str],
     text: HeldoutText,
+    corpus: TextCorpus,
 ) -> tuple[pd.DataFrame, dict[str, dict[str, Tensor]]]:
     """Every (split, method, ω) not yet in ``compare.csv`` (or whose per-item probabilities were not
     kept); the base model is scored once per split. Returns the rows and, per split, the option
@@ -247,7 +250,6 @@ def evaluate_all(
     earlier = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=COMPARE_COLUMNS)
     rows = RowWriter(path, COMPARE_COLUMNS, ["method", "split", "alpha"])
     kept: dict[str, dict[str, Tensor]] = {}
-    corpus = heldout_corpus(text)
     text_cost: dict[str, dict[float, dict[str, float]]] = {}  # per method: the same for every split
     batch = text.batch_size
 

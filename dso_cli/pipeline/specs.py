@@ -80,13 +80,12 @@ class HeldoutText:
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> HeldoutText:
-        from dso_cli.benchmarks.neutral_text import read_passages
+        from dso_cli.fitting import kl_text
 
         text = cfg.heldout_text
         trained: tuple[str, ...] = ()
         if int(OmegaConf.select(cfg, "optimizer.kl_text_passages", default=0) or 0) > 0:
-            path = OmegaConf.select(cfg, "optimizer.kl_text_path")
-            trained = tuple(read_passages(path, "train", what="optimizer.kl_text_path"))
+            trained = tuple(kl_text(cfg))
         return cls(
             path=text.path,
             max_passages=text.max_passages,
