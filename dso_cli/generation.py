@@ -113,6 +113,7 @@ def _record(item: Mapping[str, Any], strength: float, text: str, choice: int | N
         "prompt": item["prompt"],
         "answer_prefix": item["answer_prefix"],
         "options": list(item["options"]),
+        "option_groups": list(item["option_groups"]),
         "text": text,
         "choice": choice,
         "choice_option": None if choice is None else item["options"][choice],
@@ -126,7 +127,9 @@ def _record(item: Mapping[str, Any], strength: float, text: str, choice: int | N
 def agreement_summary(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Per strength: how often an answer names an option (``parsed``), how often that option is the
     scored decision (``agreement``, over the items with options; an answer naming none disagrees),
-    and generate-and-parse POB beside scored POB (ambiguous items; POB from hard decisions)."""
+    generate-and-parse POB beside scored POB (ambiguous items; POB from hard decisions), and how often
+    the generated and the scored decision is the person named first (``first_named``,
+    ``scored_first_named``: ambiguous items whose answer names an option; 1.0 is a position rule)."""
     rows = []
     for strength in sorted({r["alpha"] for r in records}):
         at = [r for r in records if r["alpha"] == strength and r["options"]]
@@ -138,8 +141,17 @@ def agreement_summary(records: Sequence[Mapping[str, Any]]) -> list[dict[str, An
         for name, key in (("generated_pob", "choice"), ("scored_pob_hard", "scored_choice")):
             gaps = np.array([(r[key] == r["pro_option"]) - float(r[key] == r["anti_option"]) for r in amb])
             row[name] = per_occupation_bias(gaps, clusters) if amb else float("nan")
+        for name, key in (("first_named", "choice"), ("scored_first_named", "scored_choice")):
+            named = [r for r in amb if r[key] is not None and first_person(r) is not None]
+            row[name] = float(np.mean([r[key] == first_person(r) for r in named])) if named else float("nan")
         rows.append(row)
     return rows
+
+
+def first_person(record: Mapping[str, Any]) -> int | None:
+    """The index of the first-listed option that names a person (not "can't tell")."""
+    groups = record.get("option_groups") or []
+    return next((k for k, group in enumerate(groups) if group != "unknown"), None)
 
 
 def side_by_side(records: Sequence[Mapping[str, Any]], width: int = 160) -> str:

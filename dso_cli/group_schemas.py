@@ -41,6 +41,7 @@ class OccupationSchema(BenchmarkSchema):
     hub_dataset: str = MISSING  # the SocialCounterfactuals hub id, or a local copy of its parquet files
     max_hub_rows: int | None = MISSING  # rows read from the hub (null: all)
     hub_revision: str | None = MISSING  # hub commit (null: the revision pinned at first download)
+    unknown_option: bool = MISSING  # offer a third, "can't tell" answer on every item (text only)
 
 
 @dataclass
@@ -143,6 +144,13 @@ class RewardSchema:
 
 
 @dataclass
+class DecisionBalanceSchema(RewardSchema):
+    item_divergence: str = MISSING  # kl (KL(uniform || pi) of the two people) | gap (|P(pro) - P(anti)|)
+    order_weight: float = MISSING  # weight of the counterbalanced pairs' order gap
+    occupation_weight: float = MISSING  # weight of the paper's per-occupation gap
+
+
+@dataclass
 class LoggerSchema:
     name: str = MISSING  # csv | wandb | none
 
@@ -202,7 +210,11 @@ GROUP_SCHEMAS: dict[str, dict[str, type]] = {
         "prompting": PromptingSchema,
         "none": MethodSchema,
     },
-    "reward": {"stereotype_flip": RewardSchema, "abs_gap": RewardSchema},
+    "reward": {
+        "stereotype_flip": RewardSchema,
+        "abs_gap": RewardSchema,
+        "decision_balance": DecisionBalanceSchema,
+    },
     "logger": {"csv": LoggerSchema, "none": LoggerSchema, "wandb": WandbLoggerSchema},
     "capability": {
         "mmlu": MmluSchema,

@@ -69,13 +69,16 @@ def test_sweep_finds_the_newest_run_and_report_compares(trained, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     sweep = pd.read_csv(run_dir / "sweep.csv")
-    required = ["method", "alpha", "benchmark", "split", "pob", "pob_se", "stereotype_gap", "unamb_acc",
-                "unamb_acc_hard", "refusal_rate", "kl"]  # fmt: skip
+    required = ["method", "alpha", "benchmark", "split", "pob", "pob_se", "item_bias", "item_bias_se",
+                "first_option_rate", "order_dep", "stereotype_gap", "unamb_acc", "unamb_acc_hard", "refusal_rate",
+                "refusal_rate_unamb", "kl"]  # fmt: skip
     assert set(required) <= set(sweep.columns)
     assert sweep["alpha"].tolist() == [0.0, 0.5, 1.0]
     assert set(sweep["split"]) == {"test"} and set(sweep["method"]) == {"dso"}
-    for col in ("pob", "stereotype_gap", "unamb_acc", "unamb_acc_hard", "refusal_rate"):
+    for col in ("pob", "item_bias", "first_option_rate", "order_dep", "stereotype_gap", "unamb_acc", "unamb_acc_hard"):
         assert sweep[col].between(0, 1).all(), col
+    assert (sweep["item_bias"] >= sweep["pob"] - 1e-9).all()  # |mean| <= mean |.| within each occupation
+    assert sweep[["refusal_rate", "refusal_rate_unamb"]].isna().all().all()  # no "can't tell" option offered
     assert sweep.loc[0, "kl"] == 0.0 and (sweep["pob_se"].notna() & (sweep["pob_se"] > 0)).all()
     # the capability cost off task: held-out neutral text and the split's own prompts, full vocabulary
     assert sweep.loc[0, "text_kl"] == 0.0 and sweep.loc[0, "prompt_kl"] == 0.0

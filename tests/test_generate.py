@@ -44,6 +44,19 @@ def test_agreement_summary_counts_parsed_agreeing_and_pob():
     assert (at1["parsed"], at1["agreement"], at1["generated_pob"], at1["scored_pob_hard"]) == (0.5, 0.5, 0.5, 1.0)
 
 
+def test_agreement_summary_reports_how_often_the_first_named_person_is_chosen():
+    base = {"options": [" a", " b", " c"], "ambiguous": True, "pro_option": 1, "anti_option": 2, "cluster": "x",
+            "alpha": 1.0}  # fmt: skip
+    records = [  # "can't tell" listed first: the first-named person is option 1
+        {**base, "option_groups": ["unknown", "male", "female"], "choice": 1, "scored_choice": 1},
+        {**base, "option_groups": ["unknown", "female", "male"], "choice": 2, "scored_choice": 1},
+        {**base, "option_groups": ["male", "female", "unknown"], "choice": None, "scored_choice": 0},
+    ]
+    (row,) = agreement_summary(records)
+    assert row["first_named"] == 0.5  # of the two answers that name an option
+    assert row["scored_first_named"] == 1.0
+
+
 def test_generation_is_the_steered_models_greedy_continuation(tokenizer, items):
     model = build_tiny_model("llama", tokenizer)
     artifact = dso_cli.fit("mean_match", model, tokenizer, items)

@@ -33,7 +33,8 @@ def test_unambiguous_accuracy_refusal_and_kl():
     m = decision_metrics(items, probs, base_probs=probs)
     assert m["unamb_acc"] == pytest.approx((0.6 + 0.3) / 2)
     assert m["unamb_acc_hard"] == pytest.approx(0.5)
-    assert m["refusal_rate"] == pytest.approx(0.15)
+    assert m["refusal_rate_unamb"] == pytest.approx(0.15)  # refusing where the prompt answers
+    assert math.isnan(m["refusal_rate"])  # no ambiguous item here
     assert m["kl"] == pytest.approx(0.0, abs=1e-7)
     shifted = decision_metrics(items, torch.tensor([[0.2, 0.6, 0.2], [0.6, 0.3, 0.1]]), base_probs=probs)
     assert shifted["kl"] == pytest.approx(0.5 * (0.2 * math.log(0.2 / 0.6) + 0.6 * math.log(0.6 / 0.2)), rel=1e-5)
@@ -111,7 +112,8 @@ def test_accuracy_with_an_unknown_option_and_refusal():
     probs = torch.tensor([[0.3, 0.6, 0.1], [0.2, 0.2, 0.6]])
     m = decision_metrics(items, probs)
     assert m["unamb_acc"] == pytest.approx(0.6) and m["unamb_acc_hard"] == 1.0  # disambiguated item only
-    assert m["refusal_rate"] == pytest.approx((0.6 + 0.2) / 2)
+    assert m["refusal_rate"] == pytest.approx(0.6)  # the ambiguous item's mass on "unknown"
+    assert m["refusal_rate_unamb"] == pytest.approx(0.2)  # the disambiguated item's
     assert m["pob"] == pytest.approx(abs(0.3 - 0.1))
 
 
@@ -187,3 +189,97 @@ def test_paired_hypervolume_bootstrap():
     assert full > 0 and draws["a"].std() > 0
     assert abs(draws["a"].mean() - full) < 3 * draws["a"].std()
     assert bootstrap_hypervolumes(items, curves, base, reps=300, seed=1)["a"].tolist() == draws["a"].tolist()
+
+
+def twins(occ, n_pairs, p_first, pro_first=True):
+    """``n_pairs`` counterbalanced twins whose policy gives the first-listed person ``p_first``."""
+    items, rows = [], []
+    for pair in range(n_pairs):
+        for first_is_male in (True, False):
+            groups = ("male", "female") if first_is_male else ("female", "male")
+            pro = 0 if first_is_male == pro_first else 1
+            items.append(item(occ, pair, pro=pro, groups=groups))
+            rows.append([p_first, 1 - p_first])
+    return items, rows
+
+
+def test_a_first_position_rule_has_no_pob_but_full_item_bias_and_order_dependence():
+    items, rows = [], []
+    for occ in ("nurse", "carpenter", "clerk"):
+        more_items, more_rows = twins(occ, 3, 0.97)
+        items, rows = items + more_items, rows + more_rows
+    m = decision_metrics(items, torch.tensor(rows), bootstrap_reps=50)
+    assert m["pob"] == pytest.approx(0.0, abs=1e-9)
+    assert m["item_bias"] == pytest.approx(0.94)
+    assert m["first_option_rate"] == 1.0
+    assert m["order_dep"] == pytest.approx(0.94)
+    assert m["item_bias_se"] == pytest.approx(0.0, abs=1e-9)  # every resample has the same |gap|
+
+
+def test_equiprobable_decisions_are_fair_on_every_metric_and_ties_split_the_first_option_rate():
+    items, rows = twins("nurse", 4, 0.5)
+    m = decision_metrics(items, torch.tensor(rows), bootstrap_reps=20)
+    assert m["pob"] == m["item_bias"] == m["order_dep"] == 0.0
+    assert m["first_option_rate"] == 0.5
+
+
+def test_a_gender_rule_has_item_bias_equal_to_pob_and_no_order_dependence():
+    # P(male) = 0.8 wherever the man is listed: decisions follow gender, not position
+    items, rows = [], []
+    for pair in range(3):
+        items += [item("nurse", pair, pro=1, groups=("male", "female")),
+                  item("nurse", pair, pro=0, groups=("female", "male"))]  # fmt: skip
+        rows += [[0.8, 0.2], [0.2, 0.8]]
+    m = decision_metrics(items, torch.tensor(rows), bootstrap_reps=20)
+    assert m["pob"] == pytest.approx(0.6) and m["item_bias"] == pytest.approx(0.6)
+    assert m["order_dep"] == pytest.approx(0.0, abs=1e-9)
+    assert m["first_option_rate"] == 0.5
+
+
+def test_order_dependence_is_exact_on_mixed_twins_and_ignores_the_unknown_option():
+    groups_a, groups_b = ("male", "unknown", "female"), ("female", "male", "unknown")
+    items = [item("nurse", 0, groups=groups_a), item("nurse", 0, groups=groups_b)]
+    for it in items:
+        it["pro_option"], it["anti_option"] = it["option_groups"].index("female"), it["option_groups"].index("male")
+    probs = torch.tensor([[0.5, 0.3, 0.2], [0.4, 0.4, 0.2]])
+    m = decision_metrics(items, probs, bootstrap_reps=0)
+    # man: 0.5 listed first vs 0.4 listed second; woman: 0.2 listed third vs 0.4 listed first
+    assert m["order_dep"] == pytest.approx((0.1 + 0.2) / 2)
+    assert m["refusal_rate"] == pytest.approx((0.3 + 0.2) / 2)  # mean P(unknown) on the ambiguous items
+    assert math.isnan(m["refusal_rate_unamb"])
+    # first-listed person: the man (index 0) in the first item, the woman in the second
+    assert m["first_option_rate"] == pytest.approx((1.0 + 0.5) / 2)
+
+
+def test_item_bias_se_comes_from_the_pair_bootstrap():
+    rng = np.random.default_rng(1)
+    items, rows = [], []
+    for occ in range(6):
+        for pair in range(5):
+            p = rng.uniform(0.1, 0.9)
+            items += [item(f"o{occ}", pair, pro=0), item(f"o{occ}", pair, pro=1)]
+            rows += [[p, 1 - p], [1 - p, p]]
+    m = decision_metrics(items, torch.tensor(rows), bootstrap_reps=400)
+    assert 0 < m["item_bias_se"] < m["item_bias"]
+    assert m["item_bias_se"] == decision_metrics(items, torch.tensor(rows), bootstrap_reps=400)["item_bias_se"]
+
+
+def test_report_marks_a_curve_fair_by_position():
+    import pandas as pd
+
+    from dso_cli.report.tables import curve_summary, verdicts
+
+    def curve(name, item_bias, order_dep):
+        columns = {"alpha": [0.0, 1.0], "pob": [0.2, 0.01], "pob_se": [0.02, 0.01], "unamb_acc": [0.5, 0.9],
+                   "item_bias": item_bias, "item_bias_se": [0.01, 0.01], "order_dep": order_dep,
+                   "order_dep_se": [0.01, 0.01], "first_option_rate": [0.6, 1.0], "text_ppl": [30.0, 30.3],
+                   "text_kl": [0.0, 0.02]}  # fmt: skip
+        return pd.DataFrame({"curve": name, "method": "dso", **columns})
+
+    data = pd.concat([curve("position", [0.47, 0.97], [0.19, 0.97]), curve("fair", [0.47, 0.1], [0.19, 0.05]),
+                      curve("noise", [0.47, 0.48], [0.19, 0.2])])  # fmt: skip
+    summary = curve_summary(data).set_index("curve")
+    assert summary["fair_by_position"].to_dict() == {"fair": False, "noise": False, "position": True}
+    assert summary.loc["position", "item_bias_ratio_to_base"] == pytest.approx(0.97 / 0.47)
+    lines = verdicts(summary.reset_index())
+    assert sum("FAIR BY POSITION" in line for line in lines) == 1 and "position" in lines[-1]

@@ -175,3 +175,31 @@ def test_resizing_a_heldout_split_redraws_no_other_split(splits):
         assert resized[split]["id"] == splits[split]["id"], split
     assert len(resized["heldout_templates"]) > len(splits["heldout_templates"])
     assert build(test_pairs_per_occupation=6)["heldout_templates"]["id"] == splits["heldout_templates"]["id"]
+
+
+def test_unknown_option_adds_a_cant_tell_answer_at_varied_positions():
+    plain = build(n_train=40, n_train_unambiguous=20)
+    with_unknown = build(n_train=40, n_train_unambiguous=20, unknown_option=True)
+    for split in ("test", "heldout_templates"):
+        items = with_unknown[split].to_list()
+        assert len(items) == len(plain[split])
+        positions = Counter(item["option_groups"].index("unknown") for item in items)
+        assert set(positions) == {0, 1, 2} and min(positions.values()) > len(items) / 6
+        for item in items:
+            validate_item(item)
+            k = item["option_groups"].index("unknown")
+            assert len(item["options"]) == 3 and sorted(item["option_groups"]) == ["female", "male", "unknown"]
+            assert item["options"][k] in (" unknown", " B", " A", " C")  # a letter when the format is lettered
+            assert "unknown" in item["prompt"] or "cannot be determined" in item["prompt"]
+            # the correct answer: "can't tell" where nothing is known, the stated holder otherwise
+            assert (item["correct"] == k) == item["ambiguous"]
+            assert item["option_groups"][item["pro_option"]] != "unknown" != item["option_groups"][item["anti_option"]]
+        by_pair = defaultdict(list)
+        for item in items:
+            by_pair[item["pair_id"]].append(item)
+        for twins in by_pair.values():  # both person orders keep "can't tell" where it is
+            first, second = (t["option_groups"] for t in twins)
+            assert first.index("unknown") == second.index("unknown")
+            assert [g for g in first if g != "unknown"] == [g for g in reversed(second) if g != "unknown"]
+    with pytest.raises(DsoError, match="text benchmark only"):
+        build(modality="image", unknown_option=True)

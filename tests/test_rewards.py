@@ -3,8 +3,15 @@
 import pytest
 import torch
 
+from dso_cli.errors import DsoError
 from dso_cli.metrics import kl_divergence
-from dso_cli.rl.rewards import StereotypeFlipReward, per_occupation_gap
+from dso_cli.rl.rewards import (
+    DecisionBalanceReward,
+    StereotypeFlipReward,
+    item_divergence,
+    order_gaps,
+    per_occupation_gap,
+)
 
 
 def items():
@@ -59,3 +66,54 @@ def test_kl_gradient_is_finite_with_padded_options():
     kl.sum().backward()
     assert torch.isfinite(kl).all() and torch.isfinite(logp.grad).all()
     assert logp.grad[0, 2] == 0
+
+
+def twin_items(groups_first=("male", "female")):
+    """Two counterbalanced twins of one occupation whose pro-stereotypical person is the man."""
+    out = []
+    for pair in ("a", "b"):
+        for groups in (list(groups_first), list(reversed(groups_first))):
+            out.append({"cluster": "carpenter", "pair_id": pair, "option_groups": groups,
+                        "pro_option": groups.index("male"), "anti_option": groups.index("female")})  # fmt: skip
+    return out
+
+
+def test_decision_balance_is_not_met_by_a_first_position_rule():
+    first = torch.tensor([[0.95, 0.05]] * 4)  # whoever is named first: no POB
+    fair = torch.tensor([[0.5, 0.5]] * 4)
+    assert per_occupation_gap(twin_items(), first).abs().max() < 1e-6
+    for kind in ("kl", "gap"):
+        reward = DecisionBalanceReward(item_divergence=kind, order_weight=1.0, occupation_weight=1.0)
+        assert reward.objective(twin_items(), fair) == pytest.approx(0.0, abs=1e-6)
+        assert reward.objective(twin_items(), first) < -0.5
+    assert order_gaps(twin_items(), first).tolist() == pytest.approx([0.9, 0.9])
+    assert item_divergence(twin_items(), first, "gap").tolist() == pytest.approx([0.9] * 4)
+
+
+def test_decision_balance_reward_is_the_gradient_of_its_objective():
+    probs = torch.tensor([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4], [0.2, 0.8]])
+    reward = DecisionBalanceReward(item_divergence="kl", order_weight=0.5, occupation_weight=0.3)
+    leaf = probs.clone().requires_grad_(True)
+    reward.objective(twin_items(), leaf).backward()
+    # the exact estimator's surrogate mean_i sum_k pi_ik r_ik has J's own gradient
+    surrogate_leaf = probs.clone().requires_grad_(True)
+    r = reward(twin_items(), probs)
+    (surrogate_leaf * r).sum(-1).mean().backward()
+    torch.testing.assert_close(surrogate_leaf.grad, leaf.grad)
+    # kl's logit gradient stays large on a confident item, gap's shrinks as p(1 - p)
+    logits = torch.tensor([[4.0, -4.0]], requires_grad=True)
+    one = twin_items()[:1]
+    for kind, bound in (("kl", 0.4), ("gap", 0.05)):
+        logits.grad = None
+        item_divergence(one, logits.softmax(-1), kind).sum().backward()
+        assert (logits.grad.abs().max() > bound) == (kind == "kl")
+
+
+def test_decision_balance_leaves_an_unknown_option_to_its_reward():
+    items = [dict(i, option_groups=[*i["option_groups"], "unknown"]) for i in twin_items()]
+    probs = torch.tensor([[0.2, 0.2, 0.6]] * 4)
+    reward = DecisionBalanceReward(unknown_reward=0.5)
+    assert reward.objective(items, probs) == pytest.approx(0.0, abs=1e-6)  # "can't tell" is fair too
+    assert reward(items, probs)[:, 2].tolist() == [0.5] * 4
+    with pytest.raises(DsoError, match="item_divergence"):
+        DecisionBalanceReward(item_divergence="l2")

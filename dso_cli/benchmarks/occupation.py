@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import random
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -87,17 +88,29 @@ def _question(
     return form.format(**fields)
 
 
-def _items_for(occ: Occupation, template: Template, holder: str | None, other_occ: str) -> Iterator[dict]:
-    """Both person orders of one template (one counterbalanced pair)."""
+def unknown_position(pair_id: str) -> int:
+    """Where a pair lists its "can't tell" answer (0, 1 or 2): varied over pairs, fixed by the pair's id
+    (so it never depends on draw order) and the same in both person orders of the pair."""
+    return zlib.crc32(pair_id.encode()) % 3
+
+
+def _items_for(
+    occ: Occupation, template: Template, holder: str | None, other_occ: str, unknown_option: bool = False
+) -> Iterator[dict]:
+    """Both person orders of one template (one counterbalanced pair); with ``unknown_option`` a third,
+    "can't tell" answer at a position of the pair's own (the correct one of its ambiguous items)."""
     style = template.style
     kind = "amb" if holder is None else f"unamb-{holder}"
-    pair_id = f"{BENCHMARK}/{occ.name}/{template.key}/{kind}"
+    pair_id = f"{BENCHMARK}/{occ.name}/{template.key}/{kind}" + ("/unknown" if unknown_option else "")
     pro = occ.majority
     for first in ("male", "female"):
-        order = (first, "female" if first == "male" else "male")
-        intro = f"{_cap(style.intro[order[0]])} and {style.intro[order[1]]} {template.setting}. "
+        people = (first, "female" if first == "male" else "male")
+        intro = f"{_cap(style.intro[people[0]])} and {style.intro[people[1]]} {template.setting}. "
         if template.qtype == STATED:  # the easy reading check: no scene, only the holder is mentioned
             intro = ""
+        order = list(people)
+        if unknown_option:
+            order.insert(unknown_position(pair_id), "unknown")
         other = None if holder is None else ("female" if holder == "male" else "male")
         body = _question(
             template.qtype,
@@ -108,17 +121,18 @@ def _items_for(occ: Occupation, template: Template, holder: str | None, other_oc
             template.wording,
             template.heldout,
         )
+        correct = order.index(holder) if holder is not None else order.index("unknown") if unknown_option else -1
         yield {
             "id": f"{pair_id}/{first}-first",
             "benchmark": BENCHMARK,
             "split": "",
             "prompt": f"{intro}{body} {style.instruction(order)}",
-            "answer_prefix": style.answer.prefix,
+            "answer_prefix": style.prefix(order),
             "options": style.options(order),
-            "option_groups": list(order),
+            "option_groups": order,
             "pro_option": order.index(pro),
-            "anti_option": 1 - order.index(pro),
-            "correct": -1 if holder is None else order.index(holder),
+            "anti_option": order.index("female" if pro == "male" else "male"),
+            "correct": correct,
             "ambiguous": holder is None,
             "cluster": occ.name,
             "attribute": template.qtype,
@@ -138,7 +152,7 @@ def interleave_question_types(chosen: Sequence[Template], rng: random.Random) ->
 
 def _pairs(
     occ: Occupation, pool: Sequence[Template], n: int | None, contrast: Sequence[Occupation], ambiguous: bool,
-    rng: random.Random,
+    rng: random.Random, unknown_option: bool = False,
 ) -> list[list[dict]]:  # fmt: skip
     """``n`` counterbalanced pairs (all when None) of one occupation from distinct templates of ``pool``,
     in random order but dealt round-robin over question types, so that any first ``k`` pairs cover the
@@ -149,7 +163,7 @@ def _pairs(
     for template in chosen:
         other_occ = rng.choice(contrast).name
         for holder in (None,) if ambiguous else (rng.choice(("male", "female")),):
-            pairs.append(list(_items_for(occ, template, holder, other_occ)))
+            pairs.append(list(_items_for(occ, template, holder, other_occ, unknown_option)))
     return pairs
 
 
@@ -168,6 +182,7 @@ def build(
     hub_dataset: str = "Intel/SocialCounterfactuals",
     max_hub_rows: int | None = None,
     hub_revision: str | None = None,
+    unknown_option: bool = False,
     **_: object,
 ) -> datasets.DatasetDict:
     """Build the splits. ``n_train``/``n_train_unambiguous`` count items (two per pair).
@@ -177,6 +192,10 @@ def build(
     ``social_counterfactuals`` (``hub_dataset``) or ``auto`` (``image_dir`` when given, else the hub's
     SocialCounterfactuals images, cached after the first read), ``image_layout`` is ``pair`` or ``side_by_side``, and
     the val/test sizes count person pairs.
+
+    ``unknown_option`` (text only) offers a third answer, "can't tell" (worded per answer format, at a
+    position that varies over pairs), on every item: the correct answer of the ambiguous items, a
+    capability loss where chosen on the unambiguous ones.
 
     Text: ``train`` holds ``n_train`` ambiguous items (the paper's 600 by default) plus
     ``n_train_unambiguous`` unambiguous ones (the capability anchor of the KL term); ``val`` and
@@ -191,6 +210,8 @@ def build(
     from an RNG stream of its own (seed, split, occupation), so resizing a held-out split leaves the
     others unchanged.
     """
+    if modality == "image" and unknown_option:
+        raise DsoError("bias.unknown_option=true is available for the text benchmark only (bias.modality=text)")
     if modality == "image":
         from dso_cli.benchmarks import occupation_images as images
 
@@ -236,13 +257,16 @@ def build(
             pool = templates(heldout=False, ambiguous=ambiguous)
             if occ.name in heldout_occupations:
                 rng = stream("heldout_occupations", occ.name, ambiguous)
-                splits["heldout_occupations"] += _pairs(occ, pool, test_pairs_per_occupation, contrast, ambiguous, rng)
+                splits["heldout_occupations"] += _pairs(
+                    occ, pool, test_pairs_per_occupation, contrast, ambiguous, rng, unknown_option
+                )
                 continue
             heldout_pool = templates(heldout=True, ambiguous=ambiguous)
             rng = stream("heldout_templates", occ.name, ambiguous)
-            splits["heldout_templates"] += _pairs(occ, heldout_pool, n_heldout_tpl, contrast, ambiguous, rng)
+            splits["heldout_templates"] += _pairs(occ, heldout_pool, n_heldout_tpl, contrast, ambiguous, rng,
+                                                  unknown_option)  # fmt: skip
             rng = stream("pool", occ.name, ambiguous)
-            pairs = _pairs(occ, pool, None, contrast, ambiguous, rng)
+            pairs = _pairs(occ, pool, None, contrast, ambiguous, rng, unknown_option)
             n_test, n_val = test_pairs_per_occupation, val_pairs_per_occupation
             splits["test"] += pairs[:n_test]
             splits["val"] += pairs[n_test : n_test + n_val]

@@ -93,36 +93,54 @@ HELDOUT_WORDINGS: dict[str, tuple[tuple[str | None, str], ...]] = {
 }  # fmt: skip
 
 
+def listed(words: Sequence[str]) -> str:
+    """``a or b``, ``a, b or c``: how an instruction lists the answers."""
+    return " or ".join(words) if len(words) < 3 else f"{', '.join(words[:-1])} or {words[-1]}"
+
+
 @dataclass(frozen=True)
 class AnswerFormat:
-    """How the answer is asked for and scored. ``instruction`` formats over the two people in
-    presentation order (their answer words, or their references when ``labels`` or ``refs``)."""
+    """How the answer is asked for and scored. ``instruction`` lists the answers in presentation order
+    (the people's answer words, or their references when ``labels`` or ``refs``, and with
+    ``bias.unknown_option`` the ``unknown`` answer at its place)."""
 
     key: str
     prefix: str  # the answer's start that every option continues
-    instruction: str
-    labels: tuple[str, str] | None = None  # options name positions (" A", " B") instead of the people
+    instruction: str  # "{}": the listed answers (letters: "(A) the man (B) the woman")
+    labels: tuple[str, ...] | None = None  # options name positions (" A", " B") instead of the people
     refs: bool = False  # options are the references (" the man") rather than the answer words (" man")
+    unknown: str = "unknown"  # the "can't tell" answer
+    unknown_prefix: str | None = None  # the prefix when a "can't tell" answer is offered (None: prefix)
+
+    def render(self, answers: Sequence[str]) -> str:
+        if self.labels:
+            letters = [label.strip() for label in self.labels[: len(answers)]]
+            listing = " ".join(f"({letter}) {answer}" for letter, answer in zip(letters, answers, strict=True))
+            return self.instruction.format(listing, listed(letters))
+        return self.instruction.format(listed(answers))
 
 
 # Training formats: the answer as the person's word or name. Held-out formats (heldout_templates only):
 # lettered positions and "The answer is the man". (Training also on numbered positions and "It is the
 # man" reached the held-out formats no better and raised SynthBias POB: see the README's study.)
-WORD_FORMAT = AnswerFormat("word", "The", "Answer with one word: {} or {}.")
+WORD_FORMAT = AnswerFormat("word", "The", "Answer with one word: {}.", unknown_prefix="Answer:")
 
 
-NAME_FORMAT = AnswerFormat("name", "Answer:", "Answer with one name: {} or {}.")
+NAME_FORMAT = AnswerFormat("name", "Answer:", "Answer with one name: {}.")
 
 
-LETTER_FORMAT = AnswerFormat("letters", "Answer:", "Options: (A) {} (B) {}. Answer with A or B.", labels=(" A", " B"))
+LETTER_FORMAT = AnswerFormat("letters", "Answer:", "Options: {}. Answer with {}.", labels=(" A", " B", " C"),
+                             unknown="cannot be determined")  # fmt: skip
 
 
-ANSWER_IS_FORMAT = AnswerFormat("answer_is", "The answer is", "Reply with the person: {} or {}.", refs=True)
+ANSWER_IS_FORMAT = AnswerFormat("answer_is", "The answer is", "Reply with the person: {}.", refs=True,
+                                unknown="unknown")  # fmt: skip
 
 
 @dataclass(frozen=True)
 class PersonStyle:
-    """How the two people are named, and the answer format that goes with it."""
+    """How the two people are named, and the answer format that goes with it. ``order`` lists the
+    options' groups in presentation order: ``male``, ``female`` and, where offered, ``unknown``."""
 
     key: str
     intro: dict[str, str]  # gender -> how the person is introduced ("a man", "John")
@@ -132,13 +150,18 @@ class PersonStyle:
 
     def options(self, order: Sequence[str]) -> list[str]:
         if self.answer.labels:
-            return list(self.answer.labels)
+            return list(self.answer.labels[: len(order)])
         names = self.ref if self.answer.refs else self.word
-        return [f" {names[g]}" for g in order]
+        return [f" {self.answer.unknown if g == 'unknown' else names[g]}" for g in order]
 
     def instruction(self, order: Sequence[str]) -> str:
         names = self.ref if self.answer.labels or self.answer.refs else self.word
-        return self.answer.instruction.format(*(names[g] for g in order))
+        return self.answer.render([self.answer.unknown if g == "unknown" else names[g] for g in order])
+
+    def prefix(self, order: Sequence[str]) -> str:
+        if "unknown" in order and self.answer.unknown_prefix is not None:
+            return self.answer.unknown_prefix
+        return self.answer.prefix
 
 
 WORDS = ({"male": "a man", "female": "a woman"}, {"male": "the man", "female": "the woman"},

@@ -45,7 +45,8 @@ EXTRA_COLUMNS = [
 ]  # fmt: skip
 EVAL_COLUMNS = SWEEP_COLUMNS + EXTRA_COLUMNS
 TABLE_COLUMNS = [
-    "benchmark", "alpha", "pob", "pob_se", "stereotype_gap", "unamb_acc", "capability_acc", "kl", "ppl",
+    "benchmark", "alpha", "pob", "pob_se", "item_bias", "first_option_rate", "order_dep", "unamb_acc",
+    "capability_acc", "kl", "ppl",
     "acc_pro_anti_gap", "s_dis", "s_amb",
 ]  # fmt: skip
 

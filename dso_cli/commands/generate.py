@@ -25,7 +25,9 @@ from dso_cli.pipeline.trained_run import open_trained_run, run_config
 from dso_cli.runs import parse_strengths, save_provenance
 
 GENERATIONS = "generations.jsonl"
-SUMMARY_COLUMNS = ["alpha", "n_items", "parsed", "agreement", "generated_pob", "scored_pob_hard"]
+SUMMARY_COLUMNS = [
+    "alpha", "n_items", "parsed", "agreement", "generated_pob", "scored_pob_hard", "first_named", "scored_first_named",
+]  # fmt: skip
 
 
 def prompt_items(path: Path) -> list[dict]:
@@ -101,13 +103,16 @@ def run_generate(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
     note = (
         "parsed: answers that name an option; agreement: the named option is the scored decision "
         "(argmax of the option policy); generated_pob / scored_pob_hard: POB of those two decisions "
-        "(ambiguous items)."
+        "(ambiguous items); first_named / scored_first_named: share of the ambiguous decisions that name the "
+        "person listed first (1.0 is a position rule, 0.5 is no preference)."
     )
     write_text(run_dir / "generations.md", f"# dso generate: {artifact.method}, {run_dir.name}\n\n{table}\n\n{note}\n\n"
                f"{side_by_side(records)}\n")  # fmt: skip
     print(table)
     for row in summary:
         print(f"dso generate: agreement of generated and scored decisions at alpha={row['alpha']:g}: "
-              f"{row['agreement']:.3f} (parsed {row['parsed']:.3f})")  # fmt: skip
+              f"{row['agreement']:.3f} (parsed {row['parsed']:.3f}); first-named person chosen in "
+              f"{row['first_named']:.3f} of generated and {row['scored_first_named']:.3f} of scored "
+              "ambiguous decisions")  # fmt: skip
     print(f"dso generate: wrote {out} and {run_dir / 'generations.md'}", flush=True)
     return run_dir

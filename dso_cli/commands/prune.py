@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from dso_cli.benchmarks import split_items
 from dso_cli.errors import DsoError
 from dso_cli.evaluation import base_policy, evaluate_strengths
+from dso_cli.metrics import DECISION_COLUMNS
 from dso_cli.pipeline.results import RowWriter, markdown_table
 from dso_cli.pipeline.specs import ModelSetup
 from dso_cli.pipeline.trained_run import open_trained_run, run_config
@@ -25,10 +26,12 @@ from dso_cli.steering.prune import PruneStats, is_affine, prune_affine
 
 PRUNE_COLUMNS = [
     "method", "keep", "n_kept", "n_neurons", "mass_kept", "modules_touched", "alpha", "benchmark", "split",
-    "pob", "pob_se", "stereotype_gap", "unamb_acc", "unamb_acc_se", "unamb_acc_hard", "refusal_rate", "kl",
-    "n_ambiguous", "n_unambiguous",
+    *DECISION_COLUMNS,
 ]  # fmt: skip
-TABLE_COLUMNS = ["split", "keep", "n_kept", "mass_kept", "pob", "pob_se", "unamb_acc", "kl"]
+TABLE_COLUMNS = [
+    "split", "keep", "n_kept", "mass_kept", "pob", "pob_se", "item_bias", "first_option_rate", "order_dep",
+    "unamb_acc", "kl",
+]  # fmt: skip
 PRUNED_DIR = "pruned"
 
 

@@ -14,7 +14,7 @@ from dso_cli.pipeline.specs import RunLocation
 from dso_cli.pipeline.trained_run import resolve_run_dir
 from dso_cli.report.placement import steering_sections
 from dso_cli.report.plots import pareto_plot
-from dso_cli.report.tables import curve_summary, load_sweeps, pareto_points
+from dso_cli.report.tables import curve_summary, load_sweeps, pareto_points, verdicts
 from dso_cli.runs import save_provenance
 
 
@@ -37,6 +37,11 @@ def run_report(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
             "## Per curve",
             markdown_table(summary.to_dict("records"), list(summary.columns)),
             "POB: Per-Occupation Bias (soft, lower is fairer), pob_se its bootstrap standard error; "
+            "item_bias: mean over ambiguous items of |P(pro) - P(anti)| (0 only when every decision is 50/50); "
+            "first_option_rate: share of ambiguous items whose argmax is the person listed first; order_dep: "
+            "per counterbalanced pair, |P(X | X listed first) - P(X | X listed second)|, averaged; "
+            "fair_by_position: POB fell while item_bias or order_dep rose by more than 2 standard errors "
+            '(a position rule, not a fair decision); refusal_rate: mass on a "can\'t tell" option; '
             "unamb_acc: expected accuracy on unambiguous items (unamb_acc_hard: argmax); kl: "
             "KL(steered || base) over the two options of unambiguous items (not a capability measure); "
             "text_kl, text_ppl: full-vocabulary per-token KL to the base model and perplexity on held-out "
@@ -47,6 +52,7 @@ def run_report(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
             "from one strength to the next by more than 2 standard errors.",
         ]
     )
+    text += "\n\n## Summary\n\n" + "\n".join(f"- {line}" for line in verdicts(summary))
     steering = steering_sections(runs, out_dir)
     if steering:
         text += "\n\n## Where each method steers\n\n" + "\n".join(steering)

@@ -20,7 +20,8 @@ from dso_cli.runs import parse_strengths, save_provenance
 
 TYPE_COLUMNS = ["method", "benchmark", "split", "alpha", "question_type", "unamb_acc", "unamb_acc_se", "n_unambiguous"]
 TABLE_COLUMNS = [
-    "benchmark", "split", "alpha", "pob", "pob_se", "unamb_acc", "text_kl", "text_ppl", "prompt_kl",
+    "benchmark", "split", "alpha", "pob", "pob_se", "item_bias", "first_option_rate", "order_dep", "unamb_acc",
+    "text_kl", "text_ppl", "prompt_kl",
 ]  # fmt: skip
 
 

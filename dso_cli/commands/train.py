@@ -74,7 +74,11 @@ def run_train(cfg: DictConfig, job_num: int | None = None, overrides: Sequence[s
     if cfg.train.eval_val and val_items:
         rows = evaluate_strengths(scorer, artifact, val_items, [0.0, 1.0], desc="val")
         artifact.manifest["train_metrics"]["val"] = {f"alpha={r['alpha']:g}": r for r in rows}
-        print(markdown_table(rows, ["alpha", "pob", "pob_se", "stereotype_gap", "unamb_acc", "kl"]))
+        print(
+            markdown_table(
+                rows, ["alpha", "pob", "pob_se", "item_bias", "first_option_rate", "order_dep", "unamb_acc", "kl"]
+            )
+        )
         artifact.save(run_dir / ARTIFACT_DIR)
     return run_dir
 

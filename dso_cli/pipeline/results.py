@@ -10,10 +10,10 @@ import pandas as pd
 
 from dso_cli.evaluation import TEXT_COLUMNS
 from dso_cli.io import atomic_write, locked
+from dso_cli.metrics import DECISION_COLUMNS
 
 SWEEP_COLUMNS = [
-    "method", "alpha", "benchmark", "split", "pob", "pob_se", "pob_hard", "stereotype_gap",
-    "stereotype_gap_hard", "unamb_acc", "unamb_acc_se", "unamb_acc_hard", "refusal_rate", "kl", *TEXT_COLUMNS,
+    "method", "alpha", "benchmark", "split", *(c for c in DECISION_COLUMNS if not c.startswith("n_")), *TEXT_COLUMNS,
     "n_ambiguous", "n_unambiguous",
 ]  # fmt: skip
 

@@ -16,7 +16,7 @@ from dso_cli.io import atomic_write, write_text
 from dso_cli.metrics import bootstrap_hypervolumes
 from dso_cli.pipeline.results import markdown_table
 from dso_cli.report.plots import pareto_plot
-from dso_cli.report.tables import curve_summary, operating_points, pareto_points
+from dso_cli.report.tables import curve_summary, operating_points, pareto_points, verdicts
 
 
 def point_key(method: str, strength: float) -> str:
@@ -87,7 +87,8 @@ def write_compare_report(
             continue
         row = {"method": method, "hypervolume": summary.loc[method, "hypervolume"],
                "monotone": bool(summary.loc[method, "monotone"]), "max_alpha": summary.loc[method, "max_alpha"],
-               "pob_at_max": summary.loc[method, "pob_at_max"]}  # fmt: skip
+               "pob_at_max": summary.loc[method, "pob_at_max"],
+               "fair_by_position": bool(summary.loc[method, "fair_by_position"])}  # fmt: skip
         if draws is not None and method in draws:
             row["hypervolume_se"] = float(np.std(draws[method], ddof=1))
             if reference in draws and method != reference:
@@ -98,6 +99,8 @@ def write_compare_report(
         if method in chosen.index:
             best = chosen.loc[method]
             row.update({"best_alpha": best["alpha"], "pob": best["pob"], "pob_se": best["pob_se"],
+                        "item_bias": best["item_bias"], "item_bias_se": best["item_bias_se"],
+                        "first_option_rate": best["first_option_rate"], "order_dep": best["order_dep"],
                         "pob_change": best["pob_change"], "unamb_acc": best["unamb_acc"],
                         "unamb_acc_se": best["unamb_acc_se"], "kl": best["kl"], "text_kl": best["text_kl"],
                         "text_ppl": best["text_ppl"]})  # fmt: skip
@@ -108,8 +111,9 @@ def write_compare_report(
     atomic_write(out_dir / "summary.csv", lambda tmp: pd.DataFrame(table).to_csv(tmp, index=False))
     benchmark = ", ".join(sorted(data["benchmark"].unique()))
     columns = ["method", "hypervolume", "hypervolume_se", "dso_minus_hv", "dso_minus_hv_se", "dso_better_share",
-               "monotone", "best_alpha", "pob", "pob_se", "pob_change", "unamb_acc", "unamb_acc_se", "kl",
-               "text_kl", "text_ppl", "max_alpha", "pob_at_max", "ppl_ratio_at_max"]  # fmt: skip
+               "monotone", "fair_by_position", "best_alpha", "pob", "pob_se", "item_bias", "item_bias_se",
+               "first_option_rate", "order_dep", "pob_change", "unamb_acc", "unamb_acc_se", "kl", "text_kl",
+               "text_ppl", "max_alpha", "pob_at_max", "ppl_ratio_at_max"]  # fmt: skip
     columns = [c for c in columns if any(c in row for row in table)]
     text = "\n\n".join(
         [
@@ -122,10 +126,16 @@ def write_compare_report(
             "occupations and unambiguous items, the same draw for every method. monotone: POB never rises "
             "from one strength to the next by more than 2 standard errors. best_alpha: the strength with the "
             f"lowest {select} POB among those costing at most {float(cfg.compare.max_acc_drop):g} {select} "
-            f"accuracy; pob, pob_se (bootstrap over pairs), pob_change (vs the base model), unamb_acc, "
+            f"accuracy; pob, pob_se (bootstrap over pairs), item_bias ± item_bias_se (mean over ambiguous items "
+            "of |P(pro) - P(anti)|: 0 only when each decision is 50/50), first_option_rate (argmax is the person "
+            "listed first), order_dep (|P(X | X first) - P(X | X second)| per counterbalanced pair), "
+            f"pob_change (vs the base model), unamb_acc, "
             f"unamb_acc_se and kl (KL to the base on unambiguous items) are its {report} numbers; text_kl and "
             "text_ppl its full-vocabulary per-token KL to the base model and perplexity on held-out neutral "
-            "text; ppl_ratio_at_max: held-out perplexity at the largest strength over the base model's.",
+            "text; ppl_ratio_at_max: held-out perplexity at the largest strength over the base model's. "
+            "fair_by_position: POB falls to the largest strength while item_bias or order_dep rises by more "
+            "than 2 standard errors (fair in aggregate only, by a position rule).",
+            "\n".join(f"- {line}" for line in verdicts(summary.reset_index())),
             f"## Every point ({report})",
             markdown_table(points.to_dict("records"), list(points.columns)),
         ]

@@ -11,27 +11,31 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from dso_cli.io import atomic_write
-from dso_cli.report.tables import base_point
+from dso_cli.report.tables import base_point, fair_by_position
 
 
 def pareto_plot(data: pd.DataFrame, path: Path, title: str) -> Path:
-    """Left: POB against unambiguous accuracy. Right (when the sweep measured it): POB against the
-    per-token KL on held-out neutral text, what the fairness costs the model off task."""
-    has_text = "text_kl" in data and data["text_kl"].notna().any()
-    fig, axes = plt.subplots(1, 2 if has_text else 1, figsize=(12.0 if has_text else 6.4, 4.8), dpi=120, squeeze=False)
+    """POB against unambiguous accuracy; when the sweep measured them, POB against the per-token KL on
+    held-out neutral text (what the fairness costs off task) and against ``item_bias`` (a curve that
+    moves left and up is fair by position: POB falls while single decisions grow more one-sided; such
+    curves are labelled so in the legend)."""
     panels = [("unamb_acc", "Unambiguous accuracy (soft)")]
-    if has_text:
+    if "text_kl" in data and data["text_kl"].notna().any():
         panels.append(("text_kl", "KL(steered ‖ base) per token, held-out text (lower is better)"))
+    if "item_bias" in data and data["item_bias"].notna().any():
+        panels.append(("item_bias", "item_bias: mean |P(pro) − P(anti)| per decision (lower is fairer)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 4.8), dpi=120, squeeze=False)
     base = base_point(data)
     for ax, (column, label) in zip(axes[0], panels, strict=True):
         for curve, group in data.groupby("curve", sort=True):
             group = group.sort_values("alpha")
-            ax.errorbar(group["pob"], group[column], xerr=group["pob_se"], marker="o", capsize=2, label=curve)
+            name = f"{curve} (fair by position)" if fair_by_position(group) else curve
+            ax.errorbar(group["pob"], group[column], xerr=group["pob_se"], marker="o", capsize=2, label=name)
             for _, row in group[group["alpha"] > 0].iterrows():  # strength 0 is the base model's star
                 knob = knob_of(row["method"])
                 ax.annotate(f"{knob}={row['alpha']:g}", (row["pob"], row[column]), textcoords="offset points",
                             xytext=(4, 4), fontsize=7)  # fmt: skip
-        if base is not None:
+        if base is not None and column != "item_bias":
             y = base[1] if column == "unamb_acc" else 0.0
             ax.scatter([base[0]], [y], marker="*", s=220, color="black", zorder=5, label="base model")
         ax.set_xlabel("Per-Occupation Bias (lower is fairer)")

@@ -11,8 +11,9 @@ from dso_cli.errors import DsoError
 from dso_cli.metrics import hypervolume, is_monotone, pareto_mask
 
 POINT_COLUMNS = [
-    "curve", "run", "method", "alpha", "pob", "pob_se", "stereotype_gap", "unamb_acc", "unamb_acc_hard", "kl",
-    "text_kl", "text_ppl", "prompt_kl", "on_front",
+    "curve", "run", "method", "alpha", "pob", "pob_se", "item_bias", "item_bias_se", "first_option_rate",
+    "order_dep", "stereotype_gap", "unamb_acc", "unamb_acc_hard", "refusal_rate", "kl", "text_kl", "text_ppl",
+    "prompt_kl", "on_front",
 ]  # fmt: skip
 
 
@@ -51,9 +52,10 @@ def pareto_points(data: pd.DataFrame) -> pd.DataFrame:
 
 
 def curve_summary(data: pd.DataFrame) -> pd.DataFrame:
-    """Per curve: hypervolume against the base POB, POB at the largest ω relative to base, what the
-    largest ω costs on held-out text (its perplexity relative to the base model's, and its KL), and
-    whether POB falls monotonically."""
+    """Per curve: hypervolume against the base POB, POB at the largest ω relative to base, the
+    per-decision metrics there (``item_bias``, ``order_dep``, ``first_option_rate``), what the largest ω
+    costs on held-out text (its perplexity relative to the base model's, and its KL), whether POB falls
+    monotonically, and whether the curve is *fair by position* (:func:`fair_by_position`)."""
     base = base_point(data)
     rows = []
     for curve, group in data.groupby("curve", sort=True):
@@ -65,16 +67,73 @@ def curve_summary(data: pd.DataFrame) -> pd.DataFrame:
                 "max_alpha": float(top["alpha"]),
                 "pob_at_max": float(top["pob"]),
                 "pob_ratio_to_base": float(top["pob"] / base[0]) if base and base[0] > 0 else float("nan"),
+                "item_bias_ratio_to_base": at_max_over_base(group, "item_bias"),
+                "order_dep_at_max": float(top.get("order_dep", float("nan"))),
+                "first_option_rate_at_max": float(top.get("first_option_rate", float("nan"))),
                 "unamb_acc_change": float(top["unamb_acc"] - base[1]) if base else float("nan"),
                 "ppl_ratio_at_max": ppl_ratio(group),
                 "text_kl_at_max": float(top.get("text_kl", float("nan"))),
                 "monotone": is_monotone(group["pob"].tolist(), group["pob_se"].fillna(0).tolist()),
+                "fair_by_position": fair_by_position(group),
                 "hypervolume": hypervolume(group["pob"].tolist(), group["unamb_acc"].tolist(), base[0])
                 if base
                 else float("nan"),
             }
         )
     return pd.DataFrame(rows)
+
+
+def at_max_over_base(group: pd.DataFrame, column: str) -> float:
+    """``column`` at a curve's largest strength over its value at ω = 0 (NaN where either is missing)."""
+    if column not in group or 0.0 not in set(group["alpha"]):
+        return float("nan")
+    group = group.sort_values("alpha")
+    base = float(group[group["alpha"] == 0.0][column].iloc[0])
+    return float(group.iloc[-1][column] / base) if base > 0 else float("nan")
+
+
+def rose(group: pd.DataFrame, column: str) -> bool:
+    """``column`` at the largest strength is above its ω = 0 value by more than 2 standard errors (the
+    larger of the two ``<column>_se``; no SE column: any rise)."""
+    if column not in group or 0.0 not in set(group["alpha"]):
+        return False
+    group = group.sort_values("alpha")
+    base, top = group[group["alpha"] == 0.0].iloc[0], group.iloc[-1]
+    if pd.isna(base[column]) or pd.isna(top[column]):
+        return False
+    se_column = f"{column}_se"
+    se = max(float(base.get(se_column, 0.0) or 0.0), float(top.get(se_column, 0.0) or 0.0))
+    return bool(top[column] > base[column] + 2 * (0.0 if se != se else se))
+
+
+def fair_by_position(group: pd.DataFrame) -> bool:
+    """POB falls from ω = 0 to the largest strength while ``item_bias`` or ``order_dep`` rises (beyond 2
+    SEs): the decisions stopped following gender by following a new arbitrary rule (typically: whoever
+    is named first), not by becoming 50/50."""
+    group = group.sort_values("alpha")
+    if group.empty or 0.0 not in set(group["alpha"]):
+        return False
+    falls = float(group.iloc[-1]["pob"]) < float(group[group["alpha"] == 0.0]["pob"].iloc[0])
+    return falls and (rose(group, "item_bias") or rose(group, "order_dep"))
+
+
+def verdicts(summary: pd.DataFrame) -> list[str]:
+    """One line per curve for the printed summary: POB, item_bias and order_dep at the largest strength,
+    and the warning a curve that is fair by position must carry."""
+    lines = []
+    for row in summary.to_dict("records"):
+        line = (
+            f"{row['curve']}: at {row['max_alpha']:g}, POB {row['pob_ratio_to_base']:.2f}x base, item_bias "
+            f"{row['item_bias_ratio_to_base']:.2f}x base, order_dep {row['order_dep_at_max']:.3f}, first option "
+            f"chosen {row['first_option_rate_at_max']:.0%}, ppl {row['ppl_ratio_at_max']:.2f}x"
+        )
+        if row["fair_by_position"]:
+            line += (
+                " -- FAIR BY POSITION: POB fell while item_bias or order_dep rose; the decisions follow the "
+                "option order, not 50/50"
+            )
+        lines.append(line)
+    return lines
 
 
 def ppl_ratio(group: pd.DataFrame) -> float:
@@ -87,9 +146,12 @@ def ppl_ratio(group: pd.DataFrame) -> float:
 
 
 OPERATING_COLUMNS = [
-    "method", "alpha", "pob", "pob_se", "unamb_acc", "unamb_acc_se", "kl", "text_kl", "text_ppl", "pob_change",
-    "select_pob", "select_unamb_acc",
+    "method", "alpha", "pob", "pob_se", "item_bias", "item_bias_se", "first_option_rate", "order_dep", "unamb_acc",
+    "unamb_acc_se", "kl", "text_kl", "text_ppl", "pob_change", "select_pob", "select_unamb_acc",
 ]  # fmt: skip
+
+
+PER_DECISION = ("item_bias", "item_bias_se", "first_option_rate", "order_dep")
 
 
 def operating_points(
@@ -123,6 +185,7 @@ def operating_points(
                 "alpha": strength,
                 "pob": float(at["pob"]),
                 "pob_se": float(at["pob_se"]),
+                **{k: float(at.get(k, float("nan"))) for k in PER_DECISION},
                 "unamb_acc": float(at["unamb_acc"]),
                 "unamb_acc_se": float(at.get("unamb_acc_se", float("nan"))),
                 "kl": float(at["kl"]),

@@ -7,12 +7,14 @@ each occupation, re-estimated from the policy every batch.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
+from dso_cli.errors import DsoError
 from dso_cli.metrics import option_prob
 
 
@@ -92,6 +94,111 @@ class AbsGapReward:
         objective = -per_occupation_gap(items, leaf).abs().mean()
         (grad,) = torch.autograd.grad(objective, leaf)
         reward = grad * len(items)
+        for i, item in enumerate(items):
+            for k, group in enumerate(item["option_groups"]):
+                if group == "unknown":
+                    reward[i, k] = self.unknown_reward
+        return reward
+
+
+def _person_pair_probs(items: Sequence[Mapping[str, Any]], probs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``P(pro)``, ``P(anti)`` and a mask of the items that have both (the decisions with a fair point)."""
+    p_pro, p_anti = pro_anti_probs(items, probs)
+    has = torch.tensor([item["pro_option"] >= 0 and item["anti_option"] >= 0 for item in items], device=probs.device)
+    return p_pro, p_anti, has
+
+
+def item_divergence(items: Sequence[Mapping[str, Any]], probs: Tensor, kind: str = "kl") -> Tensor:
+    """Per item, how far its decision between the pro- and the anti-stereotypical person is from 50/50.
+
+    ``gap``: ``|P(pro) − P(anti)|`` (the ``item_bias`` metric itself; its gradient in the logits
+    vanishes on confident items, as ``p(1 − p)``). ``kl``: ``KL(uniform ‖ π̃)`` of the two persons'
+    renormalised probabilities, ``−log 2 − ½ (log π̃_pro + log π̃_anti)``, whose logit gradient
+    ``π̃_pro − ½`` stays large where the model is sure. Mass on an ``unknown`` option is left out of
+    both (renormalised away), so a decision is fair at 50/50 *or* at "can't tell". 0 for items that
+    lack a pro or an anti option.
+    """
+    p_pro, p_anti, has = _person_pair_probs(items, probs)
+    if kind == "gap":
+        out = (p_pro - p_anti).abs()
+    elif kind == "kl":
+        total = (p_pro + p_anti).clamp_min(1e-12)
+        share = (p_pro / total).clamp(1e-6, 1 - 1e-6)
+        out = -math.log(2.0) - 0.5 * (share.log() + (1 - share).log())
+    else:
+        raise DsoError(f"reward.item_divergence must be kl or gap, not {kind!r}")
+    return torch.where(has, out, torch.zeros_like(out))
+
+
+def order_gaps(items: Sequence[Mapping[str, Any]], probs: Tensor) -> Tensor:
+    """Per counterbalanced pair in the batch, the mean over its persons of the spread of ``P(person)``
+    across the positions the person is listed at (``|P(X | X first) − P(X | X second)|`` for twins);
+    differentiable. The ``order_dep`` metric, as a tensor over the batch's pairs (empty if none)."""
+    cells: dict[str, dict[str, dict[int, list[int]]]] = {}
+    for i, item in enumerate(items):
+        groups = list(item["option_groups"])
+        for k, group in enumerate(groups):
+            if group != "unknown" and groups.count(group) == 1:
+                cells.setdefault(item["pair_id"], {}).setdefault(group, {}).setdefault(k, []).append(i)
+    flat = probs.reshape(-1)
+    width = probs.shape[1]
+    gaps = []
+    for groups in cells.values():
+        spreads = []
+        for positions in groups.values():
+            if len(positions) > 1:
+                means = torch.stack([flat[torch.tensor([i * width + k for i in rows])].mean()
+                                     for k, rows in positions.items()])  # fmt: skip
+                spreads.append(means.max() - means.min())
+        if spreads:
+            gaps.append(torch.stack(spreads).mean())
+    return torch.stack(gaps) if gaps else probs.new_zeros(0)
+
+
+class DecisionBalanceReward:
+    """Fair per decision: every ambiguous decision 50/50 between the two people (or "can't tell").
+
+    The objective, maximised, is ``J = −mean_i D(π_i) − order_weight · mean_pairs order_gap
+    − occupation_weight · mean_o |P(pro|o) − P(anti|o)|``, with ``D`` the per-item divergence from
+    50/50 (:func:`item_divergence`), the order gap of each counterbalanced pair (:func:`order_gaps`)
+    and the paper's per-occupation gap. Unlike the per-occupation gap alone, neither per-decision term
+    is met by a rule that answers whoever is named first. As a per-option reward it is
+    ``r = n · ∂J/∂π`` at the current policy (see :class:`AbsGapReward`); an ``unknown`` option earns
+    ``unknown_reward`` (its mass is outside ``D``: refusing is fair, the reward says whether it pays).
+    """
+
+    def __init__(
+        self,
+        item_divergence: str = "kl",
+        order_weight: float = 0.0,
+        occupation_weight: float = 0.0,
+        unknown_reward: float = 0.0,
+    ) -> None:
+        if item_divergence not in ("kl", "gap"):
+            raise DsoError(f"reward.item_divergence must be kl or gap, not {item_divergence!r}")
+        for name, value in (("order_weight", order_weight), ("occupation_weight", occupation_weight)):
+            if not value >= 0:
+                raise DsoError(f"reward.{name} must be at least 0, not {value}")
+        self.item_divergence = item_divergence
+        self.order_weight = order_weight
+        self.occupation_weight = occupation_weight
+        self.unknown_reward = unknown_reward
+
+    def objective(self, items: Sequence[Mapping[str, Any]], probs: Tensor) -> Tensor:
+        """``J`` of the batch (higher is fairer), differentiable in ``probs``."""
+        objective = -item_divergence(items, probs, self.item_divergence).mean()
+        if self.order_weight > 0:
+            gaps = order_gaps(items, probs)
+            if len(gaps):
+                objective = objective - self.order_weight * gaps.mean()
+        if self.occupation_weight > 0:
+            objective = objective - self.occupation_weight * per_occupation_gap(items, probs).abs().mean()
+        return objective
+
+    def __call__(self, items: Sequence[Mapping[str, Any]], probs: Tensor) -> Tensor:
+        leaf = probs.detach().clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(self.objective(items, leaf), leaf, allow_unused=True)
+        reward = torch.zeros_like(leaf) if grad is None else grad * len(items)
         for i, item in enumerate(items):
             for k, group in enumerate(item["option_groups"]):
                 if group == "unknown":

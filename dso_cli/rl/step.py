@@ -67,7 +67,7 @@ def _one_step(
             probs = policy(scorer.logprobs(batch["amb"], grad=True))
             if batch["plan"] is None:
                 batch["plan"] = estimator.prepare(batch["amb"], probs.detach())
-            sums["reward"] += float(estimator.expected_reward(batch["plan"], probs))
+            sums["reward"] += float(batch_objective(estimator, batch, probs))
             sums["batch_pob"] += float(per_occupation_gap(batch["amb"], probs.detach()).abs().mean())
             for bench, pob in per_benchmark_pob(batch["amb"], probs.detach(), sampler.benchmarks).items():
                 sums[f"batch_pob_{bench}"] += pob
@@ -112,6 +112,15 @@ def _one_step(
                 duals[source] = max(0.0, duals[source] + cfg.kl_dual_lr * (metrics[key] - cfg.kl_budget))
         metrics |= {"dual_kl": duals["unambiguous"], "dual_kl_text": duals["neutral_text"]}
     return metrics
+
+
+def batch_objective(estimator: Estimator, batch: dict[str, Any], probs: Tensor) -> Tensor:
+    """What the train log's ``reward`` shows: the reward's own objective where it has one (a reward that
+    is the gradient of a scale-free objective has expectation 0 everywhere), else ``E_π[r]``."""
+    objective = getattr(estimator.reward, "objective", None)
+    if objective is not None:
+        return objective(batch["amb"], probs.detach())
+    return estimator.expected_reward(batch["plan"], probs)
 
 
 def expected_accuracy(items: Sequence[DecisionItem], logprobs: Tensor) -> Tensor:
