@@ -147,6 +147,7 @@ class RewardSchema:
 class DecisionBalanceSchema(RewardSchema):
     item_divergence: str = MISSING  # kl (KL(uniform || pi) of the two people) | gap (|P(pro) - P(anti)|)
     order_weight: float = MISSING  # weight of the counterbalanced pairs' order gap
+    pair_weight: float = MISSING  # weight of the counterbalanced pairs' gender gap
     occupation_weight: float = MISSING  # weight of the paper's per-occupation gap
 
 

@@ -6,6 +6,7 @@
 #   item_kl         per-item KL(uniform || the two people's probabilities)
 #   item_kl_order   item_kl + the counterbalanced pairs' order gap (weight 1)
 #   item_kl_order_occ  item_kl_order + the paper's per-occupation gap (weight 1)
+#   item_kl_order_pair item_kl_order + each counterbalanced pair's gender gap (weight 1)
 #   unknown         item_kl_order with a "can't tell" option on every item (bias.unknown_option=true), reward 0
 #   unknown_reward  the same with reward 0.5 for "can't tell"
 # Each run is swept at w in {0, 0.5, 1} on occupation test, heldout_occupations and heldout_templates
@@ -18,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 csv=$(realpath "${1:?usage: scripts/fair_decisions_study.sh /path/to/synthbias_data.csv [OUT_DIR] [OBJECTIVES] [SEEDS]}")
 out=${2:-outputs/fair_decisions}
-objectives=${3:-"flip item_gap item_kl item_kl_order item_kl_order_occ unknown unknown_reward"}
+objectives=${3:-"flip item_gap item_kl item_kl_order item_kl_order_occ item_kl_order_pair unknown unknown_reward"}
 seeds=${4:-${SEEDS:-0}}
 make setup >/dev/null
 export PATH="$PWD/.venv/bin:$PATH"
@@ -30,6 +31,7 @@ for objective in $objectives; do
     item_kl) opt=(reward=decision_balance reward.item_divergence=kl) ;;
     item_kl_order) opt=(reward=decision_balance reward.order_weight=1) ;;
     item_kl_order_occ) opt=(reward=decision_balance reward.order_weight=1 reward.occupation_weight=1) ;;
+    item_kl_order_pair) opt=(reward=decision_balance reward.order_weight=1 reward.pair_weight=1) ;;
     unknown) opt=(reward=decision_balance reward.order_weight=1 bias.unknown_option=true) ;;
     unknown_reward) opt=(reward=decision_balance reward.order_weight=1 bias.unknown_option=true reward.unknown_reward=0.5) ;;
     *) echo "unknown objective $objective" >&2; exit 2 ;;

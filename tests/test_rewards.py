@@ -10,6 +10,7 @@ from dso_cli.rl.rewards import (
     StereotypeFlipReward,
     item_divergence,
     order_gaps,
+    pair_gaps,
     per_occupation_gap,
 )
 
@@ -117,3 +118,17 @@ def test_decision_balance_leaves_an_unknown_option_to_its_reward():
     assert reward(items, probs)[:, 2].tolist() == [0.5] * 4
     with pytest.raises(DsoError, match="item_divergence"):
         DecisionBalanceReward(item_divergence="l2")
+
+
+def test_pair_gaps_separate_gender_from_position():
+    man = torch.tensor([[0.9, 0.1], [0.1, 0.9]] * 2)  # the man (pro), wherever he is listed
+    first = torch.tensor([[0.9, 0.1]] * 4)  # whoever is listed first
+    assert pair_gaps(twin_items(), man).tolist() == pytest.approx([0.8, 0.8])
+    assert pair_gaps(twin_items(), first).tolist() == pytest.approx([0.0, 0.0])
+    assert order_gaps(twin_items(), man).tolist() == pytest.approx([0.0, 0.0])
+    reward = DecisionBalanceReward(pair_weight=2.0)
+    leaf = man.clone().requires_grad_(True)
+    reward.objective(twin_items(), leaf).backward()
+    surrogate = man.clone().requires_grad_(True)
+    (surrogate * reward(twin_items(), man)).sum(-1).mean().backward()
+    torch.testing.assert_close(surrogate.grad, leaf.grad)

@@ -155,16 +155,36 @@ def order_gaps(items: Sequence[Mapping[str, Any]], probs: Tensor) -> Tensor:
     return torch.stack(gaps) if gaps else probs.new_zeros(0)
 
 
+def pair_gaps(items: Sequence[Mapping[str, Any]], probs: Tensor) -> Tensor:
+    """Per counterbalanced pair in the batch, ``|mean over its items of P(pro) − P(anti)|``: POB at the
+    level of one decision asked in every order (a pair that always picks the man, whoever is listed
+    first, has gap 1; one that picks whoever is listed first has gap 0). Differentiable; items without
+    a pro or an anti option are left out."""
+    p_pro, p_anti, has = _person_pair_probs(items, probs)
+    pairs = sorted({item["pair_id"] for item, ok in zip(items, has.tolist(), strict=True) if ok})
+    if not pairs:
+        return probs.new_zeros(0)
+    lookup = {pair: i for i, pair in enumerate(pairs)}
+    index = torch.tensor([lookup.get(item["pair_id"], 0) for item in items], device=probs.device)
+    weight = has.to(probs.dtype)
+    sums = probs.new_zeros(len(pairs)).index_add(0, index, (p_pro - p_anti) * weight)
+    counts = probs.new_zeros(len(pairs)).index_add(0, index, weight)
+    return (sums / counts).abs()
+
+
 class DecisionBalanceReward:
     """Fair per decision: every ambiguous decision 50/50 between the two people (or "can't tell").
 
     The objective, maximised, is ``J = −mean_i D(π_i) − order_weight · mean_pairs order_gap
-    − occupation_weight · mean_o |P(pro|o) − P(anti|o)|``, with ``D`` the per-item divergence from
-    50/50 (:func:`item_divergence`), the order gap of each counterbalanced pair (:func:`order_gaps`)
-    and the paper's per-occupation gap. Unlike the per-occupation gap alone, neither per-decision term
-    is met by a rule that answers whoever is named first. As a per-option reward it is
-    ``r = n · ∂J/∂π`` at the current policy (see :class:`AbsGapReward`); an ``unknown`` option earns
-    ``unknown_reward`` (its mass is outside ``D``: refusing is fair, the reward says whether it pays).
+    − pair_weight · mean_pairs pair_gap − occupation_weight · mean_o |P(pro|o) − P(anti|o)|``, with
+    ``D`` the per-item divergence from 50/50 (:func:`item_divergence`), the order gap (position
+    preference, :func:`order_gaps`) and the gender gap (:func:`pair_gaps`) of each counterbalanced pair,
+    and the paper's per-occupation gap. The two pair terms split an item's departure from 50/50 into
+    what follows the listing order and what follows gender, and push on each without saturating.
+    Unlike the per-occupation gap alone, none of the per-decision terms is met by a rule that answers
+    whoever is named first. As a per-option reward it is ``r = n · ∂J/∂π`` at the current policy (see
+    :class:`AbsGapReward`); an ``unknown`` option earns ``unknown_reward`` (its mass is outside ``D``:
+    refusing is fair, the reward says whether it pays).
     """
 
     def __init__(
@@ -173,15 +193,19 @@ class DecisionBalanceReward:
         order_weight: float = 0.0,
         occupation_weight: float = 0.0,
         unknown_reward: float = 0.0,
+        pair_weight: float = 0.0,
     ) -> None:
         if item_divergence not in ("kl", "gap"):
             raise DsoError(f"reward.item_divergence must be kl or gap, not {item_divergence!r}")
-        for name, value in (("order_weight", order_weight), ("occupation_weight", occupation_weight)):
+        weights = (("order_weight", order_weight), ("occupation_weight", occupation_weight),
+                   ("pair_weight", pair_weight))  # fmt: skip
+        for name, value in weights:
             if not value >= 0:
                 raise DsoError(f"reward.{name} must be at least 0, not {value}")
         self.item_divergence = item_divergence
         self.order_weight = order_weight
         self.occupation_weight = occupation_weight
+        self.pair_weight = pair_weight
         self.unknown_reward = unknown_reward
 
     def objective(self, items: Sequence[Mapping[str, Any]], probs: Tensor) -> Tensor:
@@ -191,6 +215,10 @@ class DecisionBalanceReward:
             gaps = order_gaps(items, probs)
             if len(gaps):
                 objective = objective - self.order_weight * gaps.mean()
+        if self.pair_weight > 0:
+            gaps = pair_gaps(items, probs)
+            if len(gaps):
+                objective = objective - self.pair_weight * gaps.mean()
         if self.occupation_weight > 0:
             objective = objective - self.occupation_weight * per_occupation_gap(items, probs).abs().mean()
         return objective
