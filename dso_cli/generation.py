@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dso_cli.metrics import per_occupation_bias
+from dso_cli.metrics import first_person, per_occupation_bias
 from dso_cli.scoring import OptionScorer, policy
 from dso_cli.steering.artifact import Artifact
 
@@ -142,16 +142,11 @@ def agreement_summary(records: Sequence[Mapping[str, Any]]) -> list[dict[str, An
             gaps = np.array([(r[key] == r["pro_option"]) - float(r[key] == r["anti_option"]) for r in amb])
             row[name] = per_occupation_bias(gaps, clusters) if amb else float("nan")
         for name, key in (("first_named", "choice"), ("scored_first_named", "scored_choice")):
-            named = [r for r in amb if r[key] is not None and first_person(r) is not None]
-            row[name] = float(np.mean([r[key] == first_person(r) for r in named])) if named else float("nan")
+            firsts = [(r[key], first_person(r.get("option_groups") or [])) for r in amb if r[key] is not None]
+            hits = [choice == first for choice, first in firsts if first >= 0]
+            row[name] = float(np.mean(hits)) if hits else float("nan")
         rows.append(row)
     return rows
-
-
-def first_person(record: Mapping[str, Any]) -> int | None:
-    """The index of the first-listed option that names a person (not "can't tell")."""
-    groups = record.get("option_groups") or []
-    return next((k for k, group in enumerate(groups) if group != "unknown"), None)
 
 
 def side_by_side(records: Sequence[Mapping[str, Any]], width: int = 160) -> str:

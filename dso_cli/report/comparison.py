@@ -16,7 +16,7 @@ from dso_cli.io import atomic_write, write_text
 from dso_cli.metrics import bootstrap_hypervolumes
 from dso_cli.pipeline.results import markdown_table
 from dso_cli.report.plots import pareto_plot
-from dso_cli.report.tables import curve_summary, operating_points, pareto_points, verdicts
+from dso_cli.report.tables import PER_DECISION, curve_summary, operating_points, pareto_points, verdicts
 
 
 def point_key(method: str, strength: float) -> str:
@@ -99,11 +99,9 @@ def write_compare_report(
         if method in chosen.index:
             best = chosen.loc[method]
             row.update({"best_alpha": best["alpha"], "pob": best["pob"], "pob_se": best["pob_se"],
-                        "item_bias": best["item_bias"], "item_bias_se": best["item_bias_se"],
-                        "first_option_rate": best["first_option_rate"], "order_dep": best["order_dep"],
-                        "pob_change": best["pob_change"], "unamb_acc": best["unamb_acc"],
-                        "unamb_acc_se": best["unamb_acc_se"], "kl": best["kl"], "text_kl": best["text_kl"],
-                        "text_ppl": best["text_ppl"]})  # fmt: skip
+                        **{k: best[k] for k in PER_DECISION}, "pob_change": best["pob_change"],
+                        "unamb_acc": best["unamb_acc"], "unamb_acc_se": best["unamb_acc_se"], "kl": best["kl"],
+                        "text_kl": best["text_kl"], "text_ppl": best["text_ppl"]})  # fmt: skip
         row["ppl_ratio_at_max"] = summary.loc[method, "ppl_ratio_at_max"]
         table.append(row)
     points = pareto_points(shown)

@@ -83,22 +83,29 @@ def curve_summary(data: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def curve_ends(group: pd.DataFrame) -> tuple[pd.Series, pd.Series] | None:
+    """A curve's ω = 0 row and its largest-strength row (None without an ω = 0 row)."""
+    group = group.sort_values("alpha")
+    base = group[group["alpha"] == 0.0]
+    return (base.iloc[0], group.iloc[-1]) if len(base) else None
+
+
 def at_max_over_base(group: pd.DataFrame, column: str) -> float:
     """``column`` at a curve's largest strength over its value at ω = 0 (NaN where either is missing)."""
-    if column not in group or 0.0 not in set(group["alpha"]):
+    ends = curve_ends(group) if column in group else None
+    if ends is None:
         return float("nan")
-    group = group.sort_values("alpha")
-    base = float(group[group["alpha"] == 0.0][column].iloc[0])
-    return float(group.iloc[-1][column] / base) if base > 0 else float("nan")
+    base, top = (float(row[column]) for row in ends)
+    return top / base if base > 0 else float("nan")
 
 
 def rose(group: pd.DataFrame, column: str) -> bool:
     """``column`` at the largest strength is above its ω = 0 value by more than 2 standard errors (the
     larger of the two ``<column>_se``; no SE column: any rise)."""
-    if column not in group or 0.0 not in set(group["alpha"]):
+    ends = curve_ends(group) if column in group else None
+    if ends is None:
         return False
-    group = group.sort_values("alpha")
-    base, top = group[group["alpha"] == 0.0].iloc[0], group.iloc[-1]
+    base, top = ends
     if pd.isna(base[column]) or pd.isna(top[column]):
         return False
     se_column = f"{column}_se"
@@ -110,10 +117,10 @@ def fair_by_position(group: pd.DataFrame) -> bool:
     """POB falls from ω = 0 to the largest strength while ``item_bias`` or ``order_dep`` rises (beyond 2
     SEs): the decisions stopped following gender by following a new arbitrary rule (typically: whoever
     is named first), not by becoming 50/50."""
-    group = group.sort_values("alpha")
-    if group.empty or 0.0 not in set(group["alpha"]):
+    ends = curve_ends(group)
+    if ends is None:
         return False
-    falls = float(group.iloc[-1]["pob"]) < float(group[group["alpha"] == 0.0]["pob"].iloc[0])
+    falls = float(ends[1]["pob"]) < float(ends[0]["pob"])
     return falls and (rose(group, "item_bias") or rose(group, "order_dep"))
 
 
@@ -138,11 +145,7 @@ def verdicts(summary: pd.DataFrame) -> list[str]:
 
 def ppl_ratio(group: pd.DataFrame) -> float:
     """Held-out text perplexity at a curve's largest strength over the base model's (ω = 0)."""
-    if "text_ppl" not in group or group["text_ppl"].isna().all():
-        return float("nan")
-    group = group.sort_values("alpha")
-    base = group[group["alpha"] == 0.0]["text_ppl"]
-    return float(group.iloc[-1]["text_ppl"] / base.iloc[0]) if len(base) and base.iloc[0] > 0 else float("nan")
+    return at_max_over_base(group, "text_ppl")
 
 
 OPERATING_COLUMNS = [

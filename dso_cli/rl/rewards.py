@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from dso_cli.errors import DsoError
-from dso_cli.metrics import option_prob
+from dso_cli.metrics import option_prob, pair_order_gaps
 
 
 class Reward(Protocol):
@@ -130,31 +130,6 @@ def item_divergence(items: Sequence[Mapping[str, Any]], probs: Tensor, kind: str
     return torch.where(has, out, torch.zeros_like(out))
 
 
-def order_gaps(items: Sequence[Mapping[str, Any]], probs: Tensor) -> Tensor:
-    """Per counterbalanced pair in the batch, the mean over its persons of the spread of ``P(person)``
-    across the positions the person is listed at (``|P(X | X first) − P(X | X second)|`` for twins);
-    differentiable. The ``order_dep`` metric, as a tensor over the batch's pairs (empty if none)."""
-    cells: dict[str, dict[str, dict[int, list[int]]]] = {}
-    for i, item in enumerate(items):
-        groups = list(item["option_groups"])
-        for k, group in enumerate(groups):
-            if group != "unknown" and groups.count(group) == 1:
-                cells.setdefault(item["pair_id"], {}).setdefault(group, {}).setdefault(k, []).append(i)
-    flat = probs.reshape(-1)
-    width = probs.shape[1]
-    gaps = []
-    for groups in cells.values():
-        spreads = []
-        for positions in groups.values():
-            if len(positions) > 1:
-                means = torch.stack([flat[torch.tensor([i * width + k for i in rows])].mean()
-                                     for k, rows in positions.items()])  # fmt: skip
-                spreads.append(means.max() - means.min())
-        if spreads:
-            gaps.append(torch.stack(spreads).mean())
-    return torch.stack(gaps) if gaps else probs.new_zeros(0)
-
-
 def pair_gaps(items: Sequence[Mapping[str, Any]], probs: Tensor) -> Tensor:
     """Per counterbalanced pair in the batch, ``|mean over its items of P(pro) − P(anti)|``: POB at the
     level of one decision asked in every order (a pair that always picks the man, whoever is listed
@@ -178,9 +153,10 @@ class DecisionBalanceReward:
     The objective, maximised, is ``J = −mean_i D(π_i) − order_weight · mean_pairs order_gap
     − pair_weight · mean_pairs pair_gap − occupation_weight · mean_o |P(pro|o) − P(anti|o)|``, with
     ``D`` the per-item divergence from 50/50 (:func:`item_divergence`), the order gap (position
-    preference, :func:`order_gaps`) and the gender gap (:func:`pair_gaps`) of each counterbalanced pair,
-    and the paper's per-occupation gap. The two pair terms split an item's departure from 50/50 into
-    what follows the listing order and what follows gender, and push on each without saturating.
+    preference, :func:`dso_cli.metrics.pair_order_gaps`) and the gender gap (:func:`pair_gaps`) of
+    each counterbalanced pair, and the paper's per-occupation gap. The two pair terms split an item's
+    departure from 50/50 into what follows the listing order and what follows gender, and push on each
+    without saturating.
     Unlike the per-occupation gap alone, none of the per-decision terms is met by a rule that answers
     whoever is named first. As a per-option reward it is ``r = n · ∂J/∂π`` at the current policy (see
     :class:`AbsGapReward`); an ``unknown`` option earns ``unknown_reward`` (its mass is outside ``D``:
@@ -212,9 +188,9 @@ class DecisionBalanceReward:
         """``J`` of the batch (higher is fairer), differentiable in ``probs``."""
         objective = -item_divergence(items, probs, self.item_divergence).mean()
         if self.order_weight > 0:
-            gaps = order_gaps(items, probs)
-            if len(gaps):
-                objective = objective - self.order_weight * gaps.mean()
+            gaps = list(pair_order_gaps(items, probs).values())
+            if gaps:
+                objective = objective - self.order_weight * torch.stack(gaps).mean()
         if self.pair_weight > 0:
             gaps = pair_gaps(items, probs)
             if len(gaps):
