@@ -131,20 +131,23 @@ def _scorer(model: nn.Module, tokenizer: Any, processor: Any, scoring: ScoringOp
 
 
 def _training(options: Mapping[str, Any]) -> Training:
-    """The RL trainer's settings: ``conf/optimizer/adam.yaml`` and the paper's reward, ``options`` on top."""
+    """The RL trainer's settings: the CLI's default optimizer and reward (``conf/base.yaml``), ``options``
+    on top."""
     from omegaconf import OmegaConf
 
     from dso_cli.benchmarks.neutral_text import read_passages
-    from dso_cli.config_files import group_config
+    from dso_cli.config_files import default_option, group_config
     from dso_cli.fitting import trainer_settings
     from dso_cli.rl.config import TrainConfig
     from dso_cli.targets import instantiate_checked
 
-    opt = OmegaConf.to_container(group_config("optimizer", "adam"), resolve=True)
+    opt = OmegaConf.to_container(group_config("optimizer", default_option("optimizer")), resolve=True)
     assert isinstance(opt, dict)
     text_path = opt.get("kl_text_path")
     extra = dict(options)
-    reward = extra.pop("reward", None) or instantiate_checked(group_config("reward", "stereotype_flip"), "reward")
+    reward = extra.pop("reward", None)
+    if reward is None:
+        reward = instantiate_checked(group_config("reward", default_option("reward")), "reward")
     checkpoint = extra.pop("checkpoint_path", None)
     config = trainer_settings({**opt, **extra}, seed=TrainConfig.seed)  # a seed= option wins
     return Training(

@@ -29,6 +29,15 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
 
 
+def default_option(group: str) -> str:
+    """The option ``conf/base.yaml`` picks for ``group``: the Python API trains with the CLI's defaults."""
+    base = OmegaConf.load(conf_dir() / "base.yaml")
+    for entry in base.get("defaults", []):
+        if isinstance(entry, DictConfig) and group in entry:
+            return str(entry[group])
+    raise DsoError(f"conf/base.yaml picks no default {WHAT.get(group, group)}")
+
+
 def group_config(group: str, name: str, *, where: str = "") -> DictConfig:
     """``conf/<group>/<name>.yaml``; an unknown name is a one-line error listing the choices."""
     options = group_options(group)

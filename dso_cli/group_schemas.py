@@ -148,6 +148,7 @@ class DecisionBalanceSchema(RewardSchema):
     item_divergence: str = MISSING  # kl (KL(uniform || pi) of the two people) | gap (|P(pro) - P(anti)|)
     order_weight: float = MISSING  # weight of the counterbalanced pairs' order gap
     pair_weight: float = MISSING  # weight of the counterbalanced pairs' gender gap
+    position_weight: float = MISSING  # weight of the batch's mean lean to the first-listed person
     occupation_weight: float = MISSING  # weight of the paper's per-occupation gap
 
 

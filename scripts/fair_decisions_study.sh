@@ -1,44 +1,50 @@
 #!/usr/bin/env bash
 # Reproduction recipe: what each ingredient of a per-decision fair objective buys and costs.
-# Objectives (one run each, embedded default model, occupation benchmark, default optimizer):
+# Objectives (one run each, embedded default model, occupation benchmark, the default optimizer with
+# optimizer.steps=$STEPS, 60 unless set):
 #   flip            the paper's stereotype-flip reward (per-occupation gap only; the earlier default)
 #   item_gap        per-item |P(pro) - P(anti)|
 #   item_kl         per-item KL(uniform || the two people's probabilities)
 #   item_kl_order   item_kl + the counterbalanced pairs' order gap (weight 1)
 #   item_kl_order_occ  item_kl_order + the paper's per-occupation gap (weight 1)
-#   item_kl_order_pair item_kl_order + each counterbalanced pair's gender gap (weight 1)
-#   unknown         item_kl_order with a "can't tell" option on every item (bias.unknown_option=true), reward 0
+#   item_kl_order_pair item_kl_order + each counterbalanced pair's gender gap (weight 3)
+#   balance         item_kl_order_pair + the batch's lean to the first-listed person (weight 10):
+#                   reward=decision_balance as configured
+#   unknown         balance with a "can't tell" option on every item (bias.unknown_option=true), reward 0
 #   unknown_reward  the same with reward 0.5 for "can't tell"
 # Each run is swept at w in {0, 0.5, 1} on occupation test, heldout_occupations and heldout_templates
 # (POB, item_bias, first_option_rate, order_dep, refusal rates, unambiguous accuracy, held-out text KL
 # and perplexity) and evaluated on SynthBias test (dso eval). SEEDS="0 1" trains a second seed of each.
 # Prints one Markdown table (scripts/fair_decisions_table.py) and writes OUT_DIR/study.csv. Resumable:
-# finished steps are skipped. About 14 minutes per run on 2 CPU cores. Needs the SynthBias CSV:
+# finished steps are skipped. About 25 minutes per run on 2 CPU cores. Needs the SynthBias CSV:
 #   scripts/fair_decisions_study.sh /path/to/synthbias_data.csv [OUT_DIR] [OBJECTIVES] [SEEDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 csv=$(realpath "${1:?usage: scripts/fair_decisions_study.sh /path/to/synthbias_data.csv [OUT_DIR] [OBJECTIVES] [SEEDS]}")
 out=${2:-outputs/fair_decisions}
-objectives=${3:-"flip item_gap item_kl item_kl_order item_kl_order_occ item_kl_order_pair unknown unknown_reward"}
+objectives=${3:-"flip item_gap item_kl item_kl_order item_kl_order_occ item_kl_order_pair balance unknown unknown_reward"}
 seeds=${4:-${SEEDS:-0}}
+steps=${STEPS:-60}
 make setup >/dev/null
 export PATH="$PWD/.venv/bin:$PATH"
 grid="alpha=[0,0.5,1]"
+none=(reward.order_weight=0 reward.pair_weight=0 reward.position_weight=0 reward.occupation_weight=0)
 for objective in $objectives; do
   case $objective in
     flip) opt=(reward=stereotype_flip) ;;
-    item_gap) opt=(reward=decision_balance reward.item_divergence=gap) ;;
-    item_kl) opt=(reward=decision_balance reward.item_divergence=kl) ;;
-    item_kl_order) opt=(reward=decision_balance reward.order_weight=1) ;;
-    item_kl_order_occ) opt=(reward=decision_balance reward.order_weight=1 reward.occupation_weight=1) ;;
-    item_kl_order_pair) opt=(reward=decision_balance reward.order_weight=1 reward.pair_weight=1) ;;
-    unknown) opt=(reward=decision_balance reward.order_weight=1 bias.unknown_option=true) ;;
-    unknown_reward) opt=(reward=decision_balance reward.order_weight=1 bias.unknown_option=true reward.unknown_reward=0.5) ;;
+    item_gap) opt=(reward=decision_balance reward.item_divergence=gap "${none[@]}") ;;
+    item_kl) opt=(reward=decision_balance "${none[@]}") ;;
+    item_kl_order) opt=(reward=decision_balance "${none[@]}" reward.order_weight=1) ;;
+    item_kl_order_occ) opt=(reward=decision_balance "${none[@]}" reward.order_weight=1 reward.occupation_weight=1) ;;
+    item_kl_order_pair) opt=(reward=decision_balance "${none[@]}" reward.order_weight=1 reward.pair_weight=3) ;;
+    balance) opt=(reward=decision_balance) ;;
+    unknown) opt=(reward=decision_balance bias.unknown_option=true) ;;
+    unknown_reward) opt=(reward=decision_balance bias.unknown_option=true reward.unknown_reward=0.5) ;;
     *) echo "unknown objective $objective" >&2; exit 2 ;;
   esac
   for seed in $seeds; do
     run="$out/$objective-seed$seed"
-    [ -f "$run/artifact/manifest.json" ] || dso train run_dir="$run" seed="$seed" "${opt[@]}"
+    [ -f "$run/artifact/manifest.json" ] || dso train run_dir="$run" seed="$seed" optimizer.steps="$steps" "${opt[@]}"
     if [ ! -f "$run/.swept" ]; then
       dso sweep run_dir="$run" "$grid" "sweep.splits=[test,heldout_occupations,heldout_templates]" && touch "$run/.swept"
     fi

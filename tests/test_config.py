@@ -36,6 +36,15 @@ def test_every_group_option_composes(group):
             assert cfg.model.name == option and cfg.model.name_or_path
 
 
+@pytest.mark.parametrize("group", ["optimizer", "reward", "bias_benchmark"])
+def test_the_python_api_defaults_are_the_cli_defaults(group):
+    from dso_cli.config_files import default_option, group_config
+
+    assert OmegaConf.to_container(group_config(group, default_option(group)), resolve=True) == (
+        OmegaConf.to_container(composed("train")[group], resolve=True)
+    )
+
+
 def test_bias_alias():
     assert rewrite_aliases(["bias=occupation", "bias.n_train=20", "+bias.x=1", "model=gpt2"]) == [
         "bias_benchmark=occupation", "bias_benchmark.n_train=20", "+bias_benchmark.x=1", "model=gpt2"

@@ -11,6 +11,7 @@ from dso_cli.rl.rewards import (
     item_divergence,
     pair_gaps,
     per_occupation_gap,
+    position_divergence,
 )
 
 
@@ -131,3 +132,26 @@ def test_pair_gaps_separate_gender_from_position():
     surrogate = man.clone().requires_grad_(True)
     (surrogate * reward(twin_items(), man)).sum(-1).mean().backward()
     torch.testing.assert_close(surrogate.grad, leaf.grad)
+
+
+def test_position_divergence_sees_a_small_lean_that_per_item_terms_miss():
+    lean = torch.tensor([[0.45, 0.55]] * 4)  # every decision nearly 50/50, every argmax the second-listed
+    man = torch.tensor([[0.9, 0.1], [0.1, 0.9]] * 2)  # gender, not position
+    assert float(position_divergence(twin_items(), lean, "gap")) == pytest.approx(0.1)
+    assert float(position_divergence(twin_items(), man, "gap")) == pytest.approx(0.0, abs=1e-6)
+    assert float(position_divergence(twin_items(), man, "kl")) == pytest.approx(0.0, abs=1e-6)
+    # kl of the shares (.45, .55): -log 2 - (log .45 + log .55) / 2
+    assert float(position_divergence(twin_items(), lean, "kl")) == pytest.approx(0.005025, abs=1e-5)
+    with_unknown = [dict(i, option_groups=["unknown", *i["option_groups"]]) for i in twin_items()]
+    padded = torch.cat([torch.full((4, 1), 0.5), lean / 2], dim=1)
+    assert float(position_divergence(with_unknown, padded, "gap")) == pytest.approx(0.05)  # "can't tell" skipped
+    reward = DecisionBalanceReward(position_weight=3.0)
+    assert float(reward.objective(twin_items(), lean)) < float(DecisionBalanceReward().objective(twin_items(), lean))
+    leaf = lean.clone().requires_grad_(True)
+    reward.objective(twin_items(), leaf).backward()
+    surrogate = lean.clone().requires_grad_(True)
+    (surrogate * reward(twin_items(), lean)).sum(-1).mean().backward()
+    torch.testing.assert_close(surrogate.grad, leaf.grad)
+    assert reward(twin_items(), lean)[:, 0].min() > 0  # the second-listed lean is pushed back to first
+    with pytest.raises(DsoError, match="position_weight"):
+        DecisionBalanceReward(position_weight=-1.0)

@@ -147,14 +147,48 @@ def pair_gaps(items: Sequence[Mapping[str, Any]], probs: Tensor) -> Tensor:
     return (sums / counts).abs()
 
 
+def position_shares(items: Sequence[Mapping[str, Any]], probs: Tensor) -> tuple[Tensor, Tensor]:
+    """The batch's mean probability of the first- and of the second-listed person, over the items that
+    name two people (a "can't tell" option is skipped). Differentiable.
+
+    Per-item and per-pair terms are blind to a shift that moves every decision a little towards one
+    position: each stays near 50/50, yet the argmax follows the position on most items. The batch's
+    mean decision sees it: its two shares are equal when neither position is preferred on average
+    (whatever each item does).
+    """
+    first, second = [], []
+    for i, item in enumerate(items):
+        people = [k for k, group in enumerate(item["option_groups"]) if group != "unknown"]
+        if len(people) == 2:
+            first.append(probs[i, people[0]])
+            second.append(probs[i, people[1]])
+    if not first:
+        return probs.new_full((), 0.5), probs.new_full((), 0.5)
+    return torch.stack(first).mean(), torch.stack(second).mean()
+
+
+def position_divergence(items: Sequence[Mapping[str, Any]], probs: Tensor, kind: str = "kl") -> Tensor:
+    """How far the batch's mean decision (:func:`position_shares`) is from 50/50 between the first- and
+    the second-listed person, by the same divergence as :func:`item_divergence`: ``gap`` is
+    ``|P̄(first) − P̄(second)|``, ``kl`` is ``KL(uniform ‖ renormalised shares)`` (≈ 2·gap² near 50/50,
+    so its pull grows with the lean instead of flipping sign at 0)."""
+    first, second = position_shares(items, probs)
+    if kind == "gap":
+        return (first - second).abs()
+    share = (first / (first + second).clamp_min(1e-12)).clamp(1e-6, 1 - 1e-6)
+    return -math.log(2.0) - 0.5 * (share.log() + (1 - share).log())
+
+
 class DecisionBalanceReward:
     """Fair per decision: every ambiguous decision 50/50 between the two people (or "can't tell").
 
     The objective, maximised, is ``J = −mean_i D(π_i) − order_weight · mean_pairs order_gap
-    − pair_weight · mean_pairs pair_gap − occupation_weight · mean_o |P(pro|o) − P(anti|o)|``, with
+    − pair_weight · mean_pairs pair_gap − position_weight · D(batch mean)
+    − occupation_weight · mean_o |P(pro|o) − P(anti|o)|``, with
     ``D`` the per-item divergence from 50/50 (:func:`item_divergence`), the order gap (position
     preference, :func:`dso_cli.metrics.pair_order_gaps`) and the gender gap (:func:`pair_gaps`) of
-    each counterbalanced pair, and the paper's per-occupation gap. The two pair terms split an item's
+    each counterbalanced pair, the batch's mean preference for the first-listed person
+    (:func:`position_divergence`), and the paper's per-occupation gap. The two pair terms split an item's
     departure from 50/50 into what follows the listing order and what follows gender, and push on each
     without saturating.
     Unlike the per-occupation gap alone, none of the per-decision terms is met by a rule that answers
@@ -170,11 +204,12 @@ class DecisionBalanceReward:
         occupation_weight: float = 0.0,
         unknown_reward: float = 0.0,
         pair_weight: float = 0.0,
+        position_weight: float = 0.0,
     ) -> None:
         if item_divergence not in ("kl", "gap"):
             raise DsoError(f"reward.item_divergence must be kl or gap, not {item_divergence!r}")
         weights = (("order_weight", order_weight), ("occupation_weight", occupation_weight),
-                   ("pair_weight", pair_weight))  # fmt: skip
+                   ("pair_weight", pair_weight), ("position_weight", position_weight))  # fmt: skip
         for name, value in weights:
             if not value >= 0:
                 raise DsoError(f"reward.{name} must be at least 0, not {value}")
@@ -182,6 +217,7 @@ class DecisionBalanceReward:
         self.order_weight = order_weight
         self.occupation_weight = occupation_weight
         self.pair_weight = pair_weight
+        self.position_weight = position_weight
         self.unknown_reward = unknown_reward
 
     def objective(self, items: Sequence[Mapping[str, Any]], probs: Tensor) -> Tensor:
@@ -195,6 +231,8 @@ class DecisionBalanceReward:
             gaps = pair_gaps(items, probs)
             if len(gaps):
                 objective = objective - self.pair_weight * gaps.mean()
+        if self.position_weight > 0:
+            objective = objective - self.position_weight * position_divergence(items, probs, self.item_divergence)
         if self.occupation_weight > 0:
             objective = objective - self.occupation_weight * per_occupation_gap(items, probs).abs().mean()
         return objective
