@@ -116,6 +116,12 @@ def test_decision_balance_leaves_an_unknown_option_to_its_reward():
     reward = DecisionBalanceReward(unknown_reward=0.5)
     assert reward.objective(items, probs) == pytest.approx(0.0, abs=1e-6)  # "can't tell" is fair too
     assert reward(items, probs)[:, 2].tolist() == [0.5] * 4
+    # refusing more neither shrinks nor widens any gap between the people: only unknown_reward pays for it
+    full = DecisionBalanceReward(order_weight=1.0, pair_weight=3.0, position_weight=10.0, occupation_weight=1.0)
+    leaning = torch.tensor([[0.6, 0.2, 0.2], [0.3, 0.1, 0.6], [0.5, 0.3, 0.2], [0.2, 0.1, 0.7]])
+    refusing = torch.cat([leaning[:, :2] / 4, 1 - leaning[:, :2].sum(-1, keepdim=True) / 4], dim=1)
+    torch.testing.assert_close(full.objective(items, refusing), full.objective(items, leaning))
+    assert float(full.objective(items, leaning)) < -0.1
     with pytest.raises(DsoError, match="item_divergence"):
         DecisionBalanceReward(item_divergence="l2")
 

@@ -179,6 +179,18 @@ def position_divergence(items: Sequence[Mapping[str, Any]], probs: Tensor, kind:
     return -math.log(2.0) - 0.5 * (share.log() + (1 - share).log())
 
 
+def over_people(items: Sequence[Mapping[str, Any]], probs: Tensor) -> Tensor:
+    """``probs`` renormalised over the options that name a person: a "can't tell" option's mass taken
+    out, so that refusing neither shrinks nor widens a gap between people. Rows without an ``unknown``
+    option are returned as they are (no rounding of a row that sums to 1)."""
+    mask = torch.tensor([[group != "unknown" for group in item["option_groups"]] for item in items],
+                        device=probs.device)  # fmt: skip
+    if bool(mask.all()):
+        return probs
+    people = probs * mask
+    return people / people.sum(-1, keepdim=True).clamp_min(1e-12)
+
+
 class DecisionBalanceReward:
     """Fair per decision: every ambiguous decision 50/50 between the two people (or "can't tell").
 
@@ -221,7 +233,10 @@ class DecisionBalanceReward:
         self.unknown_reward = unknown_reward
 
     def objective(self, items: Sequence[Mapping[str, Any]], probs: Tensor) -> Tensor:
-        """``J`` of the batch (higher is fairer), differentiable in ``probs``."""
+        """``J`` of the batch (higher is fairer), differentiable in ``probs``. Every term reads the
+        probabilities renormalised over the people (:func:`over_people`): refusing is fair, and only
+        ``unknown_reward`` says whether it pays."""
+        probs = over_people(items, probs)
         objective = -item_divergence(items, probs, self.item_divergence).mean()
         if self.order_weight > 0:
             gaps = list(pair_order_gaps(items, probs).values())
