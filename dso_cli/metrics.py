@@ -32,12 +32,7 @@ class PolicyView:
         for name, p in (("soft", probs), ("hard", hard)):
             setattr(self, f"gap_{name}", (option_prob(p, pro) - option_prob(p, anti)).numpy())
             setattr(self, f"correct_{name}", option_prob(p, correct).numpy())
-        unknown = np.array(
-            [
-                [g == "unknown" for g in it["option_groups"]] + [False] * (probs.shape[1] - len(it["option_groups"]))
-                for it in items
-            ]
-        ).reshape(n, probs.shape[1])
+        unknown = unknown_options(items, probs.shape[1])
         self.refusal = (probs.numpy() * unknown).sum(1) if n else np.zeros(0)
         self.pro, self.anti, self.correct = pro.numpy(), anti.numpy(), correct.numpy()
         self.choice = probs.argmax(1).numpy() if n else np.zeros(0, dtype=np.int64)
@@ -45,6 +40,15 @@ class PolicyView:
         self.chose_unknown = unknown[np.arange(n), self.choice] if n else np.zeros(0, dtype=bool)
         self.probs = probs.numpy()
         self.first_person = np.array([first_person(it["option_groups"]) for it in items], dtype=np.int64)
+
+
+def unknown_options(items: Sequence[DecisionItem], width: int) -> np.ndarray:
+    """``[n, width]`` mask of the "can't tell" options; padded options (items with fewer) are False."""
+    mask = np.zeros((len(items), width), dtype=bool)
+    for i, item in enumerate(items):
+        for k, group in enumerate(item["option_groups"]):
+            mask[i, k] = group == "unknown"
+    return mask
 
 
 def option_prob(probs: Tensor, index: Tensor) -> Tensor:

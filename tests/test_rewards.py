@@ -9,6 +9,7 @@ from dso_cli.rl.rewards import (
     DecisionBalanceReward,
     StereotypeFlipReward,
     item_divergence,
+    over_people,
     pair_gaps,
     per_occupation_gap,
     position_divergence,
@@ -122,6 +123,12 @@ def test_decision_balance_leaves_an_unknown_option_to_its_reward():
     refusing = torch.cat([leaning[:, :2] / 4, 1 - leaning[:, :2].sum(-1, keepdim=True) / 4], dim=1)
     torch.testing.assert_close(full.objective(items, refusing), full.objective(items, leaning))
     assert float(full.objective(items, leaning)) < -0.1
+    # a batch that mixes items with and without the option (padded to three columns) renormalises per row
+    people = leaning[:, :2] / leaning[:, :2].sum(-1, keepdim=True)
+    mixed = torch.cat([refusing[:2], torch.cat([people[2:], torch.zeros(2, 1)], dim=1)])
+    renormalised = over_people([*items[:2], *twin_items()[2:]], mixed)
+    torch.testing.assert_close(renormalised[:, :2], people)
+    assert renormalised[:, 2].tolist() == [0.0] * 4
     with pytest.raises(DsoError, match="item_divergence"):
         DecisionBalanceReward(item_divergence="l2")
 

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from dso_cli.errors import DsoError
-from dso_cli.metrics import option_prob, pair_order_gaps
+from dso_cli.metrics import option_prob, pair_order_gaps, unknown_options
 
 
 class Reward(Protocol):
@@ -119,15 +119,19 @@ def item_divergence(items: Sequence[Mapping[str, Any]], probs: Tensor, kind: str
     lack a pro or an anti option.
     """
     p_pro, p_anti, has = _person_pair_probs(items, probs)
-    if kind == "gap":
-        out = (p_pro - p_anti).abs()
-    elif kind == "kl":
-        total = (p_pro + p_anti).clamp_min(1e-12)
-        share = (p_pro / total).clamp(1e-6, 1 - 1e-6)
-        out = -math.log(2.0) - 0.5 * (share.log() + (1 - share).log())
-    else:
-        raise DsoError(f"reward.item_divergence must be kl or gap, not {kind!r}")
+    out = _divergence_from_even(p_pro, p_anti, kind)
     return torch.where(has, out, torch.zeros_like(out))
+
+
+def _divergence_from_even(a: Tensor, b: Tensor, kind: str) -> Tensor:
+    """How far two masses are from an even split: ``gap`` is ``|a − b|``, ``kl`` is ``KL(uniform ‖ (a, b)
+    renormalised)`` = ``−log 2 − ½ (log ã + log b̃)``."""
+    if kind == "gap":
+        return (a - b).abs()
+    if kind != "kl":
+        raise DsoError(f"reward.item_divergence must be kl or gap, not {kind!r}")
+    share = (a / (a + b).clamp_min(1e-12)).clamp(1e-6, 1 - 1e-6)
+    return -math.log(2.0) - 0.5 * (share.log() + (1 - share).log())
 
 
 def pair_gaps(items: Sequence[Mapping[str, Any]], probs: Tensor) -> Tensor:
@@ -172,22 +176,17 @@ def position_divergence(items: Sequence[Mapping[str, Any]], probs: Tensor, kind:
     the second-listed person, by the same divergence as :func:`item_divergence`: ``gap`` is
     ``|P̄(first) − P̄(second)|``, ``kl`` is ``KL(uniform ‖ renormalised shares)`` (≈ 2·gap² near 50/50,
     so its pull grows with the lean instead of flipping sign at 0)."""
-    first, second = position_shares(items, probs)
-    if kind == "gap":
-        return (first - second).abs()
-    share = (first / (first + second).clamp_min(1e-12)).clamp(1e-6, 1 - 1e-6)
-    return -math.log(2.0) - 0.5 * (share.log() + (1 - share).log())
+    return _divergence_from_even(*position_shares(items, probs), kind)
 
 
 def over_people(items: Sequence[Mapping[str, Any]], probs: Tensor) -> Tensor:
     """``probs`` renormalised over the options that name a person: a "can't tell" option's mass taken
     out, so that refusing neither shrinks nor widens a gap between people. Rows without an ``unknown``
     option are returned as they are (no rounding of a row that sums to 1)."""
-    mask = torch.tensor([[group != "unknown" for group in item["option_groups"]] for item in items],
-                        device=probs.device)  # fmt: skip
-    if bool(mask.all()):
+    unknown = unknown_options(items, probs.shape[1])
+    if not unknown.any():
         return probs
-    people = probs * mask
+    people = probs * torch.from_numpy(~unknown).to(device=probs.device, dtype=probs.dtype)
     return people / people.sum(-1, keepdim=True).clamp_min(1e-12)
 
 
