@@ -9,7 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["Artifact", "ScoringOptions", "SteeringMethod", "evaluate", "fit", "load_artifact", "load_benchmark"]
+__all__ = [
+    "Artifact", "Metric", "Scores", "ScoringOptions", "SteeringMethod", "evaluate", "fit", "load_artifact",
+    "load_benchmark",
+]  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:
@@ -25,6 +28,10 @@ def __getattr__(name: str) -> Any:
         from dso_cli.scoring_options import ScoringOptions
 
         return ScoringOptions
+    if name in ("Metric", "Scores"):
+        from dso_cli.evaluation import metric
+
+        return getattr(metric, name)
     if name == "Artifact":
         from dso_cli.steering.artifact import Artifact
 

@@ -22,6 +22,7 @@ import datasets
 from torch import nn
 
 from dso_cli.errors import DsoError
+from dso_cli.evaluation.metric import Metric
 from dso_cli.scoring_options import ScoringOptions
 from dso_cli.steering.artifact import Artifact
 from dso_cli.steering.method import FitJob, SteeringMethod, Training, method_class, shipped_options
@@ -101,21 +102,23 @@ def evaluate(
     scoring: ScoringOptions | None = None,
     bootstrap_reps: int = 1000,
     seed: int = 0,
+    metrics: Sequence[Metric] = (),
 ) -> list[dict[str, Any]]:
-    """One metrics dict per strength (the ``sweep.csv`` columns: ``pob``, ``pob_se``, ``unamb_acc``,
-    ``kl``, ...) of ``model`` steered by ``artifact`` (None: the base model) on ``items``."""
-    from dso_cli.evaluation import evaluate_strengths
+    """One metrics dict per strength (the ``sweep.csv`` decision columns: ``pob``, ``pob_se``,
+    ``item_bias``, ``unamb_acc``, ``kl``, ..., then the columns of ``metrics``, your own
+    :class:`dso_cli.Metric` objects) of ``model`` steered by ``artifact`` (None: the base model) on
+    ``items``."""
+    from dso_cli.evaluation import Evaluator, default_metrics
 
     if artifact is not None:
         artifact.check_fits(model)
-    return evaluate_strengths(
+    evaluator = Evaluator(
         _scorer(model, tokenizer, processor, scoring),
-        artifact,
-        _as_items(items),
-        [float(s) for s in strengths],
+        default_metrics(text=False, extra=list(metrics)),
         bootstrap_reps=bootstrap_reps,
         seed=seed,
     )
+    return evaluator.evaluate(artifact, _as_items(items), [float(s) for s in strengths])
 
 
 def _as_items(items: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:

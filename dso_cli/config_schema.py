@@ -135,6 +135,7 @@ class TrainSchema(BaseSchema):
 class SweepSection:
     splits: list[str] = MISSING  # splits to evaluate
     bootstrap_reps: int = MISSING  # pair-bootstrap resamples for pob_se
+    extra_metrics: list[str] = MISSING  # dotted paths of dso_cli.Metric classes (trusted via allow_targets)
 
 
 @dataclass
@@ -155,6 +156,7 @@ class EvalSection:
     lm_eval_include_path: str | None = MISSING  # a folder of local lm-eval task YAMLs
     lm_eval_limit: int | None = MISSING  # documents per task (null: all)
     lm_eval_batch_size: int = MISSING  # lm-eval's batch size
+    extra_metrics: list[str] = MISSING  # dotted paths of dso_cli.Metric classes (trusted via allow_targets)
 
 
 @dataclass
@@ -176,6 +178,7 @@ class CompareSection:
     hypervolume_bootstrap_reps: int = MISSING  # paired resamples for the hypervolumes' SEs
     dso_run: str | None = MISSING  # a dso train run to reuse
     options: dict[str, Any] = MISSING  # per-method options on top of conf/steering_method/<method>.yaml
+    extra_metrics: list[str] = MISSING  # dotted paths of dso_cli.Metric classes (trusted via allow_targets)
 
 
 @dataclass

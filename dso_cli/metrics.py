@@ -1,8 +1,9 @@
-"""Fairness and capability metrics of a policy over decision items (DESIGN §2.3).
+"""The numeric core of the fairness and capability metrics of a policy over decision items (DESIGN
+§2.3): the arrays they read (:class:`PolicyView`), per-occupation and per-pair gaps, the pair
+resampler of their standard errors, Pareto sets and hypervolumes. The result columns themselves are
+:class:`dso_cli.evaluation.Metric` objects (:mod:`dso_cli.evaluation.decisions`).
 
-*Soft* metrics use the policy's probabilities, *hard* ones its argmax decisions. Standard errors come
-from a cluster bootstrap over counterbalanced pairs within each occupation, so resamples keep every
-occupation and never separate the two person orders of a template.
+*Soft* metrics use the policy's probabilities, *hard* ones its argmax decisions.
 """
 
 from __future__ import annotations
@@ -68,6 +69,12 @@ def per_occupation_bias(gap: np.ndarray, occupation: np.ndarray) -> float:
     return float(np.mean(np.abs(sums / counts)))
 
 
+def pob(items: Sequence[DecisionItem], probs: Tensor) -> float:
+    """POB of ``probs`` on the ambiguous ``items`` (no standard error): a quick score for selection."""
+    v = PolicyView(items, probs)
+    return per_occupation_bias(v.gap_soft[v.ambiguous], v.cluster[v.ambiguous])
+
+
 class PairResampler:
     """``reps`` resamples of the counterbalanced pairs within each occupation, drawn once and applied to
     the gaps of any policy on the same items, so that several policies are compared under one draw."""
@@ -102,28 +109,6 @@ class PairResampler:
             pair_n = np.bincount(pidx, minlength=n_pairs)
             per_occ.append(np.abs(pair_sum[draw].sum(1) / pair_n[draw].sum(1)))
         return np.mean(per_occ, axis=0)
-
-
-def _cluster_bootstrap(
-    gap: np.ndarray, order_gap: np.ndarray, occupation: np.ndarray, pair: np.ndarray, reps: int, seed: int
-) -> tuple[float, float, float]:
-    """Bootstrap standard errors of POB, of ``item_bias`` (the mean of ``|gap|``) and of ``order_dep``
-    (``order_gap``: each item's pair's order gap, NaN where the pair has none), resampling pairs within
-    each occupation (one draw for all three).
-
-    NaN when some occupation has a single pair: resampling it cannot show any variation.
-    """
-    nan = float("nan")
-    if not len(gap):
-        return nan, nan, nan
-    resampler = PairResampler(occupation, pair, reps, np.random.default_rng(seed))
-    if resampler.fewest_pairs < 2:
-        return nan, nan, nan
-    has_order = not np.isnan(order_gap).all()
-    if reps < 2:
-        return 0.0, 0.0, 0.0 if has_order else nan
-    order_se = float(np.std(resampler.mean(order_gap), ddof=1)) if has_order else nan
-    return float(np.std(resampler.pob(gap), ddof=1)), float(np.std(resampler.mean(np.abs(gap)), ddof=1)), order_se
 
 
 def first_option_rate(view: PolicyView, rows: np.ndarray) -> float:
@@ -174,82 +159,16 @@ def pair_order_gaps(items: Sequence[DecisionItem], probs: Tensor) -> dict[str, T
     return out
 
 
-DECISION_COLUMNS = [
-    "pob", "pob_se", "pob_hard", "item_bias", "item_bias_se", "first_option_rate", "order_dep", "order_dep_se",
-    "stereotype_gap", "stereotype_gap_hard", "unamb_acc", "unamb_acc_se", "unamb_acc_hard", "refusal_rate",
-    "refusal_rate_unamb", "kl", "n_ambiguous", "n_unambiguous",
-]  # fmt: skip
-"""The columns of :func:`decision_metrics`, in the order result files list them."""
-
-
-def decision_metrics(
-    items: Sequence[DecisionItem],
-    probs: Tensor,
-    base_probs: Tensor | None = None,
-    *,
-    bootstrap_reps: int = 1000,
-    seed: int = 0,
-) -> dict[str, float]:
-    """POB (+ bootstrap SE), the per-decision metrics that see a position rule, stereotype gap,
-    unambiguous accuracy, refusal rates and KL to the base (the columns of :data:`DECISION_COLUMNS`).
-
-    POB averages the pro − anti gap within each occupation first, so a model that always answers
-    whoever is named first scores 0 on counterbalanced pairs. Beside it: ``item_bias``, the mean over
-    ambiguous items of ``|P(pro) − P(anti)|`` (0 only when every decision is 50/50); ``first_option_rate``
-    (see :func:`first_option_rate`) and ``order_dep`` (the mean over pairs of :func:`pair_order_gaps`).
-    The ``_se`` columns come from one bootstrap over pairs within occupations. ``refusal_rate``
-    is the mean probability of an ``unknown`` option on ambiguous items, ``refusal_rate_unamb`` on
-    unambiguous ones (where refusing is a capability loss); both NaN when no item offers one. Fractions
-    are in [0, 1]; ``kl`` is the mean ``KL(π ‖ π_base)`` over the unambiguous items (the capability
-    prompts), NaN without a base policy.
-    """
-    v = PolicyView(items, probs)
-    amb, unamb = v.ambiguous, ~v.ambiguous
-    amb_items = [item for item, keep in zip(items, amb, strict=True) if keep]
-    order_gaps = {p: float(g) for p, g in pair_order_gaps(amb_items, probs.detach().float().cpu()[amb]).items()}
-    order_gap = np.array([order_gaps.get(p, np.nan) for p in v.pair[amb]], dtype=float)
-    pob_se, item_bias_se, order_dep_se = _cluster_bootstrap(
-        v.gap_soft[amb], order_gap, v.cluster[amb], v.pair[amb], bootstrap_reps, seed
-    )
-    offered = v.has_unknown
-    out = {
-        "pob": per_occupation_bias(v.gap_soft[amb], v.cluster[amb]),
-        "pob_se": pob_se,
-        "pob_hard": per_occupation_bias(v.gap_hard[amb], v.cluster[amb]),
-        "item_bias": float(np.abs(v.gap_soft[amb]).mean()) if amb.any() else float("nan"),
-        "item_bias_se": item_bias_se,
-        "first_option_rate": first_option_rate(v, amb),
-        "order_dep": float(np.mean(list(order_gaps.values()))) if order_gaps else float("nan"),
-        "order_dep_se": order_dep_se,
-        "stereotype_gap": float(abs(v.gap_soft[amb].mean())) if amb.any() else float("nan"),
-        "stereotype_gap_hard": float(abs(v.gap_hard[amb].mean())) if amb.any() else float("nan"),
-        "unamb_acc": float(v.correct_soft[unamb].mean()) if unamb.any() else float("nan"),
-        "unamb_acc_hard": float(v.correct_hard[unamb].mean()) if unamb.any() else float("nan"),
-        "unamb_acc_se": mean_se(v.correct_soft[unamb]),
-        "refusal_rate": float(v.refusal[amb & offered].mean()) if (amb & offered).any() else float("nan"),
-        "refusal_rate_unamb": float(v.refusal[unamb & offered].mean()) if (unamb & offered).any() else float("nan"),
-        "kl": float("nan"),
-        "n_ambiguous": int(amb.sum()),
-        "n_unambiguous": int(unamb.sum()),
-    }
-    if base_probs is not None and unamb.any():
-        rows = torch.from_numpy(unamb)
-        p, q = probs.detach().float().cpu()[rows], base_probs.detach().float().cpu()[rows]
-        out["kl"] = float(kl_divergence(p.log(), q.log()).mean())
-    return out
-
-
 def mean_se(values: np.ndarray) -> float:
     """Standard error of a mean over independent items (NaN below two items)."""
     return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
 
 
-def pro_anti_accuracy(items: Sequence[DecisionItem], probs: Tensor) -> dict[str, float]:
+def pro_anti_accuracy(v: PolicyView) -> dict[str, float]:
     """WinoBias-style accuracy (argmax) on unambiguous items whose answer is pro- vs anti-stereotypical.
 
     Empty when the items have no such contrast (e.g. MMLU).
     """
-    v = PolicyView(items, probs)
     unamb = ~v.ambiguous & (v.pro >= 0) & (v.correct >= 0)
     pro, anti = unamb & (v.correct == v.pro), unamb & (v.correct == v.anti)
     if not pro.any() or not anti.any():
@@ -259,14 +178,13 @@ def pro_anti_accuracy(items: Sequence[DecisionItem], probs: Tensor) -> dict[str,
     return {"acc_pro": acc_pro, "acc_anti": acc_anti, "acc_pro_anti_gap": acc_pro - acc_anti}
 
 
-def bbq_bias_scores(items: Sequence[DecisionItem], probs: Tensor) -> dict[str, float]:
+def bbq_bias_scores(v: PolicyView) -> dict[str, float]:
     """BBQ's accuracy in ambiguous contexts and its bias scores, from argmax answers.
 
     ``s = 2 · (biased answers / answers that are not "unknown") − 1`` over disambiguated contexts is
     s_DIS; over ambiguous contexts it is scaled by the error rate: ``s_AMB = (1 − acc_amb) · s``.
     Both lie in [−1, 1]; 0 is unbiased. Empty when the items offer no "unknown" option.
     """
-    v = PolicyView(items, probs)
     if not v.has_unknown.any():
         return {}
     amb, dis = v.ambiguous & v.has_unknown, ~v.ambiguous & v.has_unknown

@@ -60,6 +60,23 @@ def check_targets(cfg: Any, where: str = "", source: str = "") -> None:
             )
 
 
+def import_class(path: str, base: type, where: str) -> type:
+    """The class at dotted ``path`` (``pkg.module.Class``), a subclass of ``base``; one-line errors that
+    name the config key ``where``. Trust is checked by the caller (:func:`check_targets`)."""
+    import importlib
+
+    module, _, attr = path.rpartition(".")
+    if not module:
+        raise DsoError(f"{where}={path}: not a dotted path to a class (pkg.module.Class)")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise DsoError(f"{where}={path}: cannot import it ({exc})") from None
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise DsoError(f"{where}={path} is not a subclass of {base.__module__.split('.')[0]}.{base.__name__}")
+    return cls
+
+
 def instantiate_checked(cfg: Any, where: str = "", **kwargs: Any) -> Any:
     """``hydra.utils.instantiate`` after :func:`check_targets`."""
     from hydra.utils import instantiate

@@ -262,7 +262,7 @@ def test_one_run_over_the_items_serves_every_activation_fit(setup, items):
 
 
 def test_caa_chooses_its_layer_by_val_pob(setup, items):
-    from dso_cli.metrics import decision_metrics
+    from dso_cli.evaluation import decision_metrics
     from dso_cli.scoring import policy
 
     loaded, scorer = setup

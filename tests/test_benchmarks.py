@@ -13,7 +13,7 @@ from dso_cli.benchmarks import bbq, mmlu, neutral_text, synthbias, winobias
 from dso_cli.benchmarks.coreference import PRONOUN_GENDER
 from dso_cli.benchmarks.schema import validate_item
 from dso_cli.errors import DsoError
-from dso_cli.metrics import decision_metrics
+from dso_cli.evaluation import decision_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 SYNTHBIAS_CSV = Path(

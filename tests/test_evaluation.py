@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from dso_cli.benchmarks.neutral_text import TextCorpus
-from dso_cli.evaluation import evaluate_strengths, evaluate_text
-from dso_cli.metrics import pro_anti_accuracy
+from dso_cli.evaluation import Evaluator, default_metrics, evaluate_text
+from dso_cli.evaluation.decisions import ProAntiAccuracy
 from dso_cli.models.layouts import find_norm_modules
 from dso_cli.scoring import OptionScorer
 from dso_cli.steering.affine import init_affine_params
@@ -67,6 +67,7 @@ def test_extra_metrics_are_added_per_strength(scorer):
     from dso_cli.benchmarks.winobias import build
 
     items = build(test_pairs_per_type=4)["test"].to_list()
-    rows = evaluate_strengths(scorer, None, items, [0.0], bootstrap_reps=10, extra_metrics=pro_anti_accuracy)
+    metrics = default_metrics(text=False, extra=[ProAntiAccuracy()])
+    rows = Evaluator(scorer, metrics, bootstrap_reps=10).evaluate(None, items, [0.0])
     assert {"acc_pro", "acc_anti", "acc_pro_anti_gap"} <= set(rows[0])
     assert math.isnan(rows[0]["pob"]) and rows[0]["n_unambiguous"] == 16

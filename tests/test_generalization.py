@@ -14,7 +14,7 @@ import torch
 from dso_cli.benchmarks import mixture, neutral_text
 from dso_cli.benchmarks.occupation import load_occupations
 from dso_cli.errors import DsoError
-from dso_cli.evaluation import capability_cost, evaluate_sequences, perplexity, prompt_sequences
+from dso_cli.evaluation import Evaluator, default_metrics, evaluate_sequences, perplexity, prompt_sequences
 from dso_cli.rl.batches import BatchSampler
 from dso_cli.rl.config import TrainConfig
 from dso_cli.rl.trainer import _early_stop_update
@@ -71,19 +71,22 @@ def scorer(tokenizer):
     return OptionScorer(build_tiny_model("llama", tokenizer), tokenizer)
 
 
-def test_capability_cost_is_zero_at_zero_strength_and_grows(scorer):
+def test_text_cost_is_zero_at_zero_strength_and_grows(scorer):
     from dso_cli.benchmarks.occupation import build
 
     items = build(n_train=64, n_train_unambiguous=32, test_pairs_per_occupation=1)["test"].to_list()
     corpus = neutral_text.TextCorpus("t", neutral_text.build(max_passages=4).passages, max_tokens=24)
     prompts = prompt_sequences(scorer, items, 6)
     assert len(prompts) == 6 and all(len(p) > 10 for p in prompts)
-    cost = capability_cost(scorer, random_artifact(scorer.model), [0.0, 1.0], corpus=corpus, prompts=prompts)
-    assert cost[0.0]["text_kl"] == 0.0 and cost[0.0]["prompt_kl"] == 0.0
-    assert cost[1.0]["text_kl"] > 0 and cost[1.0]["prompt_kl"] > 0 and cost[1.0]["text_kl_se"] > 0
-    assert cost[1.0]["text_ppl"] != pytest.approx(cost[0.0]["text_ppl"]) and cost[0.0]["text_ppl_se"] > 0
-    none = capability_cost(scorer, None, [0.0], corpus=None)
-    assert none == {0.0: {}}  # nothing to measure: no columns (the CSVs fill them with NaN)
+    evaluator = Evaluator(scorer, default_metrics(), bootstrap_reps=2, prompt_items=6)
+    artifact = random_artifact(scorer.model)
+    text = evaluator.text_scores(artifact, corpus, [0.0, 1.0])
+    base, steered = evaluator.evaluate(artifact, items, [0.0, 1.0], text=text)
+    assert base["text_kl"] == 0.0 and base["prompt_kl"] == 0.0
+    assert steered["text_kl"] > 0 and steered["prompt_kl"] > 0 and steered["text_kl_se"] > 0
+    assert steered["text_ppl"] != pytest.approx(base["text_ppl"]) and base["text_ppl_se"] > 0
+    (none,) = Evaluator(scorer, default_metrics(), bootstrap_reps=2).evaluate(None, items, [0.0])
+    assert math.isnan(none["text_kl"]) and math.isnan(none["prompt_kl"])  # nothing measured: NaN, not 0
 
 
 def test_prompt_kl_excludes_the_decision_position(scorer):

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from dso_cli.metrics import decision_metrics, hypervolume, is_monotone, pareto_mask, per_occupation_bias
+from dso_cli.evaluation import decision_metrics
+from dso_cli.metrics import PolicyView, hypervolume, is_monotone, pareto_mask, per_occupation_bias
 
 
 def item(occ, pair, pro=0, ambiguous=True, correct=-1, groups=("male", "female")):
@@ -99,11 +100,11 @@ def test_bbq_bias_scores_by_hand():
     # argmax answers: amb -> unknown, biased (2), biased (0), anti (2); dis -> biased, biased, biased, unknown
     probs = torch.tensor([[0.2, 0.7, 0.1], [0.1, 0.2, 0.7], [0.6, 0.3, 0.1], [0.1, 0.3, 0.6],
                           [0.8, 0.1, 0.1], [0.5, 0.1, 0.4], [0.1, 0.1, 0.8], [0.2, 0.5, 0.3]])  # fmt: skip
-    s = bbq_bias_scores(amb + dis, probs)
+    s = bbq_bias_scores(PolicyView(amb + dis, probs))
     assert s["acc_amb"] == pytest.approx(1 / 4)  # only the first ambiguous item answered "unknown"
     assert s["s_dis"] == pytest.approx(2 * (3 / 3) - 1)  # 3 non-unknown answers, all biased
     assert s["s_amb"] == pytest.approx((1 - 1 / 4) * (2 * (2 / 3) - 1))  # 2 of 3 non-unknown answers biased
-    assert bbq_bias_scores([item("nurse", 0)], torch.tensor([[0.5, 0.5]])) == {}  # no unknown option
+    assert bbq_bias_scores(PolicyView([item("nurse", 0)], torch.tensor([[0.5, 0.5]]))) == {}  # no unknown option
 
 
 def test_accuracy_with_an_unknown_option_and_refusal():
@@ -123,10 +124,10 @@ def test_pro_anti_accuracy_by_hand():
     pro_items = [item("nurse", i, pro=0, ambiguous=False, correct=0) for i in range(3)]
     anti_items = [item("nurse", i, pro=1, ambiguous=False, correct=0) for i in range(2)]
     probs = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.4, 0.6], [0.3, 0.7], [0.6, 0.4]])
-    acc = pro_anti_accuracy(pro_items + anti_items, probs)
+    acc = pro_anti_accuracy(PolicyView(pro_items + anti_items, probs))
     assert acc["acc_pro"] == pytest.approx(2 / 3) and acc["acc_anti"] == pytest.approx(1 / 2)
     assert acc["acc_pro_anti_gap"] == pytest.approx(2 / 3 - 1 / 2)
-    assert pro_anti_accuracy(pro_items, probs[:3]) == {}  # no anti-stereotypical items: no contrast
+    assert pro_anti_accuracy(PolicyView(pro_items, probs[:3])) == {}  # no anti-stereotypical items: no contrast
 
 
 def test_schema_allows_unknown_as_the_answer_of_an_ambiguous_item():

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from dso_cli.benchmarks.occupation import build
-from dso_cli.metrics import decision_metrics, kl_divergence
+from dso_cli.evaluation import decision_metrics
+from dso_cli.metrics import kl_divergence
 from dso_cli.models.layouts import find_norm_modules
 from dso_cli.rl.batches import BatchSampler
 from dso_cli.rl.config import TrainConfig

@@ -22,11 +22,11 @@ from torch import Tensor
 from dso_cli.benchmarks import build_benchmark, split_items
 from dso_cli.benchmarks.neutral_text import TextCorpus
 from dso_cli.errors import DsoError
-from dso_cli.evaluation import base_policy, capability_cost, evaluate_strengths, prompt_sequences
+from dso_cli.evaluation import Evaluator, Scores, SequenceScores, default_metrics, load_metrics
 from dso_cli.fitting import Tracking, fit_in_run, train_config, training_inputs
 from dso_cli.leakage import RECORD, training_record
 from dso_cli.pipeline.inputs import activation_store, heldout_corpus
-from dso_cli.pipeline.results import SWEEP_COLUMNS, RowWriter
+from dso_cli.pipeline.results import RowWriter, result_columns
 from dso_cli.pipeline.setup import load_scored_model
 from dso_cli.pipeline.specs import CacheSettings, HeldoutText, ModelSetup
 from dso_cli.report.comparison import hypervolume_draws, load_probs, point_key, save_probs, write_compare_report
@@ -48,7 +48,6 @@ from dso_cli.steering.method import FitJob, SteeringMethod, make_method, method_
 from dso_cli.steering.methods import prefetch_for
 
 COMPARE_CSV = "compare.csv"
-COMPARE_COLUMNS = SWEEP_COLUMNS
 
 
 def method_options(cfg: DictConfig, method: str) -> DictConfig:
@@ -246,18 +245,20 @@ def evaluate_all(
     """Every (split, method, ω) not yet in ``compare.csv`` (or whose per-item probabilities were not
     kept); the base model is scored once per split. Returns the rows and, per split, the option
     probabilities of every point (``probs/<split>.safetensors``, keys ``base`` and ``<method>@<ω>``)."""
+    metrics = default_metrics(extra=load_metrics(cfg.compare.extra_metrics, "compare.extra_metrics"))
     path = run_dir / COMPARE_CSV
-    earlier = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=COMPARE_COLUMNS)
-    rows = RowWriter(path, COMPARE_COLUMNS, ["method", "split", "alpha"])
+    columns = result_columns(metrics)
+    earlier = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=columns)
+    rows = RowWriter(path, columns, ["method", "split", "alpha"])
     kept: dict[str, dict[str, Tensor]] = {}
-    text_cost: dict[str, dict[float, dict[str, float]]] = {}  # per method: the same for every split
-    batch = text.batch_size
+    text_scores: dict[str, dict[float, SequenceScores]] = {}  # per method: the same for every split
+    evaluator = Evaluator(scorer, metrics, bootstrap_reps=int(cfg.compare.bootstrap_reps), seed=int(cfg.seed),
+                          prompt_items=text.prompt_items, text_batch_size=text.batch_size)  # fmt: skip
 
-    def record(method: str, split: str, row: dict, probs: Tensor, cost: dict[float, dict[str, float]]) -> None:
-        kept[split][point_key(method, row["alpha"])] = probs
+    def record(method: str, split: str, row: dict, scores: Scores) -> None:
+        kept[split][point_key(method, row["alpha"])] = scores.probs
         save_probs(run_dir, split, kept[split])
-        measured = text_cost[method][row["alpha"]] | cost[row["alpha"]]
-        rows.add({"method": method, "benchmark": cfg.bias_benchmark.name, "split": split, **row, **measured})
+        rows.add({"method": method, "benchmark": cfg.bias_benchmark.name, "split": split, **row})
 
     for split in split_names:
         kept[split] = load_probs(run_dir, split)
@@ -269,30 +270,17 @@ def evaluate_all(
             continue
         items = split_items(splits, split)
         if "base" not in kept[split]:
-            kept[split]["base"] = base_policy(scorer, items, desc=split)
+            kept[split]["base"] = evaluator.base_policy(items, desc=split)
         base = kept[split]["base"]
         for method, missing in todo.items():
             if not missing:
                 continue
-            captured: list[Tensor] = []
-            if method not in text_cost or any(s not in text_cost[method] for s in missing):
-                text_cost[method] = capability_cost(scorer, artifacts[method], strengths[method], corpus=corpus,
-                                                    batch_size=batch, desc=method)  # fmt: skip
-            prompts = prompt_sequences(scorer, items, text.prompt_items)
-            cost = capability_cost(scorer, artifacts[method], missing, corpus=None, prompts=prompts,
-                                   batch_size=batch, desc=f"{split} {method}")  # fmt: skip
-            evaluate_strengths(
-                scorer,
-                artifacts[method],
-                items,
-                missing,
-                bootstrap_reps=int(cfg.compare.bootstrap_reps),
-                seed=int(cfg.seed),
-                base=base,
-                extra_metrics=lambda _items, probs, c=captured: c.append(probs) or {},
-                on_row=lambda row, m=method, s=split, c=captured, cost=cost: record(m, s, row, c[-1], cost),
-                desc=f"{split} {method}",
-            )
+            if method not in text_scores or any(s not in text_scores[method] for s in missing):
+                text_scores[method] = evaluator.text_scores(artifacts[method], corpus, strengths[method], desc=method)
+            evaluator.evaluate(
+                artifacts[method], items, missing, base=base, text=text_scores[method], desc=f"{split} {method}",
+                on_row=lambda row, scores, m=method, s=split: record(m, s, row, scores),
+            )  # fmt: skip
     data = pd.read_csv(path)
     wanted = {(m, split, s) for m in methods for split in split_names for s in strengths[m]}
     keep = [(r.method, r.split, float(r.alpha)) in wanted for r in data.itertuples()]

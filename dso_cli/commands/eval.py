@@ -18,20 +18,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
-from torch import Tensor
 
 from dso_cli import config_files
 from dso_cli.benchmarks import build_benchmark, instantiate_builder, mixture, split_items
 from dso_cli.benchmarks.neutral_text import TextCorpus
 from dso_cli.errors import DsoError
-from dso_cli.evaluation import evaluate_strengths, evaluate_text
+from dso_cli.evaluation import Evaluator, Scores, default_metrics, evaluate_text, load_metrics
+from dso_cli.evaluation.decisions import BBQBiasScore, CapabilityAccuracy, ProAntiAccuracy
 from dso_cli.io import atomic_write
 from dso_cli.leakage import check_no_leakage
-from dso_cli.metrics import bbq_bias_scores, pro_anti_accuracy
-from dso_cli.pipeline.results import SWEEP_COLUMNS, RowWriter, markdown_table
+from dso_cli.pipeline.results import RowWriter, markdown_table, result_columns
 from dso_cli.pipeline.setup import load_scored_model
 from dso_cli.pipeline.specs import ModelSetup
 from dso_cli.pipeline.trained_run import run_config
@@ -39,11 +37,9 @@ from dso_cli.runs import ARTIFACT_DIR, load_train_config, parse_strengths, save_
 from dso_cli.steering.artifact import Artifact
 
 OFFLINE_BENCHMARKS = ("occupation", "winobias", "bbq")
-EXTRA_COLUMNS = [
-    "unamb_acc_se", "capability_acc", "capability_acc_se", "ppl", "kl_se", "n_tokens",
-    "acc_pro", "acc_anti", "acc_pro_anti_gap", "acc_amb", "s_dis", "s_amb",
-]  # fmt: skip
-EVAL_COLUMNS = SWEEP_COLUMNS + EXTRA_COLUMNS
+BIAS_METRICS = (ProAntiAccuracy(), BBQBiasScore())  # benchmark-specific columns (NaN where they do not apply)
+CAPABILITY_METRICS = (CapabilityAccuracy(),)
+TEXT_COLUMNS = ["ppl", "kl_se", "n_tokens"]  # a neutral text set's row (its kl is the kl column)
 TABLE_COLUMNS = [
     "benchmark", "alpha", "pob", "pob_se", "item_bias", "first_option_rate", "order_dep", "unamb_acc",
     "capability_acc", "kl", "ppl",
@@ -161,14 +157,23 @@ def run_eval(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
     print(f"dso eval: {method} from {run_dir}, strengths {strengths}; {sizes}", flush=True)
 
     eval_csv = run_dir / "eval.csv"
-    rows = RowWriter(eval_csv, EVAL_COLUMNS, ["method", "benchmark", "split", "alpha"],
+    extra = load_metrics(cfg.eval.extra_metrics, "eval.extra_metrics")
+    metrics = {
+        "bias": default_metrics(extra=[*BIAS_METRICS, *extra]),
+        "capability": default_metrics(extra=[*CAPABILITY_METRICS, *extra]),
+    }
+    columns = result_columns(default_metrics(extra=[*BIAS_METRICS, *CAPABILITY_METRICS, *extra])) + TEXT_COLUMNS
+    rows = RowWriter(eval_csv, columns, ["method", "benchmark", "split", "alpha"],
                      on_first=lambda: save_provenance(run_dir, cfg, prefix="eval_"))  # fmt: skip
     subjects: list[dict] = []
 
-    def record(name: str, split: str, row: dict) -> None:
-        for subject in row.pop("_subjects", []):
-            subjects.append({"benchmark": name, "alpha": row["alpha"], **subject})
+    def record(name: str, split: str, row: dict, scores: Scores | None = None) -> None:
+        if scores is not None and name in capability_names:
+            for subject in accuracy_by_subject(scores):
+                subjects.append({"benchmark": name, "alpha": row["alpha"], **subject})
         rows.add({"method": method, "benchmark": name, "split": split, **row})
+
+    capability_names = {name for kind, name, _ in sets if kind == "capability"}
 
     for kind, name, data in sets:
         if kind == "text":
@@ -178,15 +183,10 @@ def run_eval(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
             )  # fmt: skip
             continue
         split = cfg.eval.split if kind == "bias" else "test"
-
-        def extras(items: Sequence[dict], probs: Tensor, kind: str = kind) -> dict:
-            if kind == "capability":
-                return capability_columns(items, probs)
-            return {**pro_anti_accuracy(items, probs), **bbq_bias_scores(items, probs)}
-
-        evaluate_strengths(
-            scorer, artifact, data, strengths, bootstrap_reps=int(cfg.eval.bootstrap_reps), seed=int(cfg.seed),
-            on_row=lambda row, name=name, split=split: record(name, split, row), desc=name, extra_metrics=extras,
+        evaluator = Evaluator(scorer, metrics[kind], bootstrap_reps=int(cfg.eval.bootstrap_reps), seed=int(cfg.seed))
+        evaluator.evaluate(
+            artifact, data, strengths, desc=name,
+            on_row=lambda row, scores, name=name, split=split: record(name, split, row, scores),
         )  # fmt: skip
     if harness is not None:
         from dso_cli.integrations.harness import harness_rows
@@ -207,15 +207,11 @@ def run_eval(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
     return run_dir
 
 
-def capability_columns(items: Sequence[dict], probs: Tensor) -> dict[str, Any]:
-    """Accuracy (argmax, as MMLU is reported) with its binomial standard error, and per subject."""
-    choice = probs.argmax(1).cpu().numpy()
-    hit = (choice == np.array([it["correct"] for it in items])).astype(float)
-    subject = np.array([it["cluster"] for it in items])
-    per_subject = [
-        {"subject": name, "accuracy": float(hit[subject == name].mean()), "n": int((subject == name).sum())}
-        for name in sorted(set(subject))
+def accuracy_by_subject(scores: Scores) -> list[dict[str, Any]]:
+    """A capability set's argmax accuracy per subject (the items' ``cluster``), for ``eval_subjects.csv``."""
+    v = scores.view
+    hit = (v.choice == v.correct).astype(float)
+    return [
+        {"subject": name, "accuracy": float(hit[v.cluster == name].mean()), "n": int((v.cluster == name).sum())}
+        for name in sorted(set(v.cluster))
     ]
-    acc = float(hit.mean())
-    se = float(np.sqrt(acc * (1 - acc) / max(len(hit), 1)))
-    return {"capability_acc": acc, "capability_acc_se": se, "_subjects": per_subject}

@@ -16,8 +16,7 @@ from tqdm.auto import tqdm
 
 from dso_cli.benchmarks import split_items
 from dso_cli.errors import DsoError
-from dso_cli.evaluation import base_policy, evaluate_strengths
-from dso_cli.metrics import DECISION_COLUMNS
+from dso_cli.evaluation import DECISION_COLUMNS, Evaluator
 from dso_cli.pipeline.results import RowWriter, markdown_table
 from dso_cli.pipeline.specs import ModelSetup
 from dso_cli.pipeline.trained_run import open_trained_run, run_config
@@ -67,16 +66,15 @@ def run_prune(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
         rows.add({"method": artifact.method, "benchmark": cfg.bias_benchmark.name, "split": split,
                   **stats.as_row(), **row, "alpha": strength})  # fmt: skip
 
-    reps, seed = int(cfg.prune.bootstrap_reps), int(cfg.seed)
+    evaluator = Evaluator(scorer, bootstrap_reps=int(cfg.prune.bootstrap_reps), seed=int(cfg.seed))
     for split in cfg.prune.splits:
         items = split_items(run.splits, split)
-        base = base_policy(scorer, items, f"prune {split}")
+        base = evaluator.base_policy(items, f"prune {split}")
         unpruned = PruneStats(0.0, 0, pruned[0][1].n_neurons, 0.0, 0)
-        (row,) = evaluate_strengths(scorer, None, items, [0.0], base=base, bootstrap_reps=reps, seed=seed)
+        (row,) = evaluator.evaluate(None, items, [0.0], base=base)
         record(split, unpruned, row)
         for candidate, stats in tqdm(pruned, desc=f"prune {split}", unit="fraction"):
-            (row,) = evaluate_strengths(scorer, candidate, items, [strength], base=base, bootstrap_reps=reps, seed=seed,
-                                        desc=f"keep={stats.keep:g}")  # fmt: skip
+            (row,) = evaluator.evaluate(candidate, items, [strength], base=base, desc=f"keep={stats.keep:g}")
             record(split, stats, row)
     print(markdown_table(rows.rows, TABLE_COLUMNS))
     print(f"dso prune: wrote {prune_csv}", flush=True)

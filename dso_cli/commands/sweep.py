@@ -10,10 +10,10 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from dso_cli.benchmarks import split_items
-from dso_cli.evaluation import capability_cost, evaluate_strengths, prompt_sequences
+from dso_cli.evaluation import Evaluator, Scores, default_metrics, load_metrics
 from dso_cli.metrics import mean_se
 from dso_cli.pipeline.inputs import heldout_corpus
-from dso_cli.pipeline.results import SWEEP_COLUMNS, RowWriter, markdown_table
+from dso_cli.pipeline.results import RowWriter, markdown_table, result_columns
 from dso_cli.pipeline.specs import HeldoutText, ModelSetup
 from dso_cli.pipeline.trained_run import open_trained_run, run_config
 from dso_cli.runs import parse_strengths, save_provenance
@@ -28,6 +28,7 @@ TABLE_COLUMNS = [
 def run_sweep(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
     strengths = parse_strengths(cfg.alpha)
     run_dir, cfg = run_config(cfg, overrides)
+    metrics = default_metrics(extra=load_metrics(cfg.sweep.extra_metrics, "sweep.extra_metrics"))
     text = HeldoutText.from_config(cfg)
     corpus = heldout_corpus(text)  # a clash with the training text is refused before the model loads
     run = open_trained_run(run_dir, ModelSetup.from_config(cfg), cfg.bias_benchmark, verb="sweep",
@@ -38,37 +39,26 @@ def run_sweep(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
     print(f"dso sweep: {artifact.method} from {run_dir}, strengths {strengths}", flush=True)
 
     key = ["method", "benchmark", "split", "alpha"]
-    rows = RowWriter(run_dir / "sweep.csv", SWEEP_COLUMNS, key, sort=True,
+    rows = RowWriter(run_dir / "sweep.csv", result_columns(metrics), key, sort=True,
                      on_first=lambda: save_provenance(run_dir, cfg, prefix="sweep_"))  # fmt: skip
     type_rows = RowWriter(run_dir / "sweep_types.csv", TYPE_COLUMNS, [*key, "question_type"], sort=True)
 
-    def record(row: dict, split: str, benchmark: str, cost: dict[float, dict[str, float]]) -> None:
-        strength = row["alpha"]
+    def record(row: dict, scores: Scores, split: str, benchmark: str) -> None:
         head = {"method": artifact.method, "benchmark": benchmark, "split": split}
-        types = row.pop("_types", [])
-        rows.add(head | row | text_cost[strength] | cost[strength])
-        for qtype in types:
-            type_rows.add(head | {"alpha": strength, **qtype})
+        rows.add(head | row)
+        for qtype in accuracy_by_type(scores.items, scores.probs):
+            type_rows.add(head | {"alpha": row["alpha"], **qtype})
 
-    batch = text.batch_size
-    text_cost = capability_cost(scorer, artifact, strengths, corpus=corpus, batch_size=batch, desc="sweep")
+    evaluator = Evaluator(scorer, metrics, bootstrap_reps=int(cfg.sweep.bootstrap_reps), seed=int(cfg.seed),
+                          prompt_items=text.prompt_items, text_batch_size=text.batch_size)  # fmt: skip
+    text_scores = evaluator.text_scores(artifact, corpus, strengths, desc="sweep")
     for split in cfg.sweep.splits:
         for benchmark, items in by_benchmark(split_items(run.splits, split)).items():
             desc = f"sweep {split}" + (f" {benchmark}" if benchmark != cfg.bias_benchmark.name else "")
-            prompts = prompt_sequences(scorer, items, text.prompt_items)
-            cost = capability_cost(scorer, artifact, strengths, corpus=None, prompts=prompts, batch_size=batch,
-                                   desc=desc)  # fmt: skip
-            evaluate_strengths(
-                scorer,
-                artifact,
-                items,
-                strengths,
-                bootstrap_reps=int(cfg.sweep.bootstrap_reps),
-                seed=int(cfg.seed),
-                on_row=lambda row, s=split, b=benchmark, c=cost: record(row, s, b, c),
-                desc=desc,
-                extra_metrics=lambda items, probs: {"_types": accuracy_by_type(items, probs)},
-            )
+            evaluator.evaluate(
+                artifact, items, strengths, text=text_scores, desc=desc,
+                on_row=lambda row, scores, s=split, b=benchmark: record(row, scores, s, b),
+            )  # fmt: skip
     print(markdown_table(rows.rows, TABLE_COLUMNS))
     if type_rows:
         print(type_table(type_rows.rows))

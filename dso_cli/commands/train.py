@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dso_cli.benchmarks import build_benchmark, split_items
 from dso_cli.errors import DsoError
-from dso_cli.evaluation import evaluate_strengths
+from dso_cli.evaluation import Evaluator
 from dso_cli.fitting import Tracking, fit_in_run, training_inputs
 from dso_cli.leakage import RECORD, training_record
 from dso_cli.pipeline.inputs import activation_store
@@ -72,7 +72,7 @@ def run_train(cfg: DictConfig, job_num: int | None = None, overrides: Sequence[s
     artifact.save(run_dir / ARTIFACT_DIR)  # before the optional evaluation: an interruption loses no fit
     print(f"dso train: saved {run_dir / ARTIFACT_DIR}", flush=True)
     if cfg.train.eval_val and val_items:
-        rows = evaluate_strengths(scorer, artifact, val_items, [0.0, 1.0], desc="val")
+        rows = Evaluator(scorer).evaluate(artifact, val_items, [0.0, 1.0], desc="val")
         artifact.manifest["train_metrics"]["val"] = {f"alpha={r['alpha']:g}": r for r in rows}
         print(
             markdown_table(

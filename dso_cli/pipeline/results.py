@@ -8,14 +8,19 @@ from typing import Any
 
 import pandas as pd
 
-from dso_cli.evaluation import TEXT_COLUMNS
+from dso_cli.evaluation import Metric, default_metrics, metric_columns
 from dso_cli.io import atomic_write, locked
-from dso_cli.metrics import DECISION_COLUMNS
 
-SWEEP_COLUMNS = [
-    "method", "alpha", "benchmark", "split", *(c for c in DECISION_COLUMNS if not c.startswith("n_")), *TEXT_COLUMNS,
-    "n_ambiguous", "n_unambiguous",
-]  # fmt: skip
+ROW_KEY = ["method", "alpha", "benchmark", "split"]
+
+
+def result_columns(metrics: Sequence[Metric]) -> list[str]:
+    """A result file's columns: which method, strength, benchmark and split, then the metrics' own."""
+    return [*ROW_KEY, *metric_columns(metrics)]
+
+
+SWEEP_COLUMNS = result_columns(default_metrics())
+"""The columns of ``sweep.csv`` and ``compare.csv`` with the built-in metrics (a user's metrics follow)."""
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], digits: int = 3) -> str:

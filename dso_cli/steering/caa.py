@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from dso_cli.errors import DsoError
-from dso_cli.metrics import decision_metrics
+from dso_cli.metrics import pob as pob_of
 from dso_cli.models.layouts import find_decoder_layers, layer_modules
 from dso_cli.models.loading import LoadedModel
 from dso_cli.scoring import OptionScorer, policy
@@ -104,9 +104,9 @@ def select_layer(
     for name, vector in tqdm(vectors.items(), desc="caa layer on val", unit="layer", leave=False):
         with apply_additive(scorer.model, {f"{name}.v": vector.to(device)}, strength):
             probs = policy(scorer.logprobs(val_ambiguous)).cpu()
-        pob = decision_metrics(val_ambiguous, probs, bootstrap_reps=0)["pob"]
+        pob = pob_of(val_ambiguous, probs)
         candidates.append({"module": name, "val_pob": pob})
-    base_pob = decision_metrics(val_ambiguous, base, bootstrap_reps=0)["pob"]
+    base_pob = pob_of(val_ambiguous, base)
     return {
         "alpha": strength,
         "n_val_ambiguous": len(val_ambiguous),

@@ -192,13 +192,6 @@ def _builtin_names() -> list[str]:
 
 
 def _import_target(target: str) -> type[SteeringMethod]:
-    import importlib
+    from dso_cli.targets import import_class
 
-    module, _, attr = target.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as exc:
-        raise DsoError(f"steering_method._target_={target}: cannot import it ({exc})") from None
-    if not (isinstance(cls, type) and issubclass(cls, SteeringMethod)):
-        raise DsoError(f"steering_method._target_={target} is not a SteeringMethod subclass")
-    return cls
+    return import_class(target, SteeringMethod, "steering_method._target_")

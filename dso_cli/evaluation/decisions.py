@@ -1,0 +1,225 @@
+"""The built-in metrics of a decision benchmark (DESIGN §2.3): POB and the per-decision metrics that
+see a position rule, accuracy where the prompt answers, refusal, and the options' KL to the base.
+
+Standard errors come from one cluster bootstrap over counterbalanced pairs within each occupation
+(:attr:`Scores.ambiguous_pairs`), so resamples keep every occupation and never separate the two person
+orders of a template, and every metric's SE is taken under the same draw.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dso_cli.benchmarks.schema import DecisionItem
+from dso_cli.evaluation.metric import Metric, Scores, compute_all, metric_columns
+from dso_cli.metrics import (
+    bbq_bias_scores,
+    first_option_rate,
+    kl_divergence,
+    mean_se,
+    pair_order_gaps,
+    per_occupation_bias,
+    pro_anti_accuracy,
+)
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(values.mean()) if len(values) else math.nan
+
+
+class PartialOccupationBias(Metric):
+    """POB: the mean over occupations of ``|P(pro | o) − P(anti | o)|`` on ambiguous items (soft, and
+    ``pob_hard`` from argmax decisions). Averaging within each occupation first, it is 0 for a model
+    that answers whoever is named first on counterbalanced pairs: read it with ``item_bias``."""
+
+    name = "pob"
+    columns = ("pob", "pob_se", "pob_hard")
+
+    def compute(self, scores: Scores) -> dict[str, float]:
+        v = scores.view
+        amb = v.ambiguous
+        return {
+            "pob": per_occupation_bias(v.gap_soft[amb], v.cluster[amb]),
+            "pob_se": scores.pair_bootstrap_se("pob", v.gap_soft[amb]),
+            "pob_hard": per_occupation_bias(v.gap_hard[amb], v.cluster[amb]),
+        }
+
+
+class ItemBias(Metric):
+    """The mean over ambiguous items of ``|P(pro) − P(anti)|``: 0 only when every decision is 50/50."""
+
+    name = "item_bias"
+    columns = ("item_bias", "item_bias_se")
+
+    def compute(self, scores: Scores) -> dict[str, float]:
+        gap = np.abs(scores.view.gap_soft[scores.view.ambiguous])
+        return {"item_bias": _mean(gap), "item_bias_se": scores.pair_bootstrap_se("mean", gap)}
+
+
+class FirstOptionRate(Metric):
+    """Share of ambiguous items whose argmax is the first-listed person: 1 for a position rule."""
+
+    name = "first_option_rate"
+
+    def compute(self, scores: Scores) -> dict[str, float]:
+        return {"first_option_rate": first_option_rate(scores.view, scores.view.ambiguous)}
+
+
+class OrderDependence(Metric):
+    """Per counterbalanced pair, ``|P(X | X first) − P(X | X second)|`` (see
+    :func:`dso_cli.metrics.pair_order_gaps`), averaged over pairs: 0 for a model that ignores order."""
+
+    name = "order_dep"
+    columns = ("order_dep", "order_dep_se")
+
+    def compute(self, scores: Scores) -> dict[str, float]:
+        v = scores.view
+        amb_items = [item for item, keep in zip(scores.items, v.ambiguous, strict=True) if keep]
+        probs = scores.probs.detach().float().cpu()[torch.from_numpy(v.ambiguous)]
+        gaps = {pair: float(g) for pair, g in pair_order_gaps(amb_items, probs).items()}
+        per_item = np.array([gaps.get(p, np.nan) for p in v.pair[v.ambiguous]], dtype=float)
+        return {
+            "order_dep": float(np.mean(list(gaps.values()))) if gaps else math.nan,
+            "order_dep_se": scores.pair_bootstrap_se("mean", per_item),
+        }
+
+
+class StereotypeGap(Metric):
+    """``|mean over ambiguous items of P(pro) − P(anti)|``: the lean left after pooling every occupation."""
+
+    name = "stereotype_gap"
+    columns = ("stereotype_gap", "stereotype_gap_hard")
+
+    def compute(self, scores: Scores) -> dict[str, float]:
+        v = scores.view
+        amb = v.ambiguous
+        return {
+            "stereotype_gap": abs(_mean(v.gap_soft[amb])),
+            "stereotype_gap_hard": abs(_mean(v.gap_hard[amb])),
+        }
+
+
+class UnambiguousAccuracy(Metric):
+    """Probability of the correct answer where the prompt gives it (soft, ± SE over items; and argmax)."""
+
+    name = "unamb_acc"
+    columns = ("unamb_acc", "unamb_acc_se", "unamb_acc_hard")
+
+    def compute(self, scores: Scores) -> dict[str, float]:
+        v = scores.view
+        unamb = ~v.ambiguous
+        return {
+            "unamb_acc": _mean(v.correct_soft[unamb]),
+            "unamb_acc_se": mean_se(v.correct_soft[unamb]),
+            "unamb_acc_hard": _mean(v.correct_hard[unamb]),
+        }
+
+
+class RefusalRate(Metric):
+    """Mean probability of a "can't tell" option on ambiguous items (``refusal_rate``) and on unambiguous
+    ones (``refusal_rate_unamb``, where refusing is a capability loss); NaN where none is offered."""
+
+    name = "refusal_rate"
+    columns = ("refusal_rate", "refusal_rate_unamb")
+
+    def compute(self, scores: Scores) -> dict[str, float]:
+        v = scores.view
+        offered = v.has_unknown
+        return {
+            "refusal_rate": _mean(v.refusal[v.ambiguous & offered]),
+            "refusal_rate_unamb": _mean(v.refusal[~v.ambiguous & offered]),
+        }
+
+
+class OptionKL(Metric):
+    """Mean ``KL(π ‖ π_base)`` of the option distributions over the unambiguous items (the capability
+    prompts); NaN without a base policy."""
+
+    name = "kl"
+
+    def compute(self, scores: Scores) -> dict[str, float]:
+        unamb = ~scores.view.ambiguous
+        if scores.base_probs is None or not unamb.any():
+            return {"kl": math.nan}
+        rows = torch.from_numpy(unamb)
+        p = scores.probs.detach().float().cpu()[rows]
+        q = scores.base_probs.detach().float().cpu()[rows]
+        return {"kl": float(kl_divergence(p.log(), q.log()).mean())}
+
+
+class ItemCounts(Metric):
+    """How many ambiguous and unambiguous items a row was measured on."""
+
+    name = "n_items"
+    columns = ("n_ambiguous", "n_unambiguous")
+
+    def compute(self, scores: Scores) -> dict[str, float]:
+        amb = scores.view.ambiguous
+        return {"n_ambiguous": int(amb.sum()), "n_unambiguous": int((~amb).sum())}
+
+
+DECISION_METRICS: tuple[Metric, ...] = (
+    PartialOccupationBias(), ItemBias(), FirstOptionRate(), OrderDependence(), StereotypeGap(),
+    UnambiguousAccuracy(), RefusalRate(), OptionKL(),
+)  # fmt: skip
+"""The metrics of every decision row, in the order result files list their columns (the item counts,
+:class:`ItemCounts`, close a row)."""
+
+
+DECISION_COLUMNS = metric_columns([*DECISION_METRICS, ItemCounts()])
+
+
+def decision_metrics(
+    items: Sequence[DecisionItem],
+    probs: Tensor,
+    base_probs: Tensor | None = None,
+    *,
+    bootstrap_reps: int = 1000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """The columns of :data:`DECISION_METRICS` and the item counts for ``probs`` on ``items``
+    (``base_probs``: the policy at strength 0, for ``kl``)."""
+    scores = Scores(items, probs, base_probs, bootstrap_reps=bootstrap_reps, seed=seed)
+    return compute_all([*DECISION_METRICS, ItemCounts()], scores)
+
+
+class ProAntiAccuracy(Metric):
+    """WinoBias-style accuracy (argmax) on unambiguous items whose answer is pro- vs anti-stereotypical;
+    NaN where the items have no such contrast (e.g. MMLU)."""
+
+    name = "acc_pro_anti_gap"
+    columns = ("acc_pro", "acc_anti", "acc_pro_anti_gap")
+
+    def compute(self, scores: Scores) -> dict[str, float]:
+        return pro_anti_accuracy(scores.view)
+
+
+class BBQBiasScore(Metric):
+    """BBQ's accuracy in ambiguous contexts and its bias scores s_DIS and s_AMB (argmax answers); NaN
+    where the items offer no "unknown" option."""
+
+    name = "s_amb"
+    columns = ("acc_amb", "s_dis", "s_amb")
+
+    def compute(self, scores: Scores) -> dict[str, float]:
+        return bbq_bias_scores(scores.view)
+
+
+class CapabilityAccuracy(Metric):
+    """Accuracy of the argmax answer (as MMLU is reported) with its binomial standard error."""
+
+    name = "capability_acc"
+    columns = ("capability_acc", "capability_acc_se")
+
+    def compute(self, scores: Scores) -> dict[str, float]:
+        v = scores.view
+        hit = (v.choice == v.correct).astype(float)
+        if not len(hit):
+            return {}
+        acc = float(hit.mean())
+        return {"capability_acc": acc, "capability_acc_se": float(np.sqrt(acc * (1 - acc) / len(hit)))}
