@@ -51,13 +51,17 @@ def targets(cfg: Any, where: str = "") -> list[tuple[str, str]]:
 def check_targets(cfg: Any, where: str = "", source: str = "") -> None:
     """Refuse (one line) a config that names a ``_target_`` outside the trusted prefixes."""
     for path, target in targets(cfg, where):
-        if not trusted(target):
-            origin = f" in {source}" if source else ""
-            top = target.split(".")[0]
-            raise DsoError(
-                f"{path}={target!r}{origin} is outside dso_cli; refusing to run it "
-                f"(pass allow_targets=[{top}] if you trust that code)"
-            )
+        check_trusted(target, path, f" in {source}" if source else "")
+
+
+def check_trusted(target: str, key: str, origin: str = "") -> None:
+    """Refuse (one line) a dotted ``target`` outside the trusted prefixes; ``key`` names where it was given."""
+    if not trusted(target):
+        top = target.split(".")[0]
+        raise DsoError(
+            f"{key}={target!r}{origin} is outside dso_cli; refusing to run it "
+            f"(pass allow_targets=[{top}] if you trust that code)"
+        )
 
 
 def import_class(path: str, base: type, where: str) -> type:

@@ -167,13 +167,12 @@ def run_eval(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
                      on_first=lambda: save_provenance(run_dir, cfg, prefix="eval_"))  # fmt: skip
     subjects: list[dict] = []
 
-    def record(name: str, split: str, row: dict, scores: Scores | None = None) -> None:
-        if scores is not None and name in capability_names:
-            for subject in accuracy_by_subject(scores):
+    def record(name: str, split: str, row: dict, subject_scores: Scores | None = None) -> None:
+        """``subject_scores``: a capability set's scores, whose per-subject accuracy goes to its own file."""
+        if subject_scores is not None:
+            for subject in accuracy_by_subject(subject_scores):
                 subjects.append({"benchmark": name, "alpha": row["alpha"], **subject})
         rows.add({"method": method, "benchmark": name, "split": split, **row})
-
-    capability_names = {name for kind, name, _ in sets if kind == "capability"}
 
     for kind, name, data in sets:
         if kind == "text":
@@ -186,7 +185,9 @@ def run_eval(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
         evaluator = Evaluator(scorer, metrics[kind], bootstrap_reps=int(cfg.eval.bootstrap_reps), seed=int(cfg.seed))
         evaluator.evaluate(
             artifact, data, strengths, desc=name,
-            on_row=lambda row, scores, name=name, split=split: record(name, split, row, scores),
+            on_row=lambda row, scores, name=name, split=split, kind=kind: record(
+                name, split, row, scores if kind == "capability" else None
+            ),
         )  # fmt: skip
     if harness is not None:
         from dso_cli.integrations.harness import harness_rows

@@ -2,7 +2,7 @@
 them over strengths and item sets (:mod:`.metric`, :mod:`.decisions`, :mod:`.text`, :mod:`.evaluator`)."""
 
 from dso_cli.evaluation.decisions import DECISION_COLUMNS, DECISION_METRICS, decision_metrics
-from dso_cli.evaluation.evaluator import Evaluator, base_policy, default_metrics
+from dso_cli.evaluation.evaluator import Evaluator, default_metrics
 from dso_cli.evaluation.metric import Metric, Scores, SequenceScores, load_metrics, metric_columns
 from dso_cli.evaluation.text import (
     TEXT_METRICS,
@@ -15,6 +15,6 @@ from dso_cli.evaluation.text import (
 
 __all__ = [
     "DECISION_COLUMNS", "DECISION_METRICS", "TEXT_METRICS", "Evaluator", "Metric", "Scores", "SequenceScores",
-    "base_policy", "decision_metrics", "default_metrics", "evaluate_sequences", "evaluate_text", "load_metrics",
+    "decision_metrics", "default_metrics", "evaluate_sequences", "evaluate_text", "load_metrics",
     "metric_columns", "perplexity", "prompt_sequences", "sequence_scores",
 ]  # fmt: skip

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from dso_cli.benchmarks.neutral_text import TextCorpus
 from dso_cli.benchmarks.schema import DecisionItem
 from dso_cli.evaluation.decisions import DECISION_METRICS, ItemCounts
-from dso_cli.evaluation.metric import Metric, Scores, SequenceScores, compute_all, metric_columns
+from dso_cli.evaluation.metric import Metric, Scores, SequenceScores, compute_all
 from dso_cli.evaluation.text import TEXT_METRICS, corpus_sequences, prompt_sequences, sequence_scores
 from dso_cli.scoring import OptionScorer, policy
 from dso_cli.steering.artifact import Artifact
@@ -53,14 +53,9 @@ class Evaluator:
         self.bootstrap_reps, self.seed = bootstrap_reps, seed
         self.prompt_items, self.text_batch_size = prompt_items, text_batch_size
 
-    @property
-    def columns(self) -> list[str]:
-        """The columns of every row, in order (after ``alpha``)."""
-        return metric_columns(self.metrics)
-
     def base_policy(self, items: Sequence[DecisionItem], desc: str = "eval") -> Tensor:
         """The unsteered model's option probabilities on ``items`` (shared by every method's ω = 0)."""
-        return base_policy(self.scorer, items, desc)
+        return policy(self.scorer.logprobs(items, progress=f"{desc} base")).cpu()
 
     def text_scores(
         self, artifact: Artifact | None, corpus: TextCorpus | None, strengths: Sequence[float], desc: str = "text"
@@ -119,8 +114,3 @@ class Evaluator:
             return {}
         return sequence_scores(self.scorer, artifact, seqs, strengths, batch_size=self.text_batch_size,
                                desc=f"{desc} prompts")  # fmt: skip
-
-
-def base_policy(scorer: OptionScorer, items: Sequence[DecisionItem], desc: str = "eval") -> Tensor:
-    """The unsteered model's option probabilities on ``items`` (shared by every method's ω = 0)."""
-    return policy(scorer.logprobs(items, progress=f"{desc} base")).cpu()

@@ -19,7 +19,7 @@ from torch import Tensor
 from dso_cli.benchmarks.schema import DecisionItem
 from dso_cli.errors import DsoError
 from dso_cli.metrics import PairResampler, PolicyView
-from dso_cli.targets import import_class, trusted
+from dso_cli.targets import check_trusted, import_class
 
 
 @dataclass(frozen=True)
@@ -131,12 +131,7 @@ def load_metrics(paths: Sequence[str], where: str) -> list[Metric]:
     out = []
     for path in paths:
         path = str(path)
-        if not trusted(path):
-            top = path.split(".")[0]
-            raise DsoError(
-                f"{where}: {path!r} is outside dso_cli; refusing to run it "
-                f"(pass allow_targets=[{top}] if you trust that code)"
-            )
+        check_trusted(path, where)
         cls = import_class(path, Metric, where)
         if not cls.output_columns()[0]:
             raise DsoError(f"{where}: {path!r} sets no `name` (the column it writes)")
