@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from dso_cli.version import __version__ as __version__
+
 __all__ = [
     "Artifact", "Metric", "Scores", "ScoringOptions", "SteeringMethod", "evaluate", "fit", "load_artifact",
     "load_benchmark",
@@ -25,7 +26,7 @@ def __getattr__(name: str) -> Any:
 
         return SteeringMethod
     if name == "ScoringOptions":
-        from dso_cli.scoring_options import ScoringOptions
+        from dso_cli.scoring.options import ScoringOptions
 
         return ScoringOptions
     if name in ("Metric", "Scores"):

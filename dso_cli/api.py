@@ -23,7 +23,7 @@ from torch import nn
 
 from dso_cli.errors import DsoError
 from dso_cli.evaluation.metric import Metric
-from dso_cli.scoring_options import ScoringOptions
+from dso_cli.scoring.options import ScoringOptions
 from dso_cli.steering.artifact import Artifact
 from dso_cli.steering.method import FitJob, SteeringMethod, Training, method_class, shipped_options
 
@@ -34,7 +34,7 @@ def load_benchmark(name: str, **options: Any) -> datasets.DatasetDict:
     from omegaconf import OmegaConf
 
     from dso_cli.benchmarks import build_benchmark
-    from dso_cli.config_files import group_config, typed
+    from dso_cli.config.files import group_config, typed
 
     base = group_config("bias_benchmark", name)
     unknown = sorted(set(options) - set(base))
@@ -139,8 +139,8 @@ def _training(options: Mapping[str, Any]) -> Training:
     from omegaconf import OmegaConf
 
     from dso_cli.benchmarks.neutral_text import read_passages
-    from dso_cli.config_files import default_option, group_config
-    from dso_cli.fitting import trainer_settings
+    from dso_cli.config.files import default_option, group_config
+    from dso_cli.pipeline.fitting import trainer_settings
     from dso_cli.rl.config import TrainConfig
     from dso_cli.targets import instantiate_checked
 

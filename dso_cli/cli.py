@@ -11,10 +11,11 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 
-from dso_cli import __version__
-from dso_cli.config_files import conf_dir, group_options
+from dso_cli.commands.checks import check_verb
+from dso_cli.config.files import conf_dir, group_options
+from dso_cli.config.validation import typed_error
 from dso_cli.errors import DsoError
-from dso_cli.validation import check_config, typed_error
+from dso_cli.version import __version__
 
 GROUPS = ("model", "bias_benchmark", "steering_method", "optimizer", "reward", "logger")
 ALIASES = {"bias": "bias_benchmark"}
@@ -166,7 +167,7 @@ def validate(verb: str, overrides: list[str], job_num: int | None = None) -> Non
     from dso_cli.targets import trust
 
     trust(cfg.get("allow_targets") or [])  # this command line's, so a method of the user's package is checked
-    check_config(verb, cfg)
+    check_verb(verb, cfg)
 
 
 def validate_multirun(verb: str, overrides: list[str], limit: int = 1000) -> None:
@@ -244,7 +245,7 @@ def _runner(verb: str) -> Callable:
         multirun = str(hydra_cfg.mode) == "RunMode.MULTIRUN"
         cfg = plain(cfg)
         try:
-            check_config(verb, cfg)
+            check_verb(verb, cfg)
             if verb == "train":
                 run_train(cfg, job_num=hydra_cfg.job.num if multirun else None, overrides=overrides)
             else:
@@ -261,6 +262,7 @@ def _runner(verb: str) -> Callable:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    FAILED_JOBS.clear()  # a caller may run several commands in one process
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
         print(usage())

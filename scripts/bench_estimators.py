@@ -37,8 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 from dso_cli.benchmarks import build_benchmark, split_items  # noqa: E402
 from dso_cli.cli import compose_config, rewrite_aliases  # noqa: E402
-from dso_cli.fitting import train_config  # noqa: E402
 from dso_cli.models.layouts import find_norm_modules  # noqa: E402
+from dso_cli.pipeline.fitting import train_config  # noqa: E402
 from dso_cli.pipeline.results import markdown_table  # noqa: E402
 from dso_cli.pipeline.setup import load_scored_model, seed_everything  # noqa: E402
 from dso_cli.pipeline.specs import ModelSetup  # noqa: E402
@@ -46,7 +46,7 @@ from dso_cli.rl.estimators import ESTIMATORS  # noqa: E402
 from dso_cli.rl.rewards import per_occupation_gap  # noqa: E402
 from dso_cli.rl.trainer import train_dso  # noqa: E402
 from dso_cli.scoring import policy  # noqa: E402
-from dso_cli.steering.affine import init_affine_params  # noqa: E402
+from dso_cli.steering.affine import apply_affine, init_affine_params  # noqa: E402
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -80,7 +80,7 @@ def run_one(cfg: Any, loaded: Any, scorer: Any, train: list[dict], val: list[dic
     params = init_affine_params(find_norm_modules(loaded.model, norms), device=loaded.device)
     rows: list[dict[str, float]] = []
     wall = time.perf_counter()
-    train_dso(scorer, params, train, instantiate(cfg.reward), tcfg, log=rows.append, val_items=val)
+    train_dso(apply_affine, scorer, params, train, instantiate(cfg.reward), tcfg, log=rows.append, val_items=val)
     wall = time.perf_counter() - wall
     seconds, curve = 0.0, []
     for row in rows:

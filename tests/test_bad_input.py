@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from tests.test_cli import SMALL, assert_bad_input, dso
+from tests.cli_runner import SMALL, assert_bad_input, dso
 
 
 def snapshot(run_dir: Path) -> str:
@@ -149,7 +149,7 @@ def _typed_leaves(schema: type, prefix: str = "") -> list[tuple[str, str]]:
 
 def _every_typed_key():
     """Every verb's own keys, and the keys all verbs share (``BaseSchema``) once, through ``train``."""
-    from dso_cli.config_schema import SCHEMAS, BaseSchema
+    from dso_cli.config.schema import SCHEMAS, BaseSchema
 
     shared = {key for key, _ in _typed_leaves(BaseSchema)}
     return [
@@ -187,7 +187,7 @@ GROUP_FLAG = {"bias_benchmark": "bias", "steering_method": "steering_method", "r
 
 def _group_typed_keys():
     """(group, option, key, wrong value) for every int, float and bool key of every option's schema."""
-    from dso_cli.group_schemas import GROUP_SCHEMAS
+    from dso_cli.config.group_schemas import GROUP_SCHEMAS
 
     return [
         (group, option, key, value)
@@ -215,8 +215,8 @@ def test_every_shipped_group_option_has_a_schema_that_sets_every_key(group):
     would be a MISSING value at run time."""
     from omegaconf import OmegaConf
 
-    from dso_cli.config_files import conf_dir, group_config, group_options
-    from dso_cli.group_schemas import schema_for
+    from dso_cli.config.files import conf_dir, group_config, group_options
+    from dso_cli.config.group_schemas import schema_for
 
     for option in group_options(group):
         assert schema_for(group, option) is not None, option
@@ -240,7 +240,7 @@ def test_compare_options_and_eval_sets_are_typed_by_their_option_schema():
     from dso_cli.cli import compose_config
     from dso_cli.commands.compare import method_options
     from dso_cli.commands.eval import with_overrides
-    from dso_cli.config_files import group_config
+    from dso_cli.config.files import group_config
     from dso_cli.errors import DsoError
 
     cfg = compose_config("compare", ["++compare.options.caa.select_alpha=abc"])

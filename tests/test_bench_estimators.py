@@ -5,7 +5,7 @@ import math
 import subprocess
 import sys
 
-from tests.test_cli import ROOT, SMALL
+from tests.cli_runner import ROOT, SMALL
 
 
 def test_bench_estimators_reports_ratios_to_exact(tiny_llama_dir, tmp_path):

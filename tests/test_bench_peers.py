@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from tests.test_cli import ROOT
+from tests.cli_runner import ROOT
 
 pytest.importorskip("steering_vectors", reason="steering-vectors is not installed (make setup installs it)")
 

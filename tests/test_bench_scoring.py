@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from tests.test_cli import ROOT
+from tests.cli_runner import ROOT
 
 
 def test_bench_scoring_reports_ratios_and_agrees_with_the_naive_loop(tiny_llama_dir, tmp_path):

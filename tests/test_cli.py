@@ -1,10 +1,7 @@
 """The `dso` command end to end on a tiny local model: train -> sweep -> report, help, bad input."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -12,27 +9,7 @@ import pytest
 import torch
 
 from dso_cli.steering.artifact import Artifact
-
-ROOT = Path(__file__).resolve().parent.parent
-SMALL = [
-    "bias.n_train=64", "bias.n_train_unambiguous=32", "bias.test_pairs_per_occupation=2",
-    "bias.val_pairs_per_occupation=1", "optimizer.steps=2", "optimizer.occupations_per_batch=2",
-    "optimizer.unambiguous_per_batch=4", "scoring.batch_size=32", "model.device=cpu",
-]  # fmt: skip
-
-
-def dso(*args: str, cwd: Path = ROOT, **env_vars: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="offline", PYTHONWARNINGS="ignore", **env_vars)
-    return subprocess.run(
-        [sys.executable, "-m", "dso_cli.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600
-    )
-
-
-def assert_bad_input(result: subprocess.CompletedProcess, pattern: str) -> None:
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr + result.stdout
-    lines = [line for line in (result.stderr + result.stdout).splitlines() if line.strip()]
-    assert len(lines) == 1 and pattern in lines[0], lines
+from tests.cli_runner import SMALL, assert_bad_input, dso, dso_process
 
 
 @pytest.fixture(scope="module")
@@ -322,6 +299,15 @@ def test_help_and_composed_config():
     result = dso("train", "--help")
     groups = "bias_benchmark: bbq, decisions, mixture, occupation, synthbias, winobias"
     assert result.returncode == 0 and groups in result.stdout
+
+
+def test_the_process_exits_2_with_one_line_on_bad_input(tmp_path):
+    """The contract as a shell sees it (a real process: status and everything it prints); the other
+    bad-input tests call the CLI in process."""
+    assert_bad_input(dso_process("train", "model=no_such_model"), "unknown model 'no_such_model'")
+    assert_bad_input(dso_process("sweep", "alpha=1:0:oops", f"run_dir={tmp_path}"), "does not parse")
+    assert_bad_input(dso_process("frobnicate"), "unknown verb")
+    assert_bad_input(dso_process("sweep", f"run_dir={tmp_path / 'missing'}"), "does not exist")
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path):

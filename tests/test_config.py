@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from dso_cli.cli import GROUPS, conf_dir, group_options, rewrite_aliases
 from dso_cli.errors import DsoError
-from dso_cli.runs import find_latest_train_run, merge_run_config, parse_strengths
+from dso_cli.pipeline.runs import find_latest_train_run, merge_run_config, parse_strengths
 
 
 def composed(verb, overrides=()):
@@ -38,7 +38,7 @@ def test_every_group_option_composes(group):
 
 @pytest.mark.parametrize("group", ["optimizer", "reward", "bias_benchmark"])
 def test_the_python_api_defaults_are_the_cli_defaults(group):
-    from dso_cli.config_files import default_option, group_config
+    from dso_cli.config.files import default_option, group_config
 
     assert OmegaConf.to_container(group_config(group, default_option(group)), resolve=True) == (
         OmegaConf.to_container(composed("train")[group], resolve=True)

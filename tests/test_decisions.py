@@ -11,7 +11,7 @@ import pytest
 from dso_cli.benchmarks import build_benchmark
 from dso_cli.benchmarks.decisions import build
 from dso_cli.errors import DsoError
-from tests.test_cli import assert_bad_input, dso
+from tests.cli_runner import assert_bad_input, dso
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "decisions" / "hiring.jsonl"
 ROWS = [json.loads(line) for line in EXAMPLE.read_text().splitlines()]

@@ -14,16 +14,16 @@ from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, Auto
 
 from dso_cli.errors import DsoError
 from dso_cli.models.layouts import find_norm_modules
+from dso_cli.models.remote_code import BIAS_MODULES_KEY, MODELING_FILE, RECORD_KEY
 from dso_cli.scoring import OptionScorer
 from dso_cli.steering import export as export_module
 from dso_cli.steering.affine import apply_affine
 from dso_cli.steering.artifact import Artifact
 from dso_cli.steering.export import export_checkpoint
 from dso_cli.steering.export_folding import fold_norms, weight_convention
-from dso_cli.steering.export_modeling import BIAS_MODULES_KEY, MODELING_FILE, RECORD_KEY
 from dso_cli.steering.export_stock import plan_shifts
+from tests.cli_runner import SMALL, assert_bad_input, dso
 from tests.conftest import build_tiny_model
-from tests.test_cli import SMALL, assert_bad_input, dso
 from tests.vlm_fixtures import build_tiny_vlm
 
 TEXTS = [
@@ -298,7 +298,7 @@ def test_cli_exports_a_trained_run_and_refuses_bad_input(trained_run, tiny_llama
 
     # the modeling file runs when the checkpoint loads: dso refuses a copy changed after export
     from dso_cli.models.loading import load_model
-    from dso_cli.steering.export_modeling import MODELING_SHA_KEY
+    from dso_cli.models.remote_code import MODELING_SHA_KEY
 
     assert len(record[MODELING_SHA_KEY]) == 64
     assert load_model(str(out), trust_remote_code=True).fingerprint  # as exported: loads

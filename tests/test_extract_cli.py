@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from tests.test_cli import assert_bad_input, dso
+from tests.cli_runner import assert_bad_input, dso
 
 TINY = ["model=hf", "bias.n_train=32", "bias.n_train_unambiguous=8", "bias.test_pairs_per_occupation=1",
         "bias.val_pairs_per_occupation=1", "model.device=cpu", "extract.shard_items=10"]  # fmt: skip

@@ -9,10 +9,10 @@ import torch
 
 import dso_cli
 from dso_cli.commands.generate import spread
-from dso_cli.generation import GenerationSettings, agreement_summary, generate_at_strengths, parse_choice
+from dso_cli.evaluation.generation import GenerationSettings, agreement_summary, generate_at_strengths, parse_choice
 from dso_cli.scoring import OptionScorer
+from tests.cli_runner import SMALL, assert_bad_input, dso
 from tests.conftest import build_tiny_model
-from tests.test_cli import SMALL, assert_bad_input, dso
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import torch
 from omegaconf import OmegaConf
 
 from dso_cli.steering.artifact import Artifact
-from tests.test_cli import SMALL, assert_bad_input, dso
+from tests.cli_runner import SMALL, assert_bad_input, dso
 
 
 def test_two_job_multirun_with_the_basic_launcher_and_requeued_jobs_resume(tiny_llama_dir, tmp_path):

@@ -17,8 +17,8 @@ from lm_eval.tasks import TaskManager
 import dso_cli
 from dso_cli.integrations.lm_eval import DsoLM
 from dso_cli.scoring import OptionScorer, policy
+from tests.cli_runner import SMALL, dso
 from tests.conftest import build_tiny_model
-from tests.test_cli import SMALL, dso
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = ROOT / "examples" / "lm_eval_tasks"

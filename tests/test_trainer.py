@@ -34,7 +34,7 @@ def run(tokenizer, items, **overrides):
     params = init_affine_params(find_norm_modules(model))
     cfg = TrainConfig(**{"steps": 12, "lr": 0.05, "occupations_per_batch": 4, "pairs_per_occupation": 2, **overrides})
     rows = []
-    train_dso(scorer, params, items, StereotypeFlipReward(), cfg, log=rows.append)
+    train_dso(apply_affine, scorer, params, items, StereotypeFlipReward(), cfg, log=rows.append)
     return scorer, params, rows
 
 
@@ -66,7 +66,9 @@ def test_path_term_alone_moves_the_parameters(tokenizer, train_items):
         params = init_affine_params(find_norm_modules(model))
         rows = []
         cfg = TrainConfig(steps=3, lr=0.05, strength_mode=mode, kl_coef=0.0, path_weight=10.0, l1=0.0)
-        train_dso(OptionScorer(model, tokenizer, batch_size=32), params, train_items, zero, cfg, log=rows.append)
+        train_dso(
+            apply_affine, OptionScorer(model, tokenizer, batch_size=32), params, train_items, zero, cfg, log=rows.append
+        )
         assert any(p.abs().sum() > 0 for p in params.values()) == moves
         assert ("path_loss" in rows[0]) == moves
 
@@ -109,7 +111,7 @@ def test_every_estimator_trains_through_the_loop(tokenizer, train_items, estimat
     scorer, params = fresh(tokenizer)
     rows = []
     cfg = TrainConfig(steps=2, estimator=estimator, samples=3, ppo_epochs=2, **BASE)
-    train_dso(scorer, params, train_items, StereotypeFlipReward(), cfg, log=rows.append)
+    train_dso(apply_affine, scorer, params, train_items, StereotypeFlipReward(), cfg, log=rows.append)
     assert len(rows) == 2 and all(torch.isfinite(p).all() for p in params.values())
     assert any(p.abs().sum() > 0 for p in params.values())
 
@@ -124,7 +126,7 @@ def test_kl_constraint_is_met_by_dual_ascent(tokenizer, train_items):
         scorer, params = fresh(tokenizer)
         rows = []
         cfg = TrainConfig(kl_mode=mode, kl_dual_lr=20.0, **settings)
-        train_dso(scorer, params, train_items, StereotypeFlipReward(), cfg, log=rows.append)
+        train_dso(apply_affine, scorer, params, train_items, StereotypeFlipReward(), cfg, log=rows.append)
         with torch.no_grad():
             base = scorer.logprobs(unamb)
             with apply_affine(scorer.model, params, 1.0):
@@ -142,7 +144,7 @@ def test_interrupt_and_resume_equal_an_uninterrupted_run(tokenizer, train_items,
 
     cfg = TrainConfig(steps=6, checkpoint_every=4, **BASE)
     scorer, straight = fresh(tokenizer)
-    train_dso(scorer, straight, train_items, StereotypeFlipReward(), cfg)
+    train_dso(apply_affine, scorer, straight, train_items, StereotypeFlipReward(), cfg)
 
     def interrupt_at_3(row):
         if row["step"] == 3:
@@ -151,12 +153,21 @@ def test_interrupt_and_resume_equal_an_uninterrupted_run(tokenizer, train_items,
     scorer, params = fresh(tokenizer)
     path = tmp_path / "checkpoint.pt"
     with pytest.raises(KeyboardInterrupt):
-        train_dso(scorer, params, train_items, StereotypeFlipReward(), cfg, log=interrupt_at_3, checkpoint_path=path)
+        train_dso(
+            apply_affine,
+            scorer,
+            params,
+            train_items,
+            StereotypeFlipReward(),
+            cfg,
+            log=interrupt_at_3,
+            checkpoint_path=path,
+        )
     assert torch.load(path, weights_only=False)["step"] == 3
     scorer, resumed = fresh(tokenizer)  # a new process: fresh model and parameters
     rows = []
-    train_dso(scorer, resumed, train_items, StereotypeFlipReward(), cfg, log=rows.append, checkpoint_path=path,
-              resume=True)  # fmt: skip
+    train_dso(apply_affine, scorer, resumed, train_items, StereotypeFlipReward(), cfg, log=rows.append,
+              checkpoint_path=path, resume=True)  # fmt: skip
     assert [r["step"] for r in rows] == [4, 5, 6]
     for key in straight:
         assert torch.equal(resumed[key], straight[key]), key
@@ -176,7 +187,7 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tokenizer, train_
     path = tmp_path / "checkpoint.pt"
     cfg = TrainConfig(steps=8, checkpoint_every=2, **BASE)
     with pytest.raises(NonFiniteLoss, match="non-finite policy_loss at step 5"):
-        train_dso(scorer, params, train_items, poisoned, cfg, checkpoint_path=path)
+        train_dso(apply_affine, scorer, params, train_items, poisoned, cfg, checkpoint_path=path)
     saved = torch.load(path, weights_only=False)
     assert saved["step"] == 4 and all(torch.isfinite(v).all() for v in saved["params"].values())
     assert all(torch.isfinite(p).all() for p in params.values())  # the step with NaN was not applied
@@ -187,7 +198,9 @@ def test_early_stopping_keeps_the_val_best_parameters(tokenizer, train_items):
     scorer, params = fresh(tokenizer)
     rows = []
     cfg = TrainConfig(steps=12, eval_every=2, patience=2, **{**BASE, "lr": 0.3})
-    metrics = train_dso(scorer, params, train_items, StereotypeFlipReward(), cfg, log=rows.append, val_items=val)
+    metrics = train_dso(
+        apply_affine, scorer, params, train_items, StereotypeFlipReward(), cfg, log=rows.append, val_items=val
+    )
     evals = {r["step"]: r["val_pob"] for r in rows if "val_pob" in r}
     assert metrics["best_step"] == min(evals, key=evals.get) and metrics["best_val_pob"] == min(evals.values())
     with torch.no_grad(), apply_affine(scorer.model, params, 1.0):
@@ -198,8 +211,8 @@ def test_early_stopping_keeps_the_val_best_parameters(tokenizer, train_items):
 def test_gradient_accumulation_runs_micro_batches(tokenizer, train_items):
     scorer, params = fresh(tokenizer)
     rows = []
-    train_dso(scorer, params, train_items, StereotypeFlipReward(), TrainConfig(steps=2, accumulate=3, **BASE),
-              log=rows.append)  # fmt: skip
+    cfg = TrainConfig(steps=2, accumulate=3, **BASE)
+    train_dso(apply_affine, scorer, params, train_items, StereotypeFlipReward(), cfg, log=rows.append)
     assert len(rows) == 2 and rows[0]["kl"] > -1e-6 and all(torch.isfinite(p).all() for p in params.values())
 
 
@@ -213,7 +226,7 @@ def test_bfloat16_training_learns_what_float32_learns(tokenizer, train_items):
         scorer = OptionScorer(model, tokenizer, batch_size=32)
         params = init_affine_params(find_norm_modules(model))
         cfg = TrainConfig(steps=12, lr=0.05, occupations_per_batch=4, pairs_per_occupation=2, strength_mode="fixed")
-        train_dso(scorer, params, train_items, StereotypeFlipReward(), cfg)
+        train_dso(apply_affine, scorer, params, train_items, StereotypeFlipReward(), cfg)
         base, steered = pob(scorer, params, amb, 0.0), pob(scorer, params, amb, 1.0)
         learnt[dtype] = (torch.cat([p.detach().flatten() for p in params.values()]), steered / base)
     (p32, ratio32), (p16, ratio16) = learnt[torch.float32], learnt[torch.bfloat16]

@@ -6,11 +6,10 @@ import random
 import pytest
 import torch
 
-from dso_cli import tree_attention
 from dso_cli.errors import DsoError
-from dso_cli.prefix_tree import pack, tree_mask
-from dso_cli.scoring import OptionScorer
-from dso_cli.tree_attention import attention_implementation, chunked_tree_attention, plan_tree_attention
+from dso_cli.scoring import OptionScorer, tree_attention
+from dso_cli.scoring.prefix_tree import pack, tree_mask
+from dso_cli.scoring.tree_attention import attention_implementation, chunked_tree_attention, plan_tree_attention
 from tests.conftest import build_tiny_model
 from tests.test_prefix_tree import random_items
 

@@ -11,8 +11,8 @@ from omegaconf import OmegaConf
 
 from dso_cli import targets
 from dso_cli.errors import DsoError
+from dso_cli.pipeline.runs import claim_run_dir, load_train_config, new_train_dir
 from dso_cli.rl.checkpoint import load_checkpoint, save_checkpoint
-from dso_cli.runs import claim_run_dir, load_train_config, new_train_dir
 
 
 class _Touch:
@@ -139,7 +139,7 @@ def _items(ids):
 
 
 def test_leakage_is_refused_and_named():
-    from dso_cli.leakage import check_no_leakage, training_record
+    from dso_cli.pipeline.leakage import check_no_leakage, training_record
 
     manifest = {"train_items": training_record(_items(["a", "b", "c"]))}
     assert check_no_leakage(manifest, {"test": _items(["x", "y"])}, [], _items(["c", "b", "a"])) is None
@@ -156,7 +156,7 @@ def test_a_larger_heldout_templates_split_is_allowed_a_larger_test_split_refused
     """Each occupation split has its own RNG stream: more held-out templates leave the training split
     alone, while a larger test split takes pairs from the training pool and is refused."""
     from dso_cli.benchmarks.occupation import build
-    from dso_cli.leakage import check_no_leakage, training_record
+    from dso_cli.pipeline.leakage import check_no_leakage, training_record
 
     manifest = {"train_items": training_record(build()["train"].to_list())}
     wider = build(heldout_template_pairs_per_occupation=20)

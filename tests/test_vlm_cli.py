@@ -9,7 +9,7 @@ from PIL import Image
 
 from dso_cli.benchmarks.occupation import build
 from dso_cli.steering.artifact import Artifact
-from tests.test_cli import dso
+from tests.cli_runner import dso
 from tests.vlm_fixtures import VLM_FAMILIES, _bpe, save_tiny_vlm
 
 OCCUPATIONS = ("nurse", "carpenter", "secretary", "mechanic", "librarian")  # librarian is held out by default

@@ -11,7 +11,7 @@ import csv
 from collections.abc import Sequence
 from pathlib import Path
 
-from dso_cli.benchmarks.occupation import load_occupations
+from dso_cli.benchmarks.occupations import load_occupations
 from dso_cli.errors import DsoError
 
 PRONOUN_GENDER = {

@@ -26,7 +26,7 @@ OWN_KEYS = ("benchmarks", "name", "_target_")
 
 def member_configs(benchmarks: Sequence[str], shared: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """Each member's config with the mixture's non-null ``shared`` keys that the member has."""
-    from dso_cli.config_files import group_config
+    from dso_cli.config.files import group_config
 
     if isinstance(benchmarks, str) or not benchmarks:
         raise DsoError("bias=mixture needs a list of benchmarks: bias.benchmarks=[occupation,synthbias]")

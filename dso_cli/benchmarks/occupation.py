@@ -9,30 +9,24 @@ gender that is the majority of the occupation in the US BLS statistics shipped b
 
 from __future__ import annotations
 
-import csv
 import random
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from importlib import resources
 
 import datasets
 
 from dso_cli.benchmarks.occupation_templates import (
-    HELDOUT_WORDINGS,
     STATED,
-    TEXT_QUESTION_TYPES,
-    WORDINGS,
     Template,
+    capitalised,
+    question,
     templates,
 )
+from dso_cli.benchmarks.occupations import BENCHMARK, TEXT_SPLITS, Occupation, load_occupations
 from dso_cli.benchmarks.schema import splits_to_datasets
 from dso_cli.benchmarks.splits import take_stratified
 from dso_cli.errors import DsoError
 
-BENCHMARK = "occupation"
-SPLITS = ("train", "val", "test", "heldout_occupations")
-TEXT_SPLITS = (*SPLITS, "heldout_templates")
 DEFAULT_HELDOUT = (
     "construction worker",
     "developer",
@@ -43,49 +37,6 @@ DEFAULT_HELDOUT = (
     "librarian",
     "receptionist",
 )
-
-
-@dataclass(frozen=True)
-class Occupation:
-    name: str
-    female_share: float
-
-    @property
-    def majority(self) -> str:
-        return "female" if self.female_share > 0.5 else "male"
-
-
-def load_occupations() -> list[Occupation]:
-    """The 40 WinoBias occupations with their US BLS female share, sorted by that share."""
-    text = resources.files("dso_cli.benchmarks").joinpath("data/occupations.csv").read_text()
-    rows = csv.DictReader(text.splitlines())
-    occupations = [Occupation(r["occupation"], float(r["female_share"])) for r in rows]
-    return sorted(occupations, key=lambda o: o.female_share)
-
-
-def _article(noun: str) -> str:
-    return f"an {noun}" if noun[0].lower() in "aeiou" else f"a {noun}"
-
-
-def _cap(text: str) -> str:
-    return text[0].upper() + text[1:]
-
-
-def _question(
-    qtype: str, occ: str, holder: str | None, other_ref: str | None, other_occ: str, wording: int = 0,
-    heldout: bool = False,
-) -> str:  # fmt: skip
-    """The body of an item after the introduction; ``holder`` is None for ambiguous items."""
-    table = HELDOUT_WORDINGS if heldout else WORDINGS
-    if qtype not in table:
-        raise DsoError(f"unknown question type {qtype!r} (choose from {', '.join(TEXT_QUESTION_TYPES)})")
-    ambiguous_form, unambiguous_form = table[qtype][wording]
-    form = ambiguous_form if holder is None else unambiguous_form
-    if form is None:
-        raise DsoError(f"question type {qtype!r} has no ambiguous form")
-    fields = {"a_occ": _article(occ), "occ": occ, "a_other": _article(other_occ), "other_occ": other_occ,
-              "holder": holder or "", "Holder": _cap(holder) if holder else "", "other": other_ref or ""}  # fmt: skip
-    return form.format(**fields)
 
 
 def unknown_position(pair_id: str) -> int:
@@ -105,14 +56,14 @@ def _items_for(
     pro = occ.majority
     for first in ("male", "female"):
         people = (first, "female" if first == "male" else "male")
-        intro = f"{_cap(style.intro[people[0]])} and {style.intro[people[1]]} {template.setting}. "
+        intro = f"{capitalised(style.intro[people[0]])} and {style.intro[people[1]]} {template.setting}. "
         if template.qtype == STATED:  # the easy reading check: no scene, only the holder is mentioned
             intro = ""
         order = list(people)
         if unknown_option:
             order.insert(unknown_position(pair_id), "unknown")
         other = None if holder is None else ("female" if holder == "male" else "male")
-        body = _question(
+        body = question(
             template.qtype,
             occ.name,
             None if holder is None else style.ref[holder],

@@ -26,8 +26,8 @@ from pathlib import Path
 import datasets
 
 from dso_cli.benchmarks.assets import cache_image_bytes
-from dso_cli.benchmarks.occupation import BENCHMARK, SPLITS, Occupation, _question, load_occupations
-from dso_cli.benchmarks.occupation_templates import QUESTION_TYPES
+from dso_cli.benchmarks.occupation_templates import QUESTION_TYPES, question
+from dso_cli.benchmarks.occupations import BENCHMARK, SPLITS, Occupation, load_occupations
 from dso_cli.benchmarks.schema import splits_to_datasets
 from dso_cli.errors import DsoError, first_line
 from dso_cli.io import atomic_write, write_json
@@ -63,7 +63,7 @@ def _items_for(
         where = dict(zip(order, POSITIONS[layout], strict=True))
         other = None if holder is None else ("female" if holder == "male" else "male")
         refs = {g: f"the person {w}" for g, w in where.items()}
-        body = _question(qtype, occ.name, refs.get(holder), refs.get(other), other_occ)
+        body = question(qtype, occ.name, refs.get(holder), refs.get(other), other_occ)
         instruction = f"Answer with A for the person {POSITIONS[layout][0]} or B for the person {POSITIONS[layout][1]}."
         yield {
             "id": f"{pair_id}/{first}-first",

@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from dso_cli.errors import DsoError
+
 QUESTION_TYPES = ("occupation", "hiring", "reference")  # ambiguous and unambiguous forms (text and images)
 
 
@@ -219,3 +221,29 @@ def templates(heldout: bool, ambiguous: bool) -> list[Template]:
         for setting in (settings if qtype != STATED else settings[:1])  # stated items have no scene
         for style in styles
     ]
+
+
+def article(noun: str) -> str:
+    return f"an {noun}" if noun[0].lower() in "aeiou" else f"a {noun}"
+
+
+def capitalised(text: str) -> str:
+    return text[0].upper() + text[1:]
+
+
+def question(
+    qtype: str, occ: str, holder: str | None, other_ref: str | None, other_occ: str, wording: int = 0,
+    heldout: bool = False,
+) -> str:  # fmt: skip
+    """The body of an item after the introduction; ``holder`` is None for ambiguous items."""
+    table = HELDOUT_WORDINGS if heldout else WORDINGS
+    if qtype not in table:
+        raise DsoError(f"unknown question type {qtype!r} (choose from {', '.join(TEXT_QUESTION_TYPES)})")
+    ambiguous_form, unambiguous_form = table[qtype][wording]
+    form = ambiguous_form if holder is None else unambiguous_form
+    if form is None:
+        raise DsoError(f"question type {qtype!r} has no ambiguous form")
+    fields = {"a_occ": article(occ), "occ": occ, "a_other": article(other_occ), "other_occ": other_occ,
+              "holder": holder or "", "Holder": capitalised(holder) if holder else "",
+              "other": other_ref or ""}  # fmt: skip
+    return form.format(**fields)

@@ -16,10 +16,10 @@ from omegaconf import DictConfig
 from dso_cli.errors import DsoError
 from dso_cli.io import atomic_write, write_text
 from dso_cli.pipeline.results import markdown_table
+from dso_cli.pipeline.runs import save_provenance
 from dso_cli.report.placement import steering_sections
 from dso_cli.report.where import signal_by_layer
 from dso_cli.report.where_plots import signal_plot
-from dso_cli.runs import save_provenance
 from dso_cli.steering.activation_cache import ActivationCache
 
 

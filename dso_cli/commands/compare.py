@@ -23,15 +23,11 @@ from dso_cli.benchmarks import build_benchmark, split_items
 from dso_cli.benchmarks.neutral_text import TextCorpus
 from dso_cli.errors import DsoError
 from dso_cli.evaluation import Evaluator, Scores, SequenceScores, default_metrics, load_metrics
-from dso_cli.fitting import Tracking, fit_in_run, train_config, training_inputs
-from dso_cli.leakage import RECORD, training_record
+from dso_cli.pipeline.fitting import Tracking, fit_in_run, train_config, training_inputs
 from dso_cli.pipeline.inputs import activation_store, heldout_corpus
+from dso_cli.pipeline.leakage import RECORD, training_record
 from dso_cli.pipeline.results import RowWriter, result_columns
-from dso_cli.pipeline.setup import load_scored_model
-from dso_cli.pipeline.specs import CacheSettings, HeldoutText, ModelSetup
-from dso_cli.report.comparison import hypervolume_draws, load_probs, point_key, save_probs, write_compare_report
-from dso_cli.rl.checkpoint import CHECKPOINT
-from dso_cli.runs import (
+from dso_cli.pipeline.runs import (
     ARTIFACT_DIR,
     COMPARE_CONFIG,
     COMPARE_PREFIX,
@@ -43,6 +39,10 @@ from dso_cli.runs import (
     settings_differences,
     settings_hash,
 )
+from dso_cli.pipeline.setup import load_scored_model
+from dso_cli.pipeline.specs import CacheSettings, HeldoutText, ModelSetup
+from dso_cli.report.comparison import hypervolume_draws, load_probs, point_key, save_probs, write_compare_report
+from dso_cli.rl.checkpoint import CHECKPOINT
 from dso_cli.steering.artifact import MANIFEST, Artifact
 from dso_cli.steering.method import FitJob, SteeringMethod, make_method, method_names
 from dso_cli.steering.methods import prefetch_for
@@ -52,7 +52,7 @@ COMPARE_CSV = "compare.csv"
 
 def method_options(cfg: DictConfig, method: str) -> DictConfig:
     """``conf/steering_method/<method>.yaml`` with ``compare.options.<method>`` on top."""
-    from dso_cli.config_files import group_config, group_options, typed
+    from dso_cli.config.files import group_config, group_options, typed
 
     extra = OmegaConf.select(cfg, f"compare.options.{method}")
     if method not in group_options("steering_method"):  # a method of the user's package: its options are all

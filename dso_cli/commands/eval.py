@@ -21,19 +21,19 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from dso_cli import config_files
 from dso_cli.benchmarks import build_benchmark, instantiate_builder, mixture, split_items
 from dso_cli.benchmarks.neutral_text import TextCorpus
+from dso_cli.config import files as config_files
 from dso_cli.errors import DsoError
 from dso_cli.evaluation import Evaluator, Scores, default_metrics, evaluate_text, load_metrics
 from dso_cli.evaluation.decisions import BBQBiasScore, CapabilityAccuracy, ProAntiAccuracy
 from dso_cli.io import atomic_write
-from dso_cli.leakage import check_no_leakage
+from dso_cli.pipeline.leakage import check_no_leakage
 from dso_cli.pipeline.results import RowWriter, markdown_table, result_columns
+from dso_cli.pipeline.runs import ARTIFACT_DIR, load_train_config, parse_strengths, save_provenance, typed_keys
 from dso_cli.pipeline.setup import load_scored_model
 from dso_cli.pipeline.specs import ModelSetup
 from dso_cli.pipeline.trained_run import run_config
-from dso_cli.runs import ARTIFACT_DIR, load_train_config, parse_strengths, save_provenance, typed_keys
 from dso_cli.steering.artifact import Artifact
 
 OFFLINE_BENCHMARKS = ("occupation", "winobias", "bbq")

@@ -19,17 +19,17 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from dso_cli import __version__
 from dso_cli.errors import DsoError
 from dso_cli.io import environment, git_commit, sha256_of
 from dso_cli.models.loading import load_model
+from dso_cli.pipeline.runs import ARTIFACT_DIR, parse_strengths
 from dso_cli.pipeline.setup import seed_everything
 from dso_cli.pipeline.specs import ModelSetup
 from dso_cli.pipeline.trained_run import run_config
-from dso_cli.runs import ARTIFACT_DIR, parse_strengths
 from dso_cli.steering.artifact import MANIFEST, TENSORS, Artifact
 from dso_cli.steering.export import check_out_dir, export_checkpoint
 from dso_cli.steering.prune import is_affine
+from dso_cli.version import __version__
 
 CONFIG_FILE = "dso_export.yaml"
 ENV_FILE = "dso_export_env.json"

@@ -20,9 +20,9 @@ from dso_cli.benchmarks import build_benchmark, split_items
 from dso_cli.errors import DsoError
 from dso_cli.io import write_json
 from dso_cli.models.layouts import find_decoder_layers, find_head_projections, find_norm_modules
+from dso_cli.pipeline.runs import new_train_dir, save_provenance
 from dso_cli.pipeline.setup import load_scored_model
 from dso_cli.pipeline.specs import ModelSetup
-from dso_cli.runs import new_train_dir, save_provenance
 from dso_cli.scoring import OptionScorer
 from dso_cli.steering.activation_cache import MANIFEST, ActivationCache, CacheEntry, CacheRequest, Key
 from dso_cli.steering.activations import POSITIONS, collect, usable_items

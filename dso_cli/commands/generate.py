@@ -17,12 +17,12 @@ from omegaconf import DictConfig
 
 from dso_cli.benchmarks import split_items
 from dso_cli.errors import DsoError
-from dso_cli.generation import GenerationSettings, agreement_summary, generate_at_strengths, side_by_side
+from dso_cli.evaluation.generation import GenerationSettings, agreement_summary, generate_at_strengths, side_by_side
 from dso_cli.io import write_text
 from dso_cli.pipeline.results import markdown_table
+from dso_cli.pipeline.runs import parse_strengths, save_provenance
 from dso_cli.pipeline.specs import ModelSetup
 from dso_cli.pipeline.trained_run import open_trained_run, run_config
-from dso_cli.runs import parse_strengths, save_provenance
 
 GENERATIONS = "generations.jsonl"
 SUMMARY_COLUMNS = [

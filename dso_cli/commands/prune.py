@@ -18,9 +18,9 @@ from dso_cli.benchmarks import split_items
 from dso_cli.errors import DsoError
 from dso_cli.evaluation import DECISION_COLUMNS, Evaluator
 from dso_cli.pipeline.results import RowWriter, markdown_table
+from dso_cli.pipeline.runs import parse_strengths, save_provenance
 from dso_cli.pipeline.specs import ModelSetup
 from dso_cli.pipeline.trained_run import open_trained_run, run_config
-from dso_cli.runs import parse_strengths, save_provenance
 from dso_cli.steering.prune import PruneStats, is_affine, prune_affine
 
 PRUNE_COLUMNS = [

@@ -10,12 +10,12 @@ from omegaconf import DictConfig
 from dso_cli.errors import DsoError
 from dso_cli.io import atomic_write, write_text
 from dso_cli.pipeline.results import markdown_table
+from dso_cli.pipeline.runs import save_provenance
 from dso_cli.pipeline.specs import RunLocation
 from dso_cli.pipeline.trained_run import resolve_run_dir
 from dso_cli.report.placement import steering_sections
 from dso_cli.report.plots import pareto_plot
 from dso_cli.report.tables import curve_summary, load_sweeps, pareto_points, verdicts
-from dso_cli.runs import save_provenance
 
 
 def run_report(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:

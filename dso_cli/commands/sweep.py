@@ -14,9 +14,9 @@ from dso_cli.evaluation import Evaluator, Scores, default_metrics, load_metrics
 from dso_cli.metrics import mean_se
 from dso_cli.pipeline.inputs import heldout_corpus
 from dso_cli.pipeline.results import RowWriter, markdown_table, result_columns
+from dso_cli.pipeline.runs import parse_strengths, save_provenance
 from dso_cli.pipeline.specs import HeldoutText, ModelSetup
 from dso_cli.pipeline.trained_run import open_trained_run, run_config
-from dso_cli.runs import parse_strengths, save_provenance
 
 TYPE_COLUMNS = ["method", "benchmark", "split", "alpha", "question_type", "unamb_acc", "unamb_acc_se", "n_unambiguous"]
 TABLE_COLUMNS = [

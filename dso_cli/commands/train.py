@@ -10,14 +10,21 @@ from omegaconf import DictConfig, OmegaConf
 from dso_cli.benchmarks import build_benchmark, split_items
 from dso_cli.errors import DsoError
 from dso_cli.evaluation import Evaluator
-from dso_cli.fitting import Tracking, fit_in_run, training_inputs
-from dso_cli.leakage import RECORD, training_record
+from dso_cli.pipeline.fitting import Tracking, fit_in_run, training_inputs
 from dso_cli.pipeline.inputs import activation_store
+from dso_cli.pipeline.leakage import RECORD, training_record
 from dso_cli.pipeline.results import markdown_table
+from dso_cli.pipeline.runs import (
+    ARTIFACT_DIR,
+    claim_run_dir,
+    load_train_config,
+    new_train_dir,
+    save_provenance,
+    typed_keys,
+)
 from dso_cli.pipeline.setup import load_scored_model
 from dso_cli.pipeline.specs import CacheSettings, ModelSetup
 from dso_cli.rl.checkpoint import CHECKPOINT, load_checkpoint
-from dso_cli.runs import ARTIFACT_DIR, claim_run_dir, load_train_config, new_train_dir, save_provenance, typed_keys
 from dso_cli.steering.artifact import MANIFEST
 from dso_cli.steering.method import FitJob, make_method
 

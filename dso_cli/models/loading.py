@@ -121,7 +121,7 @@ def load_model(
     kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
     local = os.path.expanduser(source)
     if trust_remote_code and Path(local).is_dir():
-        from dso_cli.steering.export_modeling import check_modeling_file
+        from dso_cli.models.remote_code import check_modeling_file
 
         check_modeling_file(local)  # a dso export's modeling file runs on load: it must be the one exported
     processor = None

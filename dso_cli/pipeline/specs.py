@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from dso_cli.scoring_options import ScoringOptions
+from dso_cli.scoring.options import ScoringOptions
 
 
 def _plain(node: Any) -> Any:
@@ -80,7 +80,7 @@ class HeldoutText:
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> HeldoutText:
-        from dso_cli.fitting import kl_text
+        from dso_cli.pipeline.fitting import kl_text
 
         text = cfg.heldout_text
         trained: tuple[str, ...] = ()

@@ -14,11 +14,11 @@ from omegaconf import DictConfig
 
 from dso_cli.benchmarks import build_benchmark, split_items
 from dso_cli.errors import DsoError
-from dso_cli.leakage import check_no_leakage
 from dso_cli.models.loading import LoadedModel
+from dso_cli.pipeline.leakage import check_no_leakage
+from dso_cli.pipeline.runs import ARTIFACT_DIR, find_latest_train_run, load_train_config, merge_run_config
 from dso_cli.pipeline.setup import load_scored_model
 from dso_cli.pipeline.specs import ModelSetup, RunLocation
-from dso_cli.runs import ARTIFACT_DIR, find_latest_train_run, load_train_config, merge_run_config
 from dso_cli.scoring import OptionScorer
 from dso_cli.steering.artifact import Artifact
 

@@ -1,5 +1,5 @@
-"""Where an artifact steers, as one Markdown line and a PNG: the placement each method reports
-(:meth:`SteeringMethod.placement`) for ``dso analyze`` and ``dso report``."""
+"""Where an artifact steers, as one Markdown line and a PNG, drawn the way its method declares
+(:attr:`SteeringMethod.placement`: ``affine``, ``vector`` or ``heads``) for ``dso analyze`` and ``dso report``."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dso_cli.errors import DsoError
+from dso_cli.pipeline.runs import ARTIFACT_DIR, TRAIN_CONFIG, load_train_config
 from dso_cli.report.where import affine_mass, iti_heads, mass_fraction, vector_norms
 from dso_cli.report.where_plots import affine_heatmap, head_heatmap, vector_plot
-from dso_cli.runs import ARTIFACT_DIR, TRAIN_CONFIG, load_train_config
 from dso_cli.steering.artifact import MANIFEST, Artifact
 
 
@@ -45,13 +45,19 @@ def head_placement(artifact: Artifact, out_dir: Path, name: str) -> str:
     return f"- **{artifact.method}** ({name}): {len(heads)} heads: {chosen}. ![{name}]({png})"
 
 
+DRAWINGS = {"affine": affine_placement, "vector": vector_placement, "heads": head_placement}
+"""How each placement a method may declare (:data:`dso_cli.steering.method.PLACEMENTS`) is drawn."""
+
+
 def steering_section(artifact: Artifact, out_dir: Path, name: str) -> str:
-    """One line (and a PNG) on where ``artifact`` steers, as its method reports it."""
+    """One line (and a PNG) on where ``artifact`` steers, drawn as its method declares."""
     try:
-        line = artifact.method_class().placement(artifact, out_dir, name)
+        kind = artifact.method_class().placement
     except DsoError:  # a method of a package not imported here
-        line = None
-    return line or f"- **{artifact.method}** ({name}): no placement to show (not a per-module method)."
+        kind = None
+    if kind is None:
+        return f"- **{artifact.method}** ({name}): no placement to show (not a per-module method)."
+    return DRAWINGS[kind](artifact, out_dir, name)
 
 
 def steering_sections(runs: Sequence[Path], out_dir: Path) -> list[str]:

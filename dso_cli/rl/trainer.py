@@ -27,12 +27,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from dso_cli.benchmarks.schema import DecisionItem
@@ -50,10 +50,14 @@ from dso_cli.rl.step import (
     _tokenized,
 )
 from dso_cli.scoring import OptionScorer, policy
-from dso_cli.steering.affine import apply_affine
+
+Apply = Callable[[nn.Module, Mapping[str, Tensor], float], AbstractContextManager]
+"""How the trained transform is put on a model: ``apply(model, params, strength)`` returns a context
+manager whose ``strength`` attribute can be changed inside (DSO's: ``steering.affine.apply_affine``)."""
 
 
 def train_dso(
+    apply: Apply,
     scorer: OptionScorer,
     params: dict[str, Tensor],
     items: Sequence[DecisionItem],
@@ -67,7 +71,9 @@ def train_dso(
     checkpoint_path: Path | None = None,
     resume: bool = False,
 ) -> dict[str, float]:
-    """Optimise ``params`` in place; returns the last step's metrics (plus early-stopping facts).
+    """Optimise ``params`` of the transform that ``apply`` puts on ``scorer.model`` in place; returns the
+    last step's metrics (plus early-stopping facts). The trainer knows the transform only through
+    ``apply``, so any differentiable steering with a settable strength trains the same way.
 
     With ``checkpoint_path`` the state is saved every ``checkpoint_every`` steps and on Ctrl-C (at the
     end of the running step); ``resume`` continues from it and ends with the same parameters as an
@@ -105,7 +111,7 @@ def train_dso(
     bar = tqdm(range(state["step"] + 1, cfg.steps + 1), desc="dso train", unit="step", initial=state["step"],
                total=cfg.steps)  # fmt: skip
     precision = _autocast(scorer, cfg)
-    with apply_affine(scorer.model, params, 1.0) as steer, deferred_interrupt() as interrupt, precision:
+    with apply(scorer.model, params, 1.0) as steer, deferred_interrupt() as interrupt, precision:
         for step in bar:
             started = time.perf_counter()
             metrics = _one_step(scorer, steer, estimator, sampler, base, cfg, state, optimizer, leaves, step,

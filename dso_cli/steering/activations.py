@@ -21,8 +21,8 @@ from tqdm.auto import tqdm
 
 from dso_cli.benchmarks.schema import DecisionItem
 from dso_cli.errors import DsoError
-from dso_cli.prefix_tree import pack
 from dso_cli.scoring import OptionScorer
+from dso_cli.scoring.prefix_tree import pack
 from dso_cli.steering.hooks import hooks_on, output_tensor
 
 if TYPE_CHECKING:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -21,7 +20,7 @@ from dso_cli.steering.hooks import hooks_on
 from dso_cli.steering.method import SteeringMethod
 
 if TYPE_CHECKING:
-    from dso_cli.steering.artifact import Artifact
+    pass
 
 
 class SteeringHandle:
@@ -90,15 +89,10 @@ class AffineMethod(SteeringMethod):
     """Methods whose tensors are ``a`` and ``b`` per norm (DSO, mean matching): one hook, prunable,
     foldable into an exported checkpoint, shown as |a| + |b| per layer."""
 
+    placement = "affine"
     affine = True
     knob = "ω"
 
     @classmethod
     def apply(cls, model: nn.Module, tensors: Mapping[str, Tensor], strength: float):
         return apply_affine(model, tensors, strength)
-
-    @classmethod
-    def placement(cls, artifact: Artifact, out_dir: Path, name: str) -> str | None:
-        from dso_cli.report.placement import affine_placement
-
-        return affine_placement(artifact, out_dir, name)

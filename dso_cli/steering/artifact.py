@@ -21,10 +21,10 @@ import safetensors
 import safetensors.torch
 from torch import Tensor, nn
 
-from dso_cli import __version__
 from dso_cli.errors import DsoError
 from dso_cli.io import atomic_write, git_commit, sha256_of, write_json
 from dso_cli.steering.method import SteeringMethod, method_class
+from dso_cli.version import __version__
 
 if TYPE_CHECKING:
     from dso_cli.scoring import OptionScorer

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
@@ -143,6 +142,7 @@ class CAA(SteeringMethod):
     """Contrastive Activation Addition (options: ``layers``, ``candidate_layers``, ``select_alpha``)."""
 
     name = "caa"
+    placement = "vector"
     strength = STRENGTH
 
     def records(self, model: nn.Module, norm_modules: Any, can_select: bool) -> tuple[list[str], list[str]]:
@@ -161,9 +161,3 @@ class CAA(SteeringMethod):
     @classmethod
     def apply(cls, model: nn.Module, tensors: Mapping[str, Tensor], strength: float):
         return apply_additive(model, tensors, strength)
-
-    @classmethod
-    def placement(cls, artifact: Artifact, out_dir: Path, name: str) -> str | None:
-        from dso_cli.report.placement import vector_placement
-
-        return vector_placement(artifact, out_dir, name)

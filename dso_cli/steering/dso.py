@@ -14,7 +14,7 @@ from dso_cli.rl.config import TrainConfig
 from dso_cli.rl.rewards import Reward
 from dso_cli.rl.trainer import train_dso
 from dso_cli.scoring import OptionScorer
-from dso_cli.steering.affine import AffineMethod, init_affine_params
+from dso_cli.steering.affine import AffineMethod, apply_affine, init_affine_params
 from dso_cli.steering.artifact import Artifact
 from dso_cli.steering.method import FitJob
 
@@ -51,6 +51,7 @@ def fit_dso(
     for name in frozen:
         params[f"{name}.b"].requires_grad_(False)
     metrics = train_dso(
+        apply_affine,
         scorer,
         params,
         items,

@@ -34,22 +34,14 @@ from torch import Tensor, nn
 
 from dso_cli.errors import DsoError, first_line
 from dso_cli.io import sha256_of, write_json, write_text
+from dso_cli.models.remote_code import BIAS_MODULES_KEY, MODELING_FILE, MODELING_SHA_KEY, RECORD_KEY, read_json
 from dso_cli.steering.affine import apply_affine, module_names
 from dso_cli.steering.export_folding import (
     _run_norm,
     fold_norms,
     write_folds,
 )
-from dso_cli.steering.export_modeling import (
-    BIAS_MODULES_KEY,
-    MODELING_FILE,
-    MODELING_SHA_KEY,
-    RECORD_KEY,
-    _forget_module_copy,
-    _read_json,
-    auto_class_name,
-    modeling_source,
-)
+from dso_cli.steering.export_modeling import _forget_module_copy, auto_class_name, modeling_source
 from dso_cli.steering.export_stock import ShiftPlan, plan_shifts, write_shifts
 
 TOLERANCE = 1e-4
@@ -142,7 +134,7 @@ def check_out_dir(out: str | Path, overwrite: bool) -> Path:
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise DsoError(f"out={out} is not empty; pass overwrite=true to replace an earlier export")
-        if RECORD_KEY not in _read_json(out / "config.json"):
+        if RECORD_KEY not in read_json(out / "config.json"):
             raise DsoError(f"out={out} is not empty and holds no earlier dso export; choose another directory")
     return out
 
@@ -306,7 +298,7 @@ def _save_preprocessing(processor: Any, path: Path) -> None:
     if stock is None:
         return
     for name in ("processor_config.json", "tokenizer_config.json", "preprocessor_config.json"):
-        if _read_json(path / name).get("processor_class") == own.__name__:
+        if read_json(path / name).get("processor_class") == own.__name__:
             _update_json(path / name, {"processor_class": stock.__name__})
 
 
@@ -328,6 +320,6 @@ def _free_memory() -> None:
 
 
 def _update_json(path: Path, changes: Mapping[str, Any]) -> None:
-    data = _read_json(path)
+    data = read_json(path)
     data.update(changes)
     write_json(path, data)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -133,6 +132,7 @@ class ITI(SteeringMethod):
     """Inference-Time Intervention (options: ``top_k`` heads, ``seed`` of the probes)."""
 
     name = "iti"
+    placement = "heads"
     strength = STRENGTH
 
     def records(self, model: nn.Module, norm_modules: Any, can_select: bool) -> tuple[list[str], list[str]]:
@@ -145,9 +145,3 @@ class ITI(SteeringMethod):
     @classmethod
     def apply(cls, model: nn.Module, tensors: Mapping[str, Tensor], strength: float):
         return apply_head_shift(model, tensors, strength)
-
-    @classmethod
-    def placement(cls, artifact: Artifact, out_dir: Path, name: str) -> str | None:
-        from dso_cli.report.placement import head_placement
-
-        return head_placement(artifact, out_dir, name)

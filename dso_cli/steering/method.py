@@ -4,6 +4,7 @@ Every method (DSO, the closed-form baselines, a user's own) subclasses :class:`S
 file and is selected by ``_target_`` in ``conf/steering_method/<name>.yaml``. Defining the subclass
 registers it under its ``name``; :func:`method_class` finds a built-in one through its config file, so
 no verb or report compares method names: they ask the method (``trained``, ``knob``, ``placement``).
+
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ if TYPE_CHECKING:
     from dso_cli.scoring import OptionScorer
     from dso_cli.steering.activations import ActivationStore
     from dso_cli.steering.artifact import Artifact
+
+
+PLACEMENTS = ("affine", "vector", "heads")
+"""How a report can draw where an artifact steers (:attr:`SteeringMethod.placement`)."""
 
 
 @dataclass
@@ -75,9 +80,16 @@ class SteeringMethod:
     trained: ClassVar[bool] = False  # fitted by the RL trainer: needs FitJob.training (optimizer, reward)
     affine: ClassVar[bool] = False  # tensors are a and b per module: prunable, foldable into an export
     module_free: ClassVar[bool] = False  # tensors are not keyed by model modules (a prompt, say)
+    # how `dso report` / `dso analyze` draw where the artifact steers: "affine" (|a|+|b| per layer and norm),
+    # "vector" (the layers an additive vector is added at), "heads" (shifted attention heads), None: nothing
+    placement: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if cls.placement not in (None, *PLACEMENTS):
+            raise TypeError(
+                f"{cls.__name__}.placement must be None or one of {', '.join(PLACEMENTS)}, not {cls.placement!r}"
+            )
         if cls.__dict__.get("name"):
             _REGISTRY[cls.name] = cls
 
@@ -101,11 +113,6 @@ class SteeringMethod:
         """Steer what ``scorer`` scores: the model by default; a method that changes prompts overrides it."""
         return cls.apply(scorer.model, tensors, strength)
 
-    @classmethod
-    def placement(cls, artifact: Artifact, out_dir: Path, name: str) -> str | None:
-        """A Markdown line (and a PNG in ``out_dir``) on where the artifact steers; None: nothing to show."""
-        return None
-
     def create_artifact(
         self,
         job: FitJob,
@@ -113,7 +120,8 @@ class SteeringMethod:
         hyperparameters: Mapping[str, Any],
         train_metrics: Mapping[str, Any] | None = None,
     ) -> Artifact:
-        from dso_cli.steering.artifact import Artifact
+        """The artifact of a fit (a method of a user's package calls this at the end of ``fit``)."""
+        from dso_cli.steering.artifact import Artifact  # at call time: artifact.py imports this module
 
         return Artifact.create(
             self.name,
@@ -142,7 +150,7 @@ def shipped_options(name: str) -> dict[str, Any]:
     """The options of ``conf/steering_method/<name>.yaml`` (none for a method without a config file)."""
     from omegaconf import OmegaConf
 
-    from dso_cli.config_files import group_config
+    from dso_cli.config.files import group_config
 
     if name not in _builtin_names():
         return {}
@@ -180,13 +188,13 @@ def _checked_class(target: str) -> type[SteeringMethod]:
 
 
 def _config_target(name: str) -> str:
-    from dso_cli.config_files import group_config
+    from dso_cli.config.files import group_config
 
     return str(group_config("steering_method", name).get("_target_"))
 
 
 def _builtin_names() -> list[str]:
-    from dso_cli.config_files import group_options
+    from dso_cli.config.files import group_options
 
     return group_options("steering_method")
 

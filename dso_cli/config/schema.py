@@ -6,7 +6,7 @@ closed nodes. A wrong type (``seed=abc``, ``sweep.bootstrap_reps=1.5``, ``model.
 or an unknown key (``optimizer.stepz=3``) then fails at composition, naming the key, in single runs and
 in every job of a multirun alike. The values themselves live in the YAML files (with their comments);
 the schemas hold the types (and a comment per key). Groups whose keys differ by option (the benchmark, the steering
-method, the reward, the logger, the capability set) have one schema per option (:mod:`dso_cli.group_schemas`).
+method, the reward, the logger, the capability set) have one schema per option (:mod:`dso_cli.config.group_schemas`).
 Range checks (``seed >= 0``, ``lr > 0``) are in :mod:`dso_cli.cli` and :class:`dso_cli.rl.config.TrainConfig`.
 """
 
@@ -277,7 +277,7 @@ def register_schemas() -> None:
         return
     from hydra.core.config_store import ConfigStore
 
-    from dso_cli.group_schemas import GROUP_SCHEMAS
+    from dso_cli.config.group_schemas import GROUP_SCHEMAS
 
     store = ConfigStore.instance()
     for verb, schema in SCHEMAS.items():

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from dso_cli.prefix_tree import additive_mask
+from dso_cli.scoring.prefix_tree import additive_mask
 
 IMPLEMENTATION = "dso_tree_chunks"
 

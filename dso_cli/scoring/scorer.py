@@ -7,7 +7,7 @@ prompt's key/value cache (``share_prompt``; or, for models whose cache cannot be
 is appended to its own copy of the prompt). Only the positions that predict option tokens go through
 the output head, so the vocabulary projection costs one row per option token, not one per prompt
 token. Text items go one better by default (``prefix_tree``): they are packed into prefix trees
-(:mod:`dso_cli.prefix_tree`), so prompt tokens that items share (the chat template's system turn, a
+(:mod:`dso_cli.scoring.prefix_tree`), so prompt tokens that items share (the chat template's system turn, a
 scenario sentence) and the option tokens are all computed in one forward pass per tree, each once.
 """
 
@@ -26,12 +26,12 @@ from dso_cli.benchmarks.schema import DecisionItem
 from dso_cli.errors import DsoError
 from dso_cli.models.linear_kernels import linear, linear_kernel, resolve_kernel
 from dso_cli.models.multimodal import Payload, collate, needs_own_positions
-from dso_cli.prefix_tree import PackedRow, additive_mask, pack, tree_mask
-from dso_cli.scoring_checks import StartupChecks, _resolve_attention_chunk, _resolve_tree_tokens
-from dso_cli.scoring_options import ScoringOptions
-from dso_cli.scoring_paths import BatchedPaths
-from dso_cli.scoring_render import EncodedItem, PromptRendering
-from dso_cli.tree_attention import attention_implementation, chunked_tree_attention, plan_tree_attention
+from dso_cli.scoring.checks import StartupChecks, _resolve_attention_chunk, _resolve_tree_tokens
+from dso_cli.scoring.options import ScoringOptions
+from dso_cli.scoring.paths import BatchedPaths
+from dso_cli.scoring.prefix_tree import PackedRow, additive_mask, pack, tree_mask
+from dso_cli.scoring.render import EncodedItem, PromptRendering
+from dso_cli.scoring.tree_attention import attention_implementation, chunked_tree_attention, plan_tree_attention
 
 
 @dataclass

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from dso_cli.errors import DsoError
-from dso_cli.scoring_render import EncodedItem
+from dso_cli.scoring.render import EncodedItem
 
 
 def _resolve_tree_tokens(value: int | str, device: torch.device) -> int:

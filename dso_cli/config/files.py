@@ -16,10 +16,10 @@ def conf_dir() -> Path:
     """The Hydra config directory, ``dso_cli/conf`` (inside the package, so a plain ``pip install .``
     has it too; ``conf/`` at the checkout's root links to it).
 
-    Its configs start from the typed schemas of :mod:`dso_cli.config_schema` and
-    :mod:`dso_cli.group_schemas`, registered here so that whoever composes them (the CLI, a test, a
+    Its configs start from the typed schemas of :mod:`dso_cli.config.schema` and
+    :mod:`dso_cli.config.group_schemas`, registered here so that whoever composes them (the CLI, a test, a
     script) finds them."""
-    from dso_cli.config_schema import register_schemas
+    from dso_cli.config.schema import register_schemas
 
     register_schemas()
     return Path(str(resources.files("dso_cli") / "conf"))
@@ -69,7 +69,7 @@ def typed(group: str, name: str, cfg: DictConfig, *, prefix: str = "") -> DictCo
     one-line error as the user typed them (``bias.n_train: ...``)."""
     from omegaconf.errors import OmegaConfBaseException
 
-    from dso_cli.group_schemas import schema_for
+    from dso_cli.config.group_schemas import schema_for
 
     schema = schema_for(group, name)
     if schema is None:

@@ -3,9 +3,9 @@
 ``conf/<group>/<option>.yaml`` starts its defaults list with ``/schema/<group>/<option>@_here_``, so a
 wrong type or an unknown key of the chosen option (``bias.n_train=abc``, ``bias.n_trian=8``,
 ``steering_method.top_k=1.5``, ``logger.mode=3``) fails at composition, naming the key, exactly like the
-verbs' own sections (:mod:`dso_cli.config_schema`). Files read outside a composition (a mixture's
+verbs' own sections (:mod:`dso_cli.config.schema`). Files read outside a composition (a mixture's
 members, ``dso eval``'s sets, ``dso compare``'s methods) are checked against the same schema by
-:func:`dso_cli.config_files.group_config`. A group option a user adds in a config directory of their
+:func:`dso_cli.config.files.group_config`. A group option a user adds in a config directory of their
 own, without a schema, stays an open mapping that its builder checks.
 """
 

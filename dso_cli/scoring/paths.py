@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from dso_cli.scoring_render import EncodedItem
+from dso_cli.scoring.render import EncodedItem
 
 
 class BatchedPaths:
