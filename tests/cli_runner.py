@@ -51,10 +51,10 @@ def _environment(env_vars: dict[str, str], cwd: Path):
         sys.path[:] = saved_path
         os.environ.clear()
         os.environ.update(saved_env)
-        roots = [str(Path(p).resolve()) for p in extra]
+        roots = [Path(p).resolve() for p in extra]
         for name, module in list(sys.modules.items()):
-            where = getattr(module, "__file__", None) or ""
-            if roots and any(str(Path(where).resolve()).startswith(root) for root in roots if where):
+            where = getattr(module, "__file__", None)
+            if where and any(Path(where).resolve().is_relative_to(root) for root in roots):
                 del sys.modules[name]
 
 

@@ -5,16 +5,16 @@ sets, the trainer's settings. Run up front for a single run and again inside eve
 
 from __future__ import annotations
 
-from dso_cli.config.files import group_options
+from dso_cli.config.files import check_option
 from dso_cli.config.validation import check_config
 from dso_cli.errors import DsoError
 
 
 def check_verb(verb: str, cfg) -> None:
     """Everything checked after composition for ``dso <verb>``."""
-    check_config(cfg)
-    from dso_cli.pipeline.runs import parse_strengths
+    from dso_cli.pipeline.runs import parse_strengths  # here: it imports torch, and bad input fails fast
 
+    check_config(cfg)
     if verb in ("sweep", "eval", "generate"):
         parse_strengths(cfg.alpha)
     if verb == "prune" and cfg.get("alpha") is not None and len(parse_strengths(cfg.alpha)) != 1:
@@ -48,6 +48,4 @@ def check_verb(verb: str, cfg) -> None:
     if verb == "eval":
         for group, names in (("bias_benchmark", cfg.eval.benchmarks), ("capability", cfg.eval.capability)):
             for name in names or []:
-                if name not in group_options(group):
-                    what = "bias benchmark" if group == "bias_benchmark" else "capability set"
-                    raise DsoError(f"unknown {what} {name!r} (choose from: {', '.join(group_options(group))})")
+                check_option(group, str(name))

@@ -29,6 +29,14 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
 
 
+def check_option(group: str, name: str, *, where: str = "") -> None:
+    """A one-line error listing the choices when ``conf/<group>/`` has no option ``name``."""
+    options = group_options(group)
+    if name not in options:
+        what = WHAT.get(group, group)
+        raise DsoError(f"unknown {what} {name!r}{f' in {where}' if where else ''} (choose from: {', '.join(options)})")
+
+
 def default_option(group: str) -> str:
     """The option ``conf/base.yaml`` picks for ``group``: the Python API trains with the CLI's defaults."""
     base = OmegaConf.load(conf_dir() / "base.yaml")
@@ -40,10 +48,7 @@ def default_option(group: str) -> str:
 
 def group_config(group: str, name: str, *, where: str = "") -> DictConfig:
     """``conf/<group>/<name>.yaml``; an unknown name is a one-line error listing the choices."""
-    options = group_options(group)
-    if name not in options:
-        what = WHAT.get(group, group)
-        raise DsoError(f"unknown {what} {name!r}{f' in {where}' if where else ''} (choose from: {', '.join(options)})")
+    check_option(group, name, where=where)
     cfg = OmegaConf.load(conf_dir() / group / f"{name}.yaml")
     assert isinstance(cfg, DictConfig)
     cfg.pop("defaults", None)  # the option's schema (Hydra's defaults list), applied here instead

@@ -10,7 +10,6 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -18,9 +17,6 @@ from torch import Tensor, nn
 from dso_cli.errors import DsoError
 from dso_cli.steering.hooks import hooks_on
 from dso_cli.steering.method import SteeringMethod
-
-if TYPE_CHECKING:
-    pass
 
 
 class SteeringHandle:
