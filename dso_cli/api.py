@@ -25,7 +25,7 @@ from dso_cli.errors import DsoError
 from dso_cli.evaluation.metric import Metric
 from dso_cli.scoring.options import ScoringOptions
 from dso_cli.steering.artifact import Artifact
-from dso_cli.steering.method import FitJob, SteeringMethod, Training, method_class, shipped_options
+from dso_cli.steering.method import FitJob, SteeringMethod, Training, method_class, option_names
 
 
 def load_benchmark(name: str, **options: Any) -> datasets.DatasetDict:
@@ -67,8 +67,9 @@ def fit(
     train = _as_items(items)
     val = _as_items(val_items) if val_items is not None else None
     if isinstance(method, str):
-        own = {k: v for k, v in options.items() if k in shipped_options(method)}
-        fitter = method_class(method)(**own)
+        cls = method_class(method)
+        own = {k: v for k, v in options.items() if k in option_names(cls)}
+        fitter = cls(**own)
         rest = {k: v for k, v in options.items() if k not in own}
     else:
         fitter, rest = method, dict(options)
@@ -134,25 +135,21 @@ def _scorer(model: nn.Module, tokenizer: Any, processor: Any, scoring: ScoringOp
 
 
 def _training(options: Mapping[str, Any]) -> Training:
-    """The RL trainer's settings: the CLI's default optimizer and reward (``conf/base.yaml``), ``options``
-    on top."""
-    from omegaconf import OmegaConf
-
+    """The RL trainer's settings (:class:`~dso_cli.rl.config.TrainConfig`'s defaults, the CLI's) and the
+    CLI's default reward (``conf/base.yaml``), ``options`` on top."""
     from dso_cli.benchmarks.neutral_text import read_passages
     from dso_cli.config.files import default_option, group_config
     from dso_cli.pipeline.fitting import trainer_settings
     from dso_cli.rl.config import TrainConfig
     from dso_cli.targets import instantiate_checked
 
-    opt = OmegaConf.to_container(group_config("optimizer", default_option("optimizer")), resolve=True)
-    assert isinstance(opt, dict)
-    text_path = opt.get("kl_text_path")
     extra = dict(options)
     reward = extra.pop("reward", None)
     if reward is None:
         reward = instantiate_checked(group_config("reward", default_option("reward")), "reward")
     checkpoint = extra.pop("checkpoint_path", None)
-    config = trainer_settings({**opt, **extra}, seed=TrainConfig.seed)  # a seed= option wins
+    config = trainer_settings(extra, seed=TrainConfig.seed)  # a seed= option wins
+    text_path = config.kl_text_path
     return Training(
         config=config,
         reward=reward,

@@ -148,8 +148,10 @@ def plain(cfg):
     return out
 
 
-def validate(verb: str, overrides: list[str], job_num: int | None = None) -> None:
-    """Compose the config once up front so bad input fails fast with one clear line."""
+def validate(verb: str, overrides: list[str], job_num: int | None = None):
+    """The composed, checked config: bad input fails before any work with one clear line. A single run
+    then runs on this config (composed once); a multirun's jobs are checked here and composed again by
+    Hydra's launcher, which may run them elsewhere (SLURM, Ray)."""
     from hydra.errors import HydraException, MissingConfigException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -168,6 +170,7 @@ def validate(verb: str, overrides: list[str], job_num: int | None = None) -> Non
 
     trust(cfg.get("allow_targets") or [])  # this command line's, so a method of the user's package is checked
     check_verb(verb, cfg)
+    return cfg
 
 
 def validate_multirun(verb: str, overrides: list[str], limit: int = 1000) -> None:
@@ -212,44 +215,64 @@ FAILED_JOBS: list[int] = []
 """Multirun jobs that ended in a one-line error (the sweep goes on; ``main`` then exits 2)."""
 
 
-def _runner(verb: str) -> Callable:
+def run_verb(verb: str, cfg, overrides: list[str], job_num: int | None = None) -> None:
+    """Run ``verb`` on its composed config (``job_num``: this job of a multirun)."""
+    from dso_cli.commands.analyze import run_analyze
+    from dso_cli.commands.compare import run_compare
+    from dso_cli.commands.eval import run_eval
+    from dso_cli.commands.export import run_export
+    from dso_cli.commands.extract import run_extract
+    from dso_cli.commands.generate import run_generate
+    from dso_cli.commands.prune import run_prune
+    from dso_cli.commands.report import run_report
+    from dso_cli.commands.sweep import run_sweep
+    from dso_cli.commands.train import run_train
+
+    runners = {
+        "sweep": run_sweep,
+        "report": run_report,
+        "eval": run_eval,
+        "compare": run_compare,
+        "prune": run_prune,
+        "export": run_export,
+        "extract": run_extract,
+        "analyze": run_analyze,
+        "generate": run_generate,
+    }  # verb -> run(cfg, overrides); train also takes the multirun job number
+    if verb == "train":
+        run_train(cfg, job_num=job_num, overrides=overrides)
+    else:
+        runners[verb](cfg, overrides)
+
+
+def _run_single(verb: str, cfg, overrides: list[str]) -> int:
+    """A single run on the config :func:`validate` composed and checked: no second composition."""
+    try:
+        run_verb(verb, plain(cfg), overrides)
+    except DsoError as exc:
+        print(f"dso {verb}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dso {verb}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _job_runner(verb: str) -> Callable:
+    """A multirun job as Hydra's launcher runs it (composed by Hydra, perhaps on another machine)."""
     from hydra.core.hydra_config import HydraConfig
 
     def run(cfg) -> None:
-        from dso_cli.commands.analyze import run_analyze
-        from dso_cli.commands.compare import run_compare
-        from dso_cli.commands.eval import run_eval
-        from dso_cli.commands.export import run_export
-        from dso_cli.commands.extract import run_extract
-        from dso_cli.commands.generate import run_generate
-        from dso_cli.commands.prune import run_prune
-        from dso_cli.commands.report import run_report
-        from dso_cli.commands.sweep import run_sweep
-        from dso_cli.commands.train import run_train
         from dso_cli.targets import trust
 
         hydra_cfg = HydraConfig.get()
         overrides = list(hydra_cfg.overrides.task)
         trust(cfg.get("allow_targets") or [])  # from this command line only, never from a run directory
-        runners = {
-            "sweep": run_sweep,
-            "report": run_report,
-            "eval": run_eval,
-            "compare": run_compare,
-            "prune": run_prune,
-            "export": run_export,
-            "extract": run_extract,
-            "analyze": run_analyze,
-            "generate": run_generate,
-        }  # verb -> run(cfg, overrides); train also takes the multirun job number
         multirun = str(hydra_cfg.mode) == "RunMode.MULTIRUN"
         cfg = plain(cfg)
         try:
-            check_verb(verb, cfg)
-            if verb == "train":
-                run_train(cfg, job_num=hydra_cfg.job.num if multirun else None, overrides=overrides)
-            else:
-                runners[verb](cfg, overrides)
+            check_verb(verb, cfg)  # again: a glob() sweep's jobs are expanded only by Hydra
+            run_verb(verb, cfg, overrides, job_num=hydra_cfg.job.num if multirun else None)
         except DsoError as exc:
             if not multirun:
                 print(f"dso {verb}: error: {exc}", file=sys.stderr)
@@ -280,13 +303,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             if flags:
                 validate_multirun(verb, [arg for arg in rest if arg not in flags])
             else:
-                validate(verb, rest)
+                cfg = validate(verb, rest)
         except DsoError as exc:
             print(f"dso {verb}: error: {exc}", file=sys.stderr)
             return 2
+        if not flags:
+            return _run_single(verb, cfg, rest)
     import hydra
 
-    app = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=verb)(_runner(verb))
+    app = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=verb)(_job_runner(verb))
     saved_argv = sys.argv
     sys.argv = [f"dso-{verb}", *rest]
     try:

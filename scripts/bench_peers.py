@@ -63,6 +63,7 @@ sys.path.insert(0, str(ROOT))
 
 from dso_cli.benchmarks import build_benchmark, split_items  # noqa: E402
 from dso_cli.cli import compose_config  # noqa: E402
+from dso_cli.config.group_schemas import CAAOptions  # noqa: E402
 from dso_cli.models.layouts import find_decoder_layers  # noqa: E402
 from dso_cli.models.linear_kernels import linear_kernel  # noqa: E402
 from dso_cli.models.loading import LoadedModel  # noqa: E402
@@ -144,7 +145,7 @@ def fit_ours(
     """``dso train steering_method=caa steering_method.layers=[layer]``: the store's pass and the fit."""
     started = time.perf_counter()
     store = ActivationStore(scorer, items, batch_size=batch_size)
-    artifact = fit_caa(loaded, store, layers=[layer])
+    artifact = fit_caa(loaded, store, CAAOptions(layers=[layer]))
     seconds = time.perf_counter() - started
     (vector,) = artifact.tensors.values()
     return vector.float().cpu(), seconds
@@ -178,7 +179,7 @@ def candidate_pass(
     """Our default fit's pass: every candidate layer recorded in one run, and their mean differences."""
     started = time.perf_counter()
     store = ActivationStore(scorer, items, batch_size=batch_size)
-    names = caa_modules(loaded.model, {}, can_select=True)
+    names = caa_modules(loaded.model, CAAOptions(), can_select=True)
     recorded = store.outputs(names)
     for name in names:
         mean_difference(recorded["pro"][name], recorded["anti"][name])

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from dso_cli.commands.extract import resolve_modules
+from dso_cli.config.group_schemas import CAAOptions
 from dso_cli.errors import DsoError
 from dso_cli.scoring import OptionScorer
 from dso_cli.steering.activation_cache import ActivationCache
@@ -171,11 +172,11 @@ def test_batch_size_and_prefix_trees_do_not_change_activations(tokenizer, model,
 def test_baseline_fits_read_the_cache_instead_of_running_the_model(tokenizer, model, train_items, tmp_path):
     cache = ActivationCache(tmp_path)
     first = ActivationStore(OptionScorer(model, tokenizer), train_items, cache=cache)
-    vector = fit_caa(Loaded(model), first, layers=[1]).tensors
+    vector = fit_caa(Loaded(model), first, CAAOptions(layers=[1])).tensors
     assert first.passes == 1 and cache.writes == 1
     scorer = OptionScorer(model, tokenizer)
     second = ActivationStore(scorer, train_items, cache=ActivationCache(tmp_path))
-    again = fit_caa(Loaded(model), second, layers=[1]).tensors
+    again = fit_caa(Loaded(model), second, CAAOptions(layers=[1])).tensors
     assert second.passes == 0 and scorer.stats.forward_calls == 0
     assert all(torch.equal(vector[k], again[k]) for k in vector)
 

@@ -119,7 +119,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, tiny_llama_dir):
         ("optimizer.steps=2.7", "optimizer.steps: Value '2.7' of type 'float' could not be converted to Integer"),
         ("bias.n_train=abc", "bias.n_train: Value 'abc' of type 'str' could not be converted to Integer"),
         ("bias.test_pairs_per_occupation=-1", "bias.test_pairs_per_occupation=-1 must be a whole number >= 0"),
-        ("optimizer.stepz=3", "optimizer.stepz: Key 'stepz' not in 'OptimizerSchema'"),
+        ("optimizer.stepz=3", "optimizer.stepz: Key 'stepz' not in 'OptimizerOptions'"),
         ("sweep.bootstrap_reps=abc", "sweep.bootstrap_reps: Value 'abc'"),
     ],
 )

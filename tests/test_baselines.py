@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from dso_cli.benchmarks.occupation import build
+from dso_cli.config.group_schemas import CAAOptions, ITIOptions
 from dso_cli.errors import DsoError
 from dso_cli.models.layouts import find_decoder_layers, find_norm_modules
 from dso_cli.scoring import OptionScorer
@@ -74,7 +75,7 @@ def test_activations_batch_size_and_prefix_trees_do_not_matter(setup, items, tok
 def test_caa_vector_is_the_mean_difference_at_the_answer_position(setup, items):
     loaded, scorer = setup
     layer = find_decoder_layers(loaded.model)[1]
-    artifact = fit_caa(loaded, ActivationStore(scorer, items), layers=[1])
+    artifact = fit_caa(loaded, ActivationStore(scorer, items), CAAOptions(layers=[1]))
     # by hand: one unpadded forward per completion, the layer's output at the last token
     captured = {}
     hook = dict(loaded.model.named_modules())[layer].register_forward_hook(
@@ -221,7 +222,7 @@ def test_iti_picks_the_head_with_a_planted_signal_in_a_tiny_model(setup, items, 
 
     plant_hook = loaded.model.model.layers[1].self_attn.o_proj.register_forward_pre_hook(plant)
     try:
-        artifact = fit_iti(loaded, ActivationStore(scorer, many), top_k=1)
+        artifact = fit_iti(loaded, ActivationStore(scorer, many), ITIOptions(top_k=1))
     finally:
         embed_hook.remove()
         plant_hook.remove()
@@ -268,7 +269,7 @@ def test_caa_chooses_its_layer_by_val_pob(setup, items):
     loaded, scorer = setup
     val = [i for i in build(val_pairs_per_occupation=1)["val"].to_list()][:24]
     store = ActivationStore(scorer, items)
-    artifact = fit_caa(loaded, store, val_items=val, candidate_layers=[0, 1], select_alpha=4.0)
+    artifact = fit_caa(loaded, store, CAAOptions(candidate_layers=[0, 1], select_alpha=4.0), val_items=val)
     selection = artifact.manifest["hyperparameters"]["layer_selection"]
     layers = find_decoder_layers(loaded.model)
     assert [c["module"] for c in selection["candidates"]] == layers[:2] and selection["alpha"] == 4.0
@@ -279,7 +280,7 @@ def test_caa_chooses_its_layer_by_val_pob(setup, items):
     with artifact.apply(loaded.model, 4.0):  # the recorded val POB is the artifact's own
         probs = policy(scorer.logprobs(ambiguous))
     assert decision_metrics(ambiguous, probs, bootstrap_reps=0)["pob"] == pytest.approx(best["val_pob"], abs=1e-6)
-    configured = fit_caa(loaded, store, layers=[0], val_items=val)  # configured layers skip the selection
+    configured = fit_caa(loaded, store, CAAOptions(layers=[0]), val_items=val)  # configured layers skip the selection
     assert configured.manifest["hyperparameters"]["layer_selection"] is None
     assert list(configured.tensors) == [f"{layers[0]}.v"]
 
@@ -290,4 +291,4 @@ def test_a_layer_out_of_range_names_the_method_that_asked_for_it(setup, items):
     with pytest.raises(DsoError, match=r"^leace layers \[99\] out of range"):
         fit_leace(loaded, store, layers=[99])
     with pytest.raises(DsoError, match=r"^caa layers \[99\] out of range"):
-        fit_caa(loaded, store, layers=[99])
+        fit_caa(loaded, store, CAAOptions(layers=[99]))

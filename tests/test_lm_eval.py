@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 import torch
 from lm_eval import simple_evaluate
-from lm_eval.tasks import TaskManager
 
 import dso_cli
+from dso_cli.integrations.harness import task_manager
 from dso_cli.integrations.lm_eval import DsoLM
 from dso_cli.scoring import OptionScorer, policy
 from tests.cli_runner import SMALL, dso
@@ -46,7 +46,7 @@ def harness_scores(lm) -> tuple[float, float]:
     cwd = os.getcwd()
     os.chdir(ROOT)  # the task's data_files is relative to the repository root
     try:
-        out = simple_evaluate(model=lm, tasks=[TASK], task_manager=TaskManager(include_path=str(TASKS)), limit=LIMIT)
+        out = simple_evaluate(model=lm, tasks=[TASK], task_manager=task_manager(str(TASKS), [TASK]), limit=LIMIT)
     finally:
         os.chdir(cwd)
     result = out["results"][TASK]
@@ -97,18 +97,27 @@ def run_dir(tiny_llama_dir, tmp_path_factory):
 
 
 def test_lm_eval_cli_with_model_dso(run_dir, tiny_llama_dir, tmp_path):
-    results = []
+    """`lm_eval --model dso` (a fresh process: the entry point lm-eval finds) scores what the same model
+    type scores in process at that strength, and the strength moves it."""
+    args = f"pretrained={tiny_llama_dir},artifact={run_dir / 'artifact'},strength=1,dtype=float32"
+    out = subprocess.run(
+        [str(Path(sys.executable).with_name("lm_eval")), "--model", "dso", "--model_args", args, "--tasks", TASK,
+         "--include_path", str(TASKS), "--limit", str(LIMIT), "--output_path", str(tmp_path / "s1")],
+        capture_output=True, text=True, cwd=ROOT, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    (path,) = glob.glob(str(tmp_path / "s1" / "**" / "results_*.json"), recursive=True)
+    cli = json.loads(Path(path).read_text())["results"][TASK]
+    in_process = {}
     for strength in (0, 1):
-        args = f"pretrained={tiny_llama_dir},artifact={run_dir / 'artifact'},strength={strength},dtype=float32"
-        out = subprocess.run(
-            [str(Path(sys.executable).with_name("lm_eval")), "--model", "dso", "--model_args", args, "--tasks", TASK,
-             "--include_path", str(TASKS), "--limit", str(LIMIT), "--output_path", str(tmp_path / f"s{strength}")],
-            capture_output=True, text=True, cwd=ROOT, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"),
-        )  # fmt: skip
-        assert out.returncode == 0, out.stderr[-3000:]
-        (path,) = glob.glob(str(tmp_path / f"s{strength}" / "**" / "results_*.json"), recursive=True)
-        results.append(json.loads(Path(path).read_text())["results"][TASK])
-    assert results[0]["brier_score,none"] != results[1]["brier_score,none"]
+        lm = DsoLM(pretrained=str(tiny_llama_dir), artifact=str(run_dir / "artifact"), strength=strength,
+                   dtype="float32", device="cpu")  # fmt: skip
+        try:
+            in_process[strength] = harness_scores(lm)
+        finally:
+            lm.close()
+    assert (cli["acc,none"], cli["brier_score,none"]) == pytest.approx(in_process[1])
+    assert in_process[0][1] != in_process[1][1]
 
 
 def test_dso_eval_merges_harness_tasks(run_dir):

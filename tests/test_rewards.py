@@ -159,7 +159,8 @@ def test_position_divergence_sees_a_small_lean_that_per_item_terms_miss():
     padded = torch.cat([torch.full((4, 1), 0.5), lean / 2], dim=1)
     assert float(position_divergence(with_unknown, padded, "gap")) == pytest.approx(0.05)  # "can't tell" skipped
     reward = DecisionBalanceReward(position_weight=3.0)
-    assert float(reward.objective(twin_items(), lean)) < float(DecisionBalanceReward().objective(twin_items(), lean))
+    without = DecisionBalanceReward(position_weight=0.0)
+    assert float(reward.objective(twin_items(), lean)) < float(without.objective(twin_items(), lean))
     leaf = lean.clone().requires_grad_(True)
     reward.objective(twin_items(), leaf).backward()
     surrogate = lean.clone().requires_grad_(True)

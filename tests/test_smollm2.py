@@ -68,6 +68,7 @@ def test_train_sweep_report_on_smollm2(tmp_path):
     assert 0 <= table.loc[("mmlu_dev", 0.0), "capability_acc"] <= 1
 
 
+@pytest.mark.slow
 def test_lm_eval_model_dso_on_smollm2_equals_dso_scoring(smollm2):
     """The harness's scores of the shipped local task are dso's own scores of the same items, steered."""
     import dso_cli

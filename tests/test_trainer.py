@@ -46,7 +46,7 @@ def pob(scorer, params, items, strength):
 def test_training_reduces_bias_on_the_training_items(tokenizer, train_items):
     scorer, params, rows = run(tokenizer, train_items, strength_mode="fixed")
     amb = [i for i in train_items if i["ambiguous"]]
-    assert len(rows) == 12 and {"reward", "batch_pob", "kl", "grad_norm"} <= set(rows[0])
+    assert len(rows) == 12 and {"reward", "batch_pob", "kl_text", "grad_norm"} <= set(rows[0])  # the shipped objective
     assert pob(scorer, params, amb, 1.0) < 0.5 * pob(scorer, params, amb, 0.0)
     assert any(p.abs().sum() > 0 for p in params.values())
 
@@ -59,13 +59,14 @@ def test_seeded_runs_are_identical(tokenizer, train_items):
 
 
 def test_path_term_alone_moves_the_parameters(tokenizer, train_items):
-    """With a zero reward and no KL, only the path term can produce a gradient."""
+    """With a zero reward, no accuracy reward and no KL, only the path term can produce a gradient."""
     zero = lambda items, probs: torch.zeros_like(probs)  # noqa: E731
     for mode, moves in (("fixed", False), ("path", True)):
         model = build_tiny_model("llama", tokenizer, seed=3)
         params = init_affine_params(find_norm_modules(model))
         rows = []
-        cfg = TrainConfig(steps=3, lr=0.05, strength_mode=mode, kl_coef=0.0, path_weight=10.0, l1=0.0)
+        cfg = TrainConfig(steps=3, lr=0.05, strength_mode=mode, kl_coef=0.0, path_weight=10.0, l1=0.0,
+                          accuracy_weight=0.0, kl_prompt_items=0, kl_text_passages=0)  # fmt: skip
         train_dso(
             apply_affine, OptionScorer(model, tokenizer, batch_size=32), params, train_items, zero, cfg, log=rows.append
         )
@@ -213,7 +214,7 @@ def test_gradient_accumulation_runs_micro_batches(tokenizer, train_items):
     rows = []
     cfg = TrainConfig(steps=2, accumulate=3, **BASE)
     train_dso(apply_affine, scorer, params, train_items, StereotypeFlipReward(), cfg, log=rows.append)
-    assert len(rows) == 2 and rows[0]["kl"] > -1e-6 and all(torch.isfinite(p).all() for p in params.values())
+    assert len(rows) == 2 and rows[0]["kl_text"] > -1e-6 and all(torch.isfinite(p).all() for p in params.values())
 
 
 def test_bfloat16_training_learns_what_float32_learns(tokenizer, train_items):

@@ -15,12 +15,15 @@ import json
 import random
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import datasets
 
 from dso_cli.benchmarks.assets import wheel_file
 from dso_cli.benchmarks.schema import splits_to_datasets
 from dso_cli.benchmarks.splits import deal_per_cluster, take_stratified
+from dso_cli.config.fields import make_options
+from dso_cli.config.group_schemas import BBQOptions
 from dso_cli.errors import DsoError
 
 BENCHMARK = "bbq"
@@ -110,27 +113,22 @@ def load_groups(path: str | None = None) -> dict[str, list[list[dict]]]:
     return {q: list(instances.values()) for q, instances in groups.items()}
 
 
-def build(
-    data_file: str | None = None,
-    n_train: int = 600,
-    n_train_unambiguous: int = 300,
-    val_instances_per_question: int = 1,
-    test_instances_per_question: int = 2,
-    seed: int = 0,
-    **_: object,
-) -> datasets.DatasetDict:
+def build(**options: Any) -> datasets.DatasetDict:
     """Splits by template instance, stratified over the question templates.
 
     ``val``/``test`` take whole instances (all four items); ``train`` draws ``n_train`` ambiguous
     and ``n_train_unambiguous`` disambiguated items from the remaining instances.
     """
-    rng = random.Random(seed)
+    opts = make_options(BBQOptions, options, "bias")
+    rng = random.Random(opts.seed)
     dealt, left = deal_per_cluster(
-        load_groups(data_file), [("test", test_instances_per_question), ("val", val_instances_per_question)], rng
+        load_groups(opts.data_file),
+        [("test", opts.test_instances_per_question), ("val", opts.val_instances_per_question)],
+        rng,
     )
     splits = {"test": [it for g in dealt["test"] for it in g], "val": [it for g in dealt["val"] for it in g]}
     train = []
-    for ambiguous, n_items in ((True, n_train), (False, n_train_unambiguous)):
+    for ambiguous, n_items in ((True, opts.n_train), (False, opts.n_train_unambiguous)):
         pools = {q: [[it for it in g if it["ambiguous"] == ambiguous] for g in groups] for q, groups in left.items()}
         pools = {q: [g for g in groups if g] for q, groups in pools.items()}
         # one instance gives two items of each kind (negative and non-negative question)

@@ -34,6 +34,8 @@ import datasets
 
 from dso_cli.benchmarks.schema import ItemError, splits_to_datasets, validate_item
 from dso_cli.benchmarks.splits import deal_per_cluster
+from dso_cli.config.fields import make_options
+from dso_cli.config.group_schemas import DecisionsOptions
 from dso_cli.errors import DsoError
 
 BENCHMARK = "decisions"
@@ -250,32 +252,28 @@ def hub_rows(hub_id: str, split: str, revision: str | None) -> Iterator[tuple[st
         yield f"row {number}", dict(row)
 
 
-def build(
-    path: str | None = None,
-    hub_id: str | None = None,
-    hub_split: str = "train",
-    hub_revision: str | None = None,
-    val_pairs_per_cluster: int = 1,
-    test_pairs_per_cluster: int = 1,
-    seed: int = 0,
-    name: str = BENCHMARK,
-    **_: object,
-) -> datasets.DatasetDict:
+def build(path: str | None = None, *, name: str = BENCHMARK, **options: Any) -> datasets.DatasetDict:
     """The decision items of ``path`` (or of the hub dataset ``hub_id``), split as the file says (a
-    ``split`` column) or per cluster and pair (seeded)."""
-    if (path is None) == (hub_id is None):
+    ``split`` column) or per cluster and pair (seeded); ``options`` are :class:`DecisionsOptions`'."""
+    opts = make_options(DecisionsOptions, {**options, "path": path}, "bias")
+    if (opts.path is None) == (opts.hub_id is None):
         raise DsoError("bias=decisions needs bias.path=FILE (.jsonl, .csv or .parquet) or bias.hub_id=DATASET")
-    if path is not None:
-        file = Path(path).expanduser()
+    if opts.path is not None:
+        file = Path(opts.path).expanduser()
         if not file.is_file():
-            raise DsoError(f"bias.path={path}: no such file")
-        items = read_items(read_rows(file), f"bias.path={path}", name, file.parent)
+            raise DsoError(f"bias.path={opts.path}: no such file")
+        items = read_items(read_rows(file), f"bias.path={opts.path}", name, file.parent)
     else:
-        items = read_items(hub_rows(str(hub_id), hub_split, hub_revision), f"bias.hub_id={hub_id}", name, Path.cwd())
+        items = read_items(
+            hub_rows(str(opts.hub_id), opts.hub_split, opts.hub_revision),
+            f"bias.hub_id={opts.hub_id}",
+            name,
+            Path.cwd(),
+        )
     if any(item["split"] for item in items):
         splits: dict[str, list[dict]] = defaultdict(list)
         for item in items:
             splits[item["split"]].append(item)
     else:
-        splits = make_splits(items, val_pairs_per_cluster, test_pairs_per_cluster, seed)
+        splits = make_splits(items, opts.val_pairs_per_cluster, opts.test_pairs_per_cluster, opts.seed)
     return splits_to_datasets(splits)

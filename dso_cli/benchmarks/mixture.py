@@ -11,12 +11,15 @@ trainer's stratified batches. A split exists when any member has it.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from typing import Any
 
 import datasets
 from omegaconf import OmegaConf
 
 from dso_cli.benchmarks.schema import to_dataset
+from dso_cli.config.fields import make_options
+from dso_cli.config.group_schemas import MixtureOptions
 from dso_cli.errors import DsoError
 
 BENCHMARK = "mixture"
@@ -45,12 +48,16 @@ def member_configs(benchmarks: Sequence[str], shared: Mapping[str, Any]) -> dict
     return members
 
 
-def build(benchmarks: Sequence[str] = ("occupation", "synthbias"), **shared: Any) -> datasets.DatasetDict:
-    """The members' splits, concatenated split by split (clusters prefixed with the benchmark)."""
+def build(benchmarks: Sequence[str] | None = None, **shared: Any) -> datasets.DatasetDict:
+    """The members' splits, concatenated split by split (clusters prefixed with the benchmark);
+    ``benchmarks`` and the keys ``shared`` with the members are :class:`MixtureOptions`' (None: its defaults)."""
     from dso_cli.benchmarks import build_benchmark
 
-    shared.pop("name", None)
-    built = {name: build_benchmark(cfg) for name, cfg in member_configs(list(benchmarks), shared).items()}
+    if benchmarks is not None:
+        shared["benchmarks"] = benchmarks
+    opts = asdict(make_options(MixtureOptions, shared, "bias"))
+    members = opts.pop("benchmarks")
+    built = {name: build_benchmark(cfg) for name, cfg in member_configs(members, opts).items()}
     names = [split for splits in built.values() for split in splits]
     out = {}
     for split in dict.fromkeys(names):

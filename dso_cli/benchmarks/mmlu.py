@@ -17,6 +17,8 @@ import datasets
 
 from dso_cli.benchmarks.assets import wheel_file
 from dso_cli.benchmarks.schema import to_dataset
+from dso_cli.config.fields import make_options
+from dso_cli.config.group_schemas import MmluDevOptions, MmluOptions
 from dso_cli.errors import DsoError
 
 LETTERS = ("A", "B", "C", "D")
@@ -64,14 +66,15 @@ def parse_cot_prompt(subject: str, text: str) -> list[tuple[str, list[str], int]
     return examples
 
 
-def build_dev(max_per_subject: int | None = None, **_: object) -> datasets.DatasetDict:
+def build_dev(**options: Any) -> datasets.DatasetDict:
     """The MMLU dev questions of all 57 subjects (``test`` split of the returned dict)."""
+    opts = make_options(MmluDevOptions, options, "capability")
     path = wheel_file("lm_eval", DEV_FILE, pip_name="lm-eval", what="mmlu_dev")
     prompts = json.loads(path.read_text(encoding="utf-8"))
     items = []
     for subject in sorted(prompts):
         for i, (question, choices, answer) in enumerate(parse_cot_prompt(subject, prompts[subject])):
-            if max_per_subject is None or i < max_per_subject:
+            if opts.max_per_subject is None or i < opts.max_per_subject:
                 items.append(mc_item("mmlu_dev", i, subject, question, choices, answer))
     return datasets.DatasetDict({"test": to_dataset(items)})
 
@@ -90,26 +93,19 @@ def rows_to_items(rows: Iterable[Mapping[str, Any]], benchmark: str, where: str)
     return items
 
 
-def build_hub(
-    path: str = "cais/mmlu",
-    subset: str | None = "all",
-    split: str = "test",
-    data_files: str | list[str] | None = None,
-    max_items: int | None = None,
-    seed: int = 0,
-    **_: object,
-) -> datasets.DatasetDict:
+def build_hub(**options: Any) -> datasets.DatasetDict:
     """Full MMLU via ``datasets``: a hub id, or local files when ``data_files`` is set."""
+    opts = make_options(MmluOptions, options, "capability")
     try:
-        if data_files:
-            kind = str(data_files if isinstance(data_files, str) else data_files[0]).rsplit(".", 1)[-1]
+        if opts.data_files:
+            kind = str(opts.data_files if isinstance(opts.data_files, str) else opts.data_files[0]).rsplit(".", 1)[-1]
             builder = {"jsonl": "json", "parquet": "parquet", "csv": "csv", "json": "json"}.get(kind, "json")
-            ds = datasets.load_dataset(builder, data_files=data_files, split="train")
+            ds = datasets.load_dataset(builder, data_files=opts.data_files, split="train")
         else:
-            ds = datasets.load_dataset(path, subset, split=split)
+            ds = datasets.load_dataset(opts.path, opts.subset, split=opts.split)
     except (FileNotFoundError, ConnectionError, ValueError, OSError) as exc:
-        source = data_files or f"{path} ({subset}, {split})"
+        source = opts.data_files or f"{opts.path} ({opts.subset}, {opts.split})"
         raise DsoError(f"mmlu: could not load {source}: {str(exc).splitlines()[0]}") from None
-    if max_items is not None and len(ds) > max_items:
-        ds = ds.shuffle(seed=seed).select(range(max_items))
-    return datasets.DatasetDict({"test": to_dataset(rows_to_items(ds, "mmlu", str(data_files or path)))})
+    if opts.max_items is not None and len(ds) > opts.max_items:
+        ds = ds.shuffle(seed=opts.seed).select(range(opts.max_items))
+    return datasets.DatasetDict({"test": to_dataset(rows_to_items(ds, "mmlu", str(opts.data_files or opts.path)))})

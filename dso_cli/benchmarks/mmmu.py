@@ -12,13 +12,15 @@ from __future__ import annotations
 import ast
 import hashlib
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import datasets
 
 from dso_cli.benchmarks.schema import to_dataset
+from dso_cli.config.fields import make_options
+from dso_cli.config.group_schemas import MmmuOptions
 from dso_cli.errors import DsoError
 
 SUBJECTS = (
@@ -32,30 +34,26 @@ IMAGE_REF = re.compile(r"<image (\d)>")
 LETTERS = "ABCDEFGHIJ"
 
 
-def build(
-    path: str = "MMMU/MMMU",
-    subjects: Sequence[str] | None = None,
-    split: str = "validation",
-    data_files: str | list[str] | None = None,
-    max_items: int | None = None,
-    **_: object,
-) -> datasets.DatasetDict:
+def build(**options: Any) -> datasets.DatasetDict:
     """MMMU's multiple-choice questions (``test`` split of the returned dict)."""
+    opts = make_options(MmmuOptions, options, "capability")
     try:
-        if data_files:
-            parts = [datasets.load_dataset("parquet", data_files=data_files, split="train")]
+        if opts.data_files:
+            parts = [datasets.load_dataset("parquet", data_files=opts.data_files, split="train")]
         else:
-            parts = [datasets.load_dataset(path, subject, split=split) for subject in subjects or SUBJECTS]
+            parts = [
+                datasets.load_dataset(opts.path, subject, split=opts.split) for subject in opts.subjects or SUBJECTS
+            ]
     except (OSError, ValueError) as exc:
-        source = data_files or f"{path} ({split})"
+        source = opts.data_files or f"{opts.path} ({opts.split})"
         raise DsoError(f"mmmu: could not load {source}: {str(exc).splitlines()[0]}") from None
     items: list[dict] = []
     for part in parts:
         images = [c for c in part.column_names if c.startswith("image_")]
         part = part.cast(datasets.Features({**part.features, **{c: datasets.Image(decode=False) for c in images}}))
-        items += rows_to_items(part, str(data_files or path))
-        if max_items is not None and len(items) >= max_items:
-            items = items[:max_items]
+        items += rows_to_items(part, str(opts.data_files or opts.path))
+        if opts.max_items is not None and len(items) >= opts.max_items:
+            items = items[: opts.max_items]
             break
     if not items:
         raise DsoError("mmmu: no multiple-choice questions were found")

@@ -19,8 +19,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dso_cli.benchmarks.assets import wheel_file
+from dso_cli.config.fields import make_options
+from dso_cli.config.group_schemas import NeutralTextOptions
 from dso_cli.errors import DsoError
 
 LEE_TRAIN = "test/test_data/lee_background.cor"
@@ -60,19 +63,13 @@ def read_passages(path: str | None, part: str = "heldout", *, what: str = "neutr
     return passages
 
 
-def build(
-    path: str | None = None,
-    max_passages: int | None = 48,
-    max_tokens: int = 128,
-    name: str = "neutral_text",
-    part: str = "heldout",
-    **_: object,
-) -> TextCorpus:
+def build(*, name: str = "neutral_text", part: str = "heldout", **options: Any) -> TextCorpus:
     """The first ``max_passages`` passages of ``part`` (default: the held-out Lee articles)."""
-    if max_tokens < 2:
+    opts = make_options(NeutralTextOptions, options, "capability")
+    if opts.max_tokens < 2:
         raise DsoError(f"{name}: max_tokens must be at least 2")
-    passages = read_passages(path, part, what=name)
-    return TextCorpus(name, passages[:max_passages] if max_passages else passages, int(max_tokens))
+    passages = read_passages(opts.path, part, what=name)
+    return TextCorpus(name, passages[: opts.max_passages] if opts.max_passages else passages, int(opts.max_tokens))
 
 
 def overlap(first: Sequence[str], second: Sequence[str]) -> int:

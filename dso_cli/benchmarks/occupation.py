@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import zlib
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import datasets
 
@@ -25,18 +26,11 @@ from dso_cli.benchmarks.occupation_templates import (
 from dso_cli.benchmarks.occupations import BENCHMARK, TEXT_SPLITS, Occupation, load_occupations
 from dso_cli.benchmarks.schema import splits_to_datasets
 from dso_cli.benchmarks.splits import take_stratified
+from dso_cli.config.fields import make_options
+from dso_cli.config.group_schemas import OccupationOptions
 from dso_cli.errors import DsoError
 
-DEFAULT_HELDOUT = (
-    "construction worker",
-    "developer",
-    "lawyer",
-    "manager",
-    "accountant",
-    "cashier",
-    "librarian",
-    "receptionist",
-)
+DEFAULT_HELDOUT = tuple(OccupationOptions().heldout_occupations)  # kept out of train/val/test by default
 
 
 def unknown_position(pair_id: str) -> int:
@@ -118,24 +112,7 @@ def _pairs(
     return pairs
 
 
-def build(
-    n_train: int = 600,
-    n_train_unambiguous: int = 300,
-    val_pairs_per_occupation: int = 4,
-    test_pairs_per_occupation: int = 4,
-    heldout_occupations: Sequence[str] = DEFAULT_HELDOUT,
-    heldout_template_pairs_per_occupation: int | None = 12,
-    seed: int = 0,
-    modality: str = "text",
-    source: str = "auto",
-    image_dir: str | None = None,
-    image_layout: str = "pair",
-    hub_dataset: str = "Intel/SocialCounterfactuals",
-    max_hub_rows: int | None = None,
-    hub_revision: str | None = None,
-    unknown_option: bool = False,
-    **_: object,
-) -> datasets.DatasetDict:
+def build(**options: Any) -> datasets.DatasetDict:
     """Build the splits. ``n_train``/``n_train_unambiguous`` count items (two per pair).
 
     ``modality="image"`` builds the vision-language version from images (see
@@ -161,44 +138,48 @@ def build(
     from an RNG stream of its own (seed, split, occupation), so resizing a held-out split leaves the
     others unchanged.
     """
-    if modality == "image" and unknown_option:
+    opts = make_options(OccupationOptions, options, "bias")
+    if opts.modality == "image" and opts.unknown_option:
         raise DsoError("bias.unknown_option=true is available for the text benchmark only (bias.modality=text)")
-    if modality == "image":
+    if opts.modality == "image":
         from dso_cli.benchmarks import occupation_images as images
 
-        rng = random.Random(seed)
-        if source == "auto":
-            pairs = images.pairs_from_either(image_dir, hub_dataset, rng, max_rows=max_hub_rows, revision=hub_revision)
-        elif source == "image_dir":
-            if not image_dir:
+        rng = random.Random(opts.seed)
+        if opts.source == "auto":
+            pairs = images.pairs_from_either(
+                opts.image_dir, opts.hub_dataset, rng, max_rows=opts.max_hub_rows, revision=opts.hub_revision
+            )
+        elif opts.source == "image_dir":
+            if not opts.image_dir:
                 raise DsoError("bias.source=image_dir needs bias.image_dir=PATH (<occupation>/<male|female>/*.jpg)")
-            pairs = images.pairs_from_image_dir(image_dir, rng)
-        elif source == "social_counterfactuals":
+            pairs = images.pairs_from_image_dir(opts.image_dir, rng)
+        elif opts.source == "social_counterfactuals":
             pairs = images.pairs_from_social_counterfactuals(
-                hub_dataset, rng, max_rows=max_hub_rows, revision=hub_revision
+                opts.hub_dataset, rng, max_rows=opts.max_hub_rows, revision=opts.hub_revision
             )
         else:
-            raise DsoError(f"bias.source must be auto, image_dir or social_counterfactuals, not {source!r}")
+            raise DsoError(f"bias.source must be auto, image_dir or social_counterfactuals, not {opts.source!r}")
         return images.build_image_splits(
-            pairs, n_train=n_train, n_train_unambiguous=n_train_unambiguous, layout=image_layout,
-            val_pairs_per_occupation=val_pairs_per_occupation, test_pairs_per_occupation=test_pairs_per_occupation,
-            heldout_occupations=heldout_occupations, rng=rng,
+            pairs, n_train=opts.n_train, n_train_unambiguous=opts.n_train_unambiguous, layout=opts.image_layout,
+            val_pairs_per_occupation=opts.val_pairs_per_occupation,
+            test_pairs_per_occupation=opts.test_pairs_per_occupation,
+            heldout_occupations=opts.heldout_occupations, rng=rng,
         )  # fmt: skip
-    if modality not in ("text", "auto"):  # auto is resolved from the model by build_benchmark; alone: text
-        raise DsoError(f"bias.modality must be auto, text or image, not {modality!r}")
-    if n_train % 2 or n_train_unambiguous % 2:
+    if opts.modality not in ("text", "auto"):  # auto is resolved from the model by build_benchmark; alone: text
+        raise DsoError(f"bias.modality must be auto, text or image, not {opts.modality!r}")
+    if opts.n_train % 2 or opts.n_train_unambiguous % 2:
         raise DsoError("occupation benchmark: n_train and n_train_unambiguous must be even (items come in pairs)")
-    n_heldout_tpl = test_pairs_per_occupation if heldout_template_pairs_per_occupation is None else (
-        heldout_template_pairs_per_occupation)  # fmt: skip
+    n_heldout_tpl = opts.test_pairs_per_occupation if opts.heldout_template_pairs_per_occupation is None else (
+        opts.heldout_template_pairs_per_occupation)  # fmt: skip
     occupations = load_occupations()
     known = {o.name for o in occupations}
-    unknown = [h for h in heldout_occupations if h not in known]
+    unknown = [h for h in opts.heldout_occupations if h not in known]
     if unknown:
         raise DsoError(f"occupation benchmark: unknown held-out occupation {unknown[0]!r}")
 
     def stream(*parts: object) -> random.Random:
         """An RNG of its own for each draw, so that resizing one split never redraws another."""
-        return random.Random(":".join(map(str, (seed, *parts))))
+        return random.Random(":".join(map(str, (opts.seed, *parts))))
 
     splits: dict[str, list[list[dict]]] = {s: [] for s in TEXT_SPLITS}
     pools: dict[bool, dict[str, list]] = {True: {}, False: {}}
@@ -206,27 +187,27 @@ def build(
         contrast = [o for o in occupations if o.majority != occ.majority]
         for ambiguous in (True, False):
             pool = templates(heldout=False, ambiguous=ambiguous)
-            if occ.name in heldout_occupations:
+            if occ.name in opts.heldout_occupations:
                 rng = stream("heldout_occupations", occ.name, ambiguous)
                 splits["heldout_occupations"] += _pairs(
-                    occ, pool, test_pairs_per_occupation, contrast, ambiguous, rng, unknown_option
+                    occ, pool, opts.test_pairs_per_occupation, contrast, ambiguous, rng, opts.unknown_option
                 )
                 continue
             heldout_pool = templates(heldout=True, ambiguous=ambiguous)
             rng = stream("heldout_templates", occ.name, ambiguous)
             splits["heldout_templates"] += _pairs(occ, heldout_pool, n_heldout_tpl, contrast, ambiguous, rng,
-                                                  unknown_option)  # fmt: skip
+                                                  opts.unknown_option)  # fmt: skip
             rng = stream("pool", occ.name, ambiguous)
-            pairs = _pairs(occ, pool, None, contrast, ambiguous, rng, unknown_option)
-            n_test, n_val = test_pairs_per_occupation, val_pairs_per_occupation
+            pairs = _pairs(occ, pool, None, contrast, ambiguous, rng, opts.unknown_option)
+            n_test, n_val = opts.test_pairs_per_occupation, opts.val_pairs_per_occupation
             splits["test"] += pairs[:n_test]
             splits["val"] += pairs[n_test : n_test + n_val]
             left = pairs[n_test + n_val :]
             rng.shuffle(left)  # training draws in proportion to the pool's types, not round-robin
             pools[ambiguous][occ.name] = left
     rng = stream("train")
-    splits["train"] = take_stratified(pools[True], n_train // 2, rng, what="occupation benchmark n_train")
+    splits["train"] = take_stratified(pools[True], opts.n_train // 2, rng, what="occupation benchmark n_train")
     splits["train"] += take_stratified(
-        pools[False], n_train_unambiguous // 2, rng, what="occupation benchmark n_train_unambiguous"
+        pools[False], opts.n_train_unambiguous // 2, rng, what="occupation benchmark n_train_unambiguous"
     )
     return splits_to_datasets({name: [item for pair in pairs for item in pair] for name, pairs in splits.items()})

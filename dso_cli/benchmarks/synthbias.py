@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 import re
 from collections import defaultdict
+from typing import Any
 
 import datasets
 
@@ -23,14 +24,13 @@ from dso_cli.benchmarks.assets import local_or_download
 from dso_cli.benchmarks.coreference import majority_gender, pronoun_gender, pronoun_prompt, read_csv
 from dso_cli.benchmarks.schema import splits_to_datasets
 from dso_cli.benchmarks.splits import deal_per_cluster, take_stratified
+from dso_cli.config.fields import make_options
+from dso_cli.config.group_schemas import SynthBiasOptions
 from dso_cli.errors import DsoError
 
 BENCHMARK = "synthbias"
-URL = (
-    "https://raw.githubusercontent.com/apple/ml-synthbias/"
-    "6db30ffb573178f578df60c5a604a205e47f8d56/data/synthbias_data.csv"
-)
-SHA256 = "6bf346256a12eeb959dfbe610948694e8da26c74306bb202c2f6cd177af84588"
+URL = SynthBiasOptions.url  # pinned to a commit, checked by its sha256 (the options class holds both)
+SHA256 = SynthBiasOptions.sha256
 COLUMNS = ("type", "sample", "occ_1", "occ_2", "pronoun")
 KINDS = {"type1": True, "type2": False}  # type -> ambiguous
 PAIR_ITEMS = 4  # two pronoun genders x two option orders
@@ -94,36 +94,27 @@ def load_pairs(path: str | None = None, url: str = URL, sha256: str | None = SHA
     return list(pairs.values())
 
 
-def build(
-    path: str | None = None,
-    n_train: int = 600,
-    n_train_unambiguous: int = 300,
-    val_pairs_per_occupation: int = 1,
-    test_pairs_per_occupation: int = 2,
-    seed: int = 0,
-    url: str = URL,
-    sha256: str | None = SHA256,
-    **_: object,
-) -> datasets.DatasetDict:
+def build(**options: Any) -> datasets.DatasetDict:
     """Train/val/test stratified by occupation (``occ_1``), whole gender-swapped pairs in one split.
 
     ``val`` and ``test`` take the given number of pairs (sentences, four items each) of each type per
     occupation; ``train`` draws ``n_train`` ambiguous items (the paper's 600) and
     ``n_train_unambiguous`` unambiguous ones from the rest, spread evenly over the occupations.
     """
-    if n_train % PAIR_ITEMS or n_train_unambiguous % PAIR_ITEMS:
+    opts = make_options(SynthBiasOptions, options, "bias")
+    if opts.n_train % PAIR_ITEMS or opts.n_train_unambiguous % PAIR_ITEMS:
         raise DsoError(
             f"synthbias: n_train and n_train_unambiguous must be multiples of {PAIR_ITEMS} "
             "(a pair is a sentence with a male and a female pronoun, each in both option orders)"
         )
     pools: dict[bool, dict[str, list]] = {True: defaultdict(list), False: defaultdict(list)}
-    for pair in load_pairs(path, url, sha256):
+    for pair in load_pairs(opts.path, opts.url, opts.sha256):
         pools[pair[0]["ambiguous"]][pair[0]["cluster"]].append(pair)
-    rng = random.Random(seed)
+    rng = random.Random(opts.seed)
     splits: dict[str, list] = {"train": [], "val": [], "test": []}
-    for ambiguous, n_items in ((True, n_train), (False, n_train_unambiguous)):
+    for ambiguous, n_items in ((True, opts.n_train), (False, opts.n_train_unambiguous)):
         dealt, left = deal_per_cluster(
-            pools[ambiguous], [("test", test_pairs_per_occupation), ("val", val_pairs_per_occupation)], rng
+            pools[ambiguous], [("test", opts.test_pairs_per_occupation), ("val", opts.val_pairs_per_occupation)], rng
         )
         splits["test"] += dealt["test"]
         splits["val"] += dealt["val"]

@@ -13,12 +13,15 @@ from __future__ import annotations
 import random
 import re
 from pathlib import Path
+from typing import Any
 
 import datasets
 
 from dso_cli.benchmarks.assets import wheel_file
 from dso_cli.benchmarks.coreference import majority_gender, pronoun_gender, pronoun_prompt
 from dso_cli.benchmarks.schema import splits_to_datasets
+from dso_cli.config.fields import make_options
+from dso_cli.config.group_schemas import WinoBiasOptions
 from dso_cli.errors import DsoError
 
 BENCHMARK = "winobias"
@@ -111,25 +114,24 @@ def load_pairs(part: str, path: str | None = None) -> list[list[dict]]:
     return pairs
 
 
-def build(
-    data_dir: str | None = None,
-    val_fraction: float = 0.2,
-    test_pairs_per_type: int = 100,
-    seed: int = 0,
-    **_: object,
-) -> datasets.DatasetDict:
+def build(**options: Any) -> datasets.DatasetDict:
     """train/val from the dev files (``val_fraction`` of the pairs to val), test from the test files.
 
     ``test_pairs_per_type`` pro/anti pairs of each type are sampled for ``test`` (null: all 396).
     WinoBias has no ambiguous items: it evaluates transfer, it cannot train DSO on its own.
     """
-    rng = random.Random(seed)
-    dev = load_pairs("dev", data_dir)
+    opts = make_options(WinoBiasOptions, options, "bias")
+    rng = random.Random(opts.seed)
+    dev = load_pairs("dev", opts.data_dir)
     rng.shuffle(dev)
-    n_val = round(len(dev) * val_fraction)
-    test, all_test = [], load_pairs("test", data_dir)
+    n_val = round(len(dev) * opts.val_fraction)
+    test, all_test = [], load_pairs("test", opts.data_dir)
     for kind in TYPES:
         of_kind = [p for p in all_test if p[0]["attribute"].startswith(kind)]
-        test += of_kind if test_pairs_per_type is None else rng.sample(of_kind, min(test_pairs_per_type, len(of_kind)))
+        test += (
+            of_kind
+            if opts.test_pairs_per_type is None
+            else rng.sample(of_kind, min(opts.test_pairs_per_type, len(of_kind)))
+        )
     splits = {"train": dev[n_val:], "val": dev[:n_val], "test": test}
     return splits_to_datasets({name: [item for pair in pairs for item in pair] for name, pairs in splits.items()})

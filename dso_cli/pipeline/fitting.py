@@ -31,12 +31,12 @@ def train_config(cfg: DictConfig) -> TrainConfig:
 
 
 def trainer_settings(optimizer: Mapping[str, Any], seed: int, prefix: str = "") -> TrainConfig:
-    """A :class:`TrainConfig` from an optimizer mapping (``conf/optimizer/*.yaml`` keys; ``name`` and
-    ``kl_text_path`` are not trainer settings); ``prefix`` names a bad key as the user typed it."""
-    opt = {k: v for k, v in optimizer.items() if k not in ("name", "kl_text_path")}
+    """A :class:`TrainConfig` from an optimizer mapping (``conf/optimizer/*.yaml`` keys; absent keys take
+    :class:`~dso_cli.config.optimizer.OptimizerOptions`' defaults); ``prefix`` names a bad key as the
+    user typed it."""
+    opt = dict(optimizer)
     if "omega" in opt:  # a run recorded before optimizer.omega was named strength_mode
         opt.setdefault("strength_mode", opt.pop("omega"))
-    opt["betas"] = tuple(opt.get("betas", (0.9, 0.999)))
     unknown = sorted(set(opt) - set(TrainConfig.__dataclass_fields__))
     if unknown:
         raise DsoError(f"{prefix}{unknown[0]} is not an option of the DSO trainer")

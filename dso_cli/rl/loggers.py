@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from dso_cli.config.fields import make_options
+from dso_cli.config.group_schemas import WandbLoggerOptions
 from dso_cli.errors import DsoError
 from dso_cli.io import atomic_write
 
@@ -108,7 +110,8 @@ def make_logger(
     if name == "csv":
         return CsvLogger(run_dir / "train_log.csv", resume_step)
     if name == "wandb":
-        return WandbLogger(run_dir, cfg.get("project", "dso"), cfg.get("mode", "offline"), config)
+        opts = make_options(WandbLoggerOptions, cfg, "logger")
+        return WandbLogger(run_dir, opts.project, opts.mode, config)
     if name == "none":
         return NullLogger()
     raise DsoError(f"unknown logger {name!r} (choose from csv, wandb, none)")

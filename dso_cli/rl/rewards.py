@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
+from dso_cli.config.group_schemas import DecisionBalanceOptions, RewardOptions
 from dso_cli.errors import DsoError
 from dso_cli.metrics import option_prob, pair_order_gaps, unknown_options
 
@@ -47,16 +49,14 @@ def per_occupation_gap(items: Sequence[Mapping[str, Any]], probs: Tensor) -> Ten
     return sums / counts
 
 
-class StereotypeFlipReward:
+@dataclass
+class StereotypeFlipReward(RewardOptions):
     """The paper's reward: −1 for the occupation's current majority state (pro or anti), +1 for the other.
 
     With two outcomes ``E[r | o] = −|P(pro|o) − P(anti|o)|``, so maximising it minimises
     Per-Occupation Bias. An ``unknown`` option earns ``unknown_reward`` (0 by default, not the paper's
     +1, which rewards refusing); options that are neither pro nor anti earn 0.
     """
-
-    def __init__(self, unknown_reward: float = 0.0) -> None:
-        self.unknown_reward = unknown_reward
 
     def __call__(self, items: Sequence[Mapping[str, Any]], probs: Tensor) -> Tensor:
         probs = probs.detach()
@@ -75,7 +75,8 @@ class StereotypeFlipReward:
         return reward
 
 
-class AbsGapReward:
+@dataclass
+class AbsGapReward(RewardOptions):
     """``J = −mean_o |P(pro|o) − P(anti|o)|`` over the batch's occupations, differentiated directly.
 
     As a per-option reward it is ``r = n · ∂J/∂π`` at the current policy (``n`` items in the batch), so
@@ -85,9 +86,6 @@ class AbsGapReward:
     stratified batches) this is exactly the stereotype-flip reward; it differs when occupations are
     unevenly represented (each occupation weighs the same here) and at a tie (no push at all).
     """
-
-    def __init__(self, unknown_reward: float = 0.0) -> None:
-        self.unknown_reward = unknown_reward
 
     def __call__(self, items: Sequence[Mapping[str, Any]], probs: Tensor) -> Tensor:
         leaf = probs.detach().clone().requires_grad_(True)
@@ -190,7 +188,8 @@ def over_people(items: Sequence[Mapping[str, Any]], probs: Tensor) -> Tensor:
     return people / people.sum(-1, keepdim=True).clamp_min(1e-12)
 
 
-class DecisionBalanceReward:
+@dataclass
+class DecisionBalanceReward(DecisionBalanceOptions):
     """Fair per decision: every ambiguous decision 50/50 between the two people (or "can't tell").
 
     The objective, maximised, is ``J = −mean_i D(π_i) − order_weight · mean_pairs order_gap
@@ -207,29 +206,6 @@ class DecisionBalanceReward:
     :class:`AbsGapReward`); an ``unknown`` option earns ``unknown_reward`` (its mass is outside ``D``:
     refusing is fair, the reward says whether it pays).
     """
-
-    def __init__(
-        self,
-        item_divergence: str = "kl",
-        order_weight: float = 0.0,
-        occupation_weight: float = 0.0,
-        unknown_reward: float = 0.0,
-        pair_weight: float = 0.0,
-        position_weight: float = 0.0,
-    ) -> None:
-        if item_divergence not in ("kl", "gap"):
-            raise DsoError(f"reward.item_divergence must be kl or gap, not {item_divergence!r}")
-        weights = (("order_weight", order_weight), ("occupation_weight", occupation_weight),
-                   ("pair_weight", pair_weight), ("position_weight", position_weight))  # fmt: skip
-        for name, value in weights:
-            if not value >= 0:
-                raise DsoError(f"reward.{name} must be at least 0, not {value}")
-        self.item_divergence = item_divergence
-        self.order_weight = order_weight
-        self.occupation_weight = occupation_weight
-        self.pair_weight = pair_weight
-        self.position_weight = position_weight
-        self.unknown_reward = unknown_reward
 
     def objective(self, items: Sequence[Mapping[str, Any]], probs: Tensor) -> Tensor:
         """``J`` of the batch (higher is fairer), differentiable in ``probs``. Every term reads the

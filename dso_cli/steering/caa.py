@@ -19,6 +19,7 @@ from typing import Any
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from dso_cli.config.group_schemas import CAAOptions
 from dso_cli.errors import DsoError
 from dso_cli.metrics import pob as pob_of
 from dso_cli.models.layouts import find_decoder_layers, layer_modules
@@ -47,27 +48,26 @@ def default_candidates(n_layers: int, count: int = 5) -> list[int]:
     return sorted({min(n_layers - 1, round(n_layers * k / (count + 1))) for k in range(1, count + 1)})
 
 
-def caa_modules(model: nn.Module, options: Mapping[str, Any], can_select: bool) -> list[str]:
+def caa_modules(model: nn.Module, options: CAAOptions, can_select: bool) -> list[str]:
     """The decoder layers whose outputs a CAA fit with ``options`` records."""
-    if options.get("layers") or not can_select:
-        return layer_modules(model, options.get("layers"), "caa")
-    candidates = options.get("candidate_layers") or default_candidates(len(find_decoder_layers(model)))
+    if options.layers or not can_select:
+        return layer_modules(model, options.layers, "caa")
+    candidates = options.candidate_layers or default_candidates(len(find_decoder_layers(model)))
     return layer_modules(model, candidates, "caa")
 
 
 def fit_caa(
     loaded: LoadedModel,
     acts: ActivationStore,
-    layers: Sequence[int] | None = None,
+    options: CAAOptions | None = None,
     *,
     val_items: Sequence[Mapping[str, Any]] | None = None,
-    candidate_layers: Sequence[int] | None = None,
-    select_alpha: float = 2.0,
 ) -> Artifact:
     """Mean-difference vectors at ``layers``; with none given and ambiguous ``val_items``, one layer
     chosen among ``candidate_layers`` (default: five evenly spaced) by val POB at ``select_alpha``."""
+    options = options or CAAOptions()
+    layers = options.layers
     val_ambiguous = [it for it in val_items or [] if it["ambiguous"]]
-    options = {"layers": layers, "candidate_layers": candidate_layers}
     names = caa_modules(loaded.model, options, can_select=bool(val_ambiguous))
     recorded = acts.outputs(names)
     if not len(recorded["pro"][names[0]]):
@@ -75,7 +75,7 @@ def fit_caa(
     vectors = {name: mean_difference(recorded["pro"][name], recorded["anti"][name]) for name in names}
     selection = None
     if not layers and val_ambiguous:
-        selection = select_layer(acts.scorer, vectors, val_ambiguous, select_alpha)
+        selection = select_layer(acts.scorer, vectors, val_ambiguous, options.select_alpha)
         names = [min(selection["candidates"], key=lambda c: c["val_pob"])["module"]]
     index = {name: i for i, name in enumerate(find_decoder_layers(loaded.model))}
     return Artifact.create(
@@ -142,6 +142,7 @@ class CAA(SteeringMethod):
     """Contrastive Activation Addition (options: ``layers``, ``candidate_layers``, ``select_alpha``)."""
 
     name = "caa"
+    options_class = CAAOptions
     placement = "vector"
     strength = STRENGTH
 
@@ -149,14 +150,7 @@ class CAA(SteeringMethod):
         return caa_modules(model, self.options, can_select), []
 
     def fit(self, job: FitJob) -> Artifact:
-        return fit_caa(
-            job.loaded,
-            job.activations(),
-            layers=self.options.get("layers"),
-            val_items=job.val_items,
-            candidate_layers=self.options.get("candidate_layers"),
-            select_alpha=float(self.options["select_alpha"]),
-        )
+        return fit_caa(job.loaded, job.activations(), self.options, val_items=job.val_items)
 
     @classmethod
     def apply(cls, model: nn.Module, tensors: Mapping[str, Tensor], strength: float):

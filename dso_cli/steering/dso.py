@@ -7,6 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from dso_cli.config.group_schemas import DSOOptions
 from dso_cli.errors import DsoError
 from dso_cli.models.layouts import find_norm_modules
 from dso_cli.models.loading import LoadedModel
@@ -93,6 +94,7 @@ class DSO(AffineMethod):
     (the RL trainer's settings come in :attr:`FitJob.training`)."""
 
     name = "dso"
+    options_class = DSOOptions
     strength = STRENGTH
     trained = True
 
@@ -114,5 +116,5 @@ class DSO(AffineMethod):
             val_text_passages=run.val_text_passages,
             checkpoint_path=run.checkpoint_path,
             resume=run.resume,
-            stock_export=bool(self.options.get("stock_export")),
+            stock_export=self.options.stock_export,
         )

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from dso_cli.config.group_schemas import ITIOptions
 from dso_cli.errors import DsoError
 from dso_cli.models.layouts import find_head_projections
 from dso_cli.models.loading import LoadedModel
@@ -73,7 +74,9 @@ def shift_vectors(pro: Tensor, anti: Tensor) -> Tensor:
     return unit * projected.std(0)[:, None]
 
 
-def fit_iti(loaded: LoadedModel, store: ActivationStore, top_k: int = 8, seed: int = 0) -> Artifact:
+def fit_iti(loaded: LoadedModel, store: ActivationStore, options: ITIOptions | None = None) -> Artifact:
+    options = options or ITIOptions()
+    top_k, seed = options.top_k, options.seed
     names, n_heads = find_head_projections(loaded.model)
     acts = store.inputs(names)
     if len(acts["pro"][names[0]]) < 4:
@@ -132,6 +135,7 @@ class ITI(SteeringMethod):
     """Inference-Time Intervention (options: ``top_k`` heads, ``seed`` of the probes)."""
 
     name = "iti"
+    options_class = ITIOptions
     placement = "heads"
     strength = STRENGTH
 
@@ -139,8 +143,7 @@ class ITI(SteeringMethod):
         return [], find_head_projections(model)[0]
 
     def fit(self, job: FitJob) -> Artifact:
-        top_k, seed = int(self.options["top_k"]), int(self.options["seed"])
-        return fit_iti(job.loaded, job.activations(), top_k=top_k, seed=seed)
+        return fit_iti(job.loaded, job.activations(), self.options)
 
     @classmethod
     def apply(cls, model: nn.Module, tensors: Mapping[str, Tensor], strength: float):

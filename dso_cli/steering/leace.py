@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from dso_cli.config.group_schemas import LeaceOptions
 from dso_cli.errors import DsoError
 from dso_cli.models.layouts import layer_modules
 from dso_cli.models.loading import LoadedModel
@@ -99,13 +100,14 @@ class LEACE(SteeringMethod):
     """LEACE erasure of gender at decoder layers (option: ``layers``; default the middle one)."""
 
     name = "leace"
+    options_class = LeaceOptions
     strength = STRENGTH
 
     def records(self, model: nn.Module, norm_modules: Any, can_select: bool) -> tuple[list[str], list[str]]:
-        return layer_modules(model, self.options.get("layers"), "leace"), []
+        return layer_modules(model, self.options.layers, "leace"), []
 
     def fit(self, job: FitJob) -> Artifact:
-        return fit_leace(job.loaded, job.activations(), layers=self.options.get("layers"))
+        return fit_leace(job.loaded, job.activations(), layers=self.options.layers)
 
     @classmethod
     def apply(cls, model: nn.Module, tensors: Mapping[str, Tensor], strength: float):

@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from dso_cli.config.group_schemas import NoOptions
 from dso_cli.errors import DsoError
 from dso_cli.models.layouts import find_norm_modules
 from dso_cli.models.loading import LoadedModel
@@ -56,6 +57,7 @@ class MeanMatch(AffineMethod):
     """DSO's affine family fitted in closed form: pro-completion moments mapped onto anti's."""
 
     name = "mean_match"
+    options_class = NoOptions
     strength = STRENGTH
 
     def records(self, model: nn.Module, norm_modules: Any, can_select: bool) -> tuple[list[str], list[str]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -93,8 +93,20 @@ class SteeringMethod:
         if cls.__dict__.get("name"):
             _REGISTRY[cls.name] = cls
 
+    # the method's options class (dso_cli.config.group_schemas): its keys, defaults, help and checks; a
+    # method without one (a user's plugin) gets its config file's keys as a dict
+    options_class: ClassVar[type | None] = None
+
     def __init__(self, **options: Any) -> None:
-        self.options = {**shipped_options(self.name), **options}  # the defaults live in the config file only
+        if self.options_class is None:
+            self.options: Any = {**shipped_options(self.name), **options}
+            return
+        known = {f.name for f in fields(self.options_class)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise DsoError(f"steering_method.{unknown[0]} is not an option of {self.name} (its options: "
+                           f"{', '.join(sorted(known)) or 'none'})")  # fmt: skip
+        self.options = self.options_class(**options)
 
     def records(self, model: nn.Module, norm_modules: Any, can_select: bool) -> tuple[list[str], list[str]]:
         """``(outputs, inputs)``: the modules whose answer-position activations ``fit`` reads."""
@@ -157,6 +169,13 @@ def shipped_options(name: str) -> dict[str, Any]:
     cfg = OmegaConf.to_container(group_config("steering_method", name), resolve=True)
     assert isinstance(cfg, dict)
     return {str(k): v for k, v in cfg.items() if k not in ("_target_", "name")}
+
+
+def option_names(cls: type[SteeringMethod]) -> set[str]:
+    """The keys a method takes: its options class's fields, else its config file's keys."""
+    if cls.options_class is not None:
+        return {f.name for f in fields(cls.options_class)}
+    return set(shipped_options(cls.name))
 
 
 def method_names() -> list[str]:

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 
 from torch import Tensor, nn
 
+from dso_cli.config.group_schemas import NoOptions
 from dso_cli.models.loading import LoadedModel
 from dso_cli.steering.affine import SteeringHandle
 from dso_cli.steering.artifact import Artifact
@@ -28,6 +29,7 @@ class NoSteering(SteeringMethod):
     """The base model, fitted and applied like every other method (a row on every table)."""
 
     name = "none"
+    options_class = NoOptions
     strength = STRENGTH
 
     def fit(self, job: FitJob) -> Artifact:

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
+from dso_cli.config.group_schemas import PromptingOptions
 from dso_cli.errors import DsoError
 from dso_cli.models.loading import LoadedModel
 from dso_cli.scoring import OptionScorer
@@ -61,11 +62,12 @@ class Prompting(SteeringMethod):
     It steers the prompt, not the model: it applies through the scorer (:meth:`OptionScorer.instructed`)."""
 
     name = "prompting"
+    options_class = PromptingOptions
     strength = STRENGTH
     module_free = True
 
     def fit(self, job: FitJob) -> Artifact:
-        return fit_prompting(job.loaded, self.options.get("instruction"))
+        return fit_prompting(job.loaded, self.options.instruction)
 
     @classmethod
     def apply(cls, model: nn.Module, tensors: Mapping[str, Tensor], strength: float):
