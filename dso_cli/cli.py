@@ -269,10 +269,9 @@ def _job_runner(verb: str) -> Callable:
         overrides = list(hydra_cfg.overrides.task)
         trust(cfg.get("allow_targets") or [])  # from this command line only, never from a run directory
         multirun = str(hydra_cfg.mode) == "RunMode.MULTIRUN"
-        cfg = plain(cfg)
         try:
             check_verb(verb, cfg)  # again: a glob() sweep's jobs are expanded only by Hydra
-            run_verb(verb, cfg, overrides, job_num=hydra_cfg.job.num if multirun else None)
+            run_verb(verb, plain(cfg), overrides, job_num=hydra_cfg.job.num if multirun else None)
         except DsoError as exc:
             if not multirun:
                 print(f"dso {verb}: error: {exc}", file=sys.stderr)

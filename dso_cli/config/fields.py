@@ -9,10 +9,12 @@ tables print (as TRL's ``field(metadata={"help": ...})``).
 from __future__ import annotations
 
 import copy
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import MISSING as NO_DEFAULT
 from dataclasses import Field, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
 
 def setting(default: Any, help: str) -> Any:
@@ -50,3 +52,32 @@ def make_options(cls: type, values: Mapping[str, Any], where: str) -> Any:
     if unknown:
         raise DsoError(f"{where}.{unknown[0]} is not an option here (options: {', '.join(sorted(known))})")
     return cls(**given)
+
+
+class Counts:
+    """Mixin of an options class whose whole-number settings are counts, sizes or seeds: each must be
+    ``>= 0`` (None allowed where the type allows it), checked when the class is made, naming the key as
+    the user types it (``<section>.<key>``)."""
+
+    section: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        from dso_cli.errors import DsoError
+
+        hints = typing.get_type_hints(type(self))
+        for spec in fields(self):  # type: ignore[arg-type]
+            if int not in _kinds(hints[spec.name]):
+                continue
+            value = getattr(self, spec.name)
+            if value is None and type(None) in _kinds(hints[spec.name]):
+                continue
+            key = f"{self.section}.{spec.name}" if self.section else spec.name
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise DsoError(f"{key}={value!r} must be a whole number >= 0")
+
+
+def _kinds(hint: Any) -> tuple:
+    """The types a hint allows (``int | None`` -> ``(int, NoneType)``)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return typing.get_args(hint)
+    return (hint,)

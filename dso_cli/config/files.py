@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from importlib import resources
 from pathlib import Path
 
@@ -88,3 +89,16 @@ def typed(group: str, name: str, cfg: DictConfig, *, prefix: str = "") -> DictCo
     out = OmegaConf.create(OmegaConf.to_container(checked, resolve=False))
     OmegaConf.set_struct(out, True)
     return out
+
+
+@functools.cache
+def options_for_target(group: str, target: str) -> type | None:
+    """The options class of the shipped ``group`` option whose ``_target_`` is ``target`` (None: a
+    user's own builder or method, which checks its options itself)."""
+    from dso_cli.config.group_schemas import OPTIONS
+
+    for name, options in OPTIONS.get(group, {}).items():
+        preset = OmegaConf.load(conf_dir() / group / f"{name}.yaml")
+        if target and preset.get("_target_") == target:
+            return options
+    return None

@@ -17,11 +17,11 @@ its builder checks.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, make_dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from omegaconf import MISSING
 
-from dso_cli.config.fields import setting
+from dso_cli.config.fields import Counts, setting
 from dso_cli.config.optimizer import OptimizerOptions
 from dso_cli.errors import DsoError
 
@@ -29,7 +29,9 @@ from dso_cli.errors import DsoError
 
 
 @dataclass
-class OccupationOptions:
+class OccupationOptions(Counts):
+    section: ClassVar[str] = "bias"
+
     n_train: int = setting(600, "ambiguous training items")
     n_train_unambiguous: int = setting(300, "unambiguous training items (the KL anchor)")
     val_pairs_per_occupation: int = setting(4, "pairs of each kind per training occupation in val")
@@ -53,7 +55,9 @@ class OccupationOptions:
 
 
 @dataclass
-class SynthBiasOptions:
+class SynthBiasOptions(Counts):
+    section: ClassVar[str] = "bias"
+
     path: str | None = setting(None, "a local synthbias_data.csv (null: the cached download of url)")
     url: str = setting(
         "https://raw.githubusercontent.com/apple/ml-synthbias/6db30ffb573178f578df60c5a604a205e47f8d56/data/synthbias_data.csv",
@@ -70,7 +74,9 @@ class SynthBiasOptions:
 
 
 @dataclass
-class BBQOptions:
+class BBQOptions(Counts):
+    section: ClassVar[str] = "bias"
+
     data_file: str | None = setting(None, "another BBQ-format .jsonl")
     n_train: int = setting(600, "ambiguous training items")
     n_train_unambiguous: int = setting(300, "disambiguated training items")
@@ -80,7 +86,9 @@ class BBQOptions:
 
 
 @dataclass
-class WinoBiasOptions:
+class WinoBiasOptions(Counts):
+    section: ClassVar[str] = "bias"
+
     data_dir: str | None = setting(None, "a folder with WinoBias's {pro,anti}_stereotyped_type{1,2}.txt.{dev,test}")
     val_fraction: float = setting(0.2, "share of the dev sentences dealt to val")
     test_pairs_per_type: int | None = setting(100, "null: all")
@@ -88,7 +96,9 @@ class WinoBiasOptions:
 
 
 @dataclass
-class DecisionsOptions:
+class DecisionsOptions(Counts):
+    section: ClassVar[str] = "bias"
+
     path: str | None = setting(
         None, "a .jsonl, .csv or .parquet file of decision items (schema: benchmarks/decisions.py)"
     )
@@ -101,7 +111,9 @@ class DecisionsOptions:
 
 
 @dataclass
-class MixtureOptions:
+class MixtureOptions(Counts):
+    section: ClassVar[str] = "bias"
+
     benchmarks: list[str] = setting(["occupation", "synthbias"], "the members (conf/bias_benchmark/ names)")
     modality: str = setting("auto", "reaches the members with images")
     path: str | None = setting(None, "reaches the members with a path (SynthBias's CSV)")
@@ -128,7 +140,9 @@ class CAAOptions:
 
 
 @dataclass
-class ITIOptions:
+class ITIOptions(Counts):
+    section: ClassVar[str] = "steering_method"
+
     top_k: int = setting(8, "heads steered")
     seed: int = setting(0, "of the probes' cross-validation")
 
@@ -174,7 +188,9 @@ class WandbLoggerOptions:
 
 
 @dataclass
-class MmluOptions:
+class MmluOptions(Counts):
+    section: ClassVar[str] = "capability"
+
     path: str = setting("cais/mmlu", "hub id or local dataset")
     subset: str | None = setting("all", "the dataset's configuration (all: every subject)")
     split: str = setting("test", "the dataset's split")
@@ -184,12 +200,16 @@ class MmluOptions:
 
 
 @dataclass
-class MmluDevOptions:
+class MmluDevOptions(Counts):
+    section: ClassVar[str] = "capability"
+
     max_per_subject: int | None = setting(None, "dev questions per subject (null: all five)")
 
 
 @dataclass
-class MmmuOptions:
+class MmmuOptions(Counts):
+    section: ClassVar[str] = "capability"
+
     path: str = setting("MMMU/MMMU", "hub id or local dataset")
     subjects: list[str] | None = setting(None, "null: all 30")
     split: str = setting("validation", "the dataset's split")
@@ -198,7 +218,9 @@ class MmmuOptions:
 
 
 @dataclass
-class NeutralTextOptions:
+class NeutralTextOptions(Counts):
+    section: ClassVar[str] = "capability"
+
     path: str | None = setting(None, "one passage per line (null: the held-out Lee articles)")
     max_passages: int | None = setting(50, "passages used (null: all)")
     max_tokens: int = setting(128, "tokens per passage")

@@ -1,23 +1,25 @@
-"""Typed schemas of every verb's config, registered in Hydra's ConfigStore.
+"""Every verb's settings, one typed class per section, registered in Hydra's ConfigStore as the schema.
 
 Each ``conf/<verb>.yaml`` starts its defaults list with ``<verb>_schema``: the dataclass below is
 merged first, so the YAML files (and every ``key=value`` of the command line) are merged into typed,
 closed nodes. A wrong type (``seed=abc``, ``sweep.bootstrap_reps=1.5``, ``model.trust_remote_code=maybe``)
 or an unknown key (``optimizer.stepz=3``) then fails at composition, naming the key, in single runs and
-in every job of a multirun alike. The values themselves live in the YAML files (with their comments);
-the schemas hold the types (and a comment per key). Groups whose keys differ by option (the benchmark, the steering
-method, the reward, the logger, the capability set) have one schema per option (:mod:`dso_cli.config.group_schemas`).
-Range checks (``seed >= 0``, ``lr > 0``) are in :mod:`dso_cli.cli` and :class:`dso_cli.rl.config.TrainConfig`.
+in every job of a multirun alike. The classes hold each key's default and help text
+(:func:`~dso_cli.config.fields.setting`); the YAML files set only what differs. Ranges are checked when
+the classes are made (their ``__post_init__``: :class:`~dso_cli.config.fields.Counts`,
+:class:`~dso_cli.config.optimizer.OptimizerOptions`), which :func:`dso_cli.config.validation.check_values`
+does for every composed config. Groups whose keys differ by option (the benchmark, the steering method,
+the reward, the logger, the capability set) have one class per option (:mod:`dso_cli.config.group_schemas`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from omegaconf import MISSING
 
-from dso_cli.config.fields import setting
+from dso_cli.config.fields import Counts, setting
 from dso_cli.config.optimizer import OptimizerOptions
 
 
@@ -38,7 +40,9 @@ class ModelSchema:
 
 
 @dataclass
-class ScoringSchema:
+class ScoringSchema(Counts):
+    section: ClassVar[str] = "scoring"
+
     prefix_tree: bool = setting(True, "pack text items into prefix trees")
     # int or "auto": typed Any, as OmegaConf 2.3 cannot merge a Union value into a missing node
     tree_tokens: Any = setting("auto", "tokens per packed tree, or auto")
@@ -52,7 +56,9 @@ class ScoringSchema:
 
 
 @dataclass
-class HeldoutTextSchema:
+class HeldoutTextSchema(Counts):
+    section: ClassVar[str] = "heldout_text"
+
     path: str | None = setting(None, "one passage per line; null: the 50 held-out Lee articles")
     max_passages: int | None = setting(24, "passages used (null: all)")
     max_tokens: int = setting(128, "tokens per passage")
@@ -61,7 +67,9 @@ class HeldoutTextSchema:
 
 
 @dataclass
-class ExtractSchema:
+class ExtractSchema(Counts):
+    section: ClassVar[str] = "extract"
+
     cache: str | None = setting(None, "a dso extract run_dir whose cached activations fits read")
     dtype: str = setting("float32", "float32 | float16 | bfloat16")
     shard_items: int = setting(128, "items per safetensors shard")
@@ -71,7 +79,9 @@ class ExtractSchema:
 
 
 @dataclass
-class BaseSchema:
+class BaseSchema(Counts):
+    section: ClassVar[str] = ""
+
     verb: str = MISSING  # the verb this config is for
     model: ModelSchema = MISSING
     # option-dependent groups: typed by their option's schema (dso_cli/group_schemas.py)
@@ -102,7 +112,9 @@ class TrainSchema(BaseSchema):
 
 
 @dataclass
-class SweepSection:
+class SweepSection(Counts):
+    section: ClassVar[str] = "sweep"
+
     splits: list[str] = setting(["test"], "splits to evaluate")
     bootstrap_reps: int = setting(1000, "pair-bootstrap resamples for pob_se")
     extra_metrics: list[str] = setting([], "dotted paths of dso_cli.Metric classes (trusted via allow_targets)")
@@ -115,7 +127,9 @@ class SweepSchema(BaseSchema):
 
 
 @dataclass
-class EvalSection:
+class EvalSection(Counts):
+    section: ClassVar[str] = "eval"
+
     benchmarks: list[str] | None = setting(None, "bias benchmarks (null: the run's own and the offline ones)")
     capability: list[str] | None = setting(["mmlu_dev", "neutral_text"], "capability sets")
     split: str = setting("test", "the benchmarks' split")
@@ -137,7 +151,9 @@ class EvalSchema(BaseSchema):
 
 
 @dataclass
-class CompareSection:
+class CompareSection(Counts):
+    section: ClassVar[str] = "compare"
+
     methods: list[str] = setting(
         ["none", "prompting", "caa", "iti", "mean_match", "leace", "dso"], "steering methods to compare"
     )
@@ -170,7 +186,9 @@ class CompareSchema(BaseSchema):
 
 
 @dataclass
-class PruneSection:
+class PruneSection(Counts):
+    section: ClassVar[str] = "prune"
+
     splits: list[str] = setting(["test"], "splits to evaluate")
     bootstrap_reps: int = setting(1000, "pair-bootstrap resamples")
     save_artifacts: bool = setting(True, "save every pruned artifact")
@@ -192,7 +210,9 @@ class ExportSchema(BaseSchema):
 
 
 @dataclass
-class AnalyzeSection:
+class AnalyzeSection(Counts):
+    section: ClassVar[str] = "analyze"
+
     folds: int = setting(5, "cross-validation folds of the probes")
     out_dir: str | None = setting(None, "default: <run_dir>/report")
 
@@ -215,7 +235,9 @@ class ReportSchema(BaseSchema):
 
 
 @dataclass
-class GenerateSection:
+class GenerateSection(Counts):
+    section: ClassVar[str] = "generate"
+
     split: str = setting("test", "the run's benchmark split generated for")
     prompts: str | None = setting(None, "a .txt of prompts or a decision file instead of the split")
     max_items: int | None = setting(16, "about N items, whole pairs spread over the clusters (null: all)")

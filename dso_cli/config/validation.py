@@ -1,15 +1,17 @@
 """Checks of a composed config that composition cannot make and that hold for every verb: missing
-values and whole-number counts. Each verb's own checks (grids, names of sets and methods) live with
-the verb (:mod:`dso_cli.commands.checks`)."""
+values and out-of-range values (by the options classes). Each verb's own checks (grids, names of sets
+and methods) live with the verb (:mod:`dso_cli.commands.checks`)."""
 
 from __future__ import annotations
+
+from dataclasses import fields
 
 from dso_cli.config.files import schema_error
 from dso_cli.errors import DsoError
 
 
 def check_config(cfg) -> None:
-    """Missing values and counts, whatever the verb."""
+    """Missing values and out-of-range values, whatever the verb."""
     from omegaconf import OmegaConf
 
     missing = sorted(OmegaConf.missing_keys(cfg))
@@ -18,34 +20,25 @@ def check_config(cfg) -> None:
     check_values(cfg)
 
 
-COUNTS = ("seed", "sweep.bootstrap_reps", "prune.bootstrap_reps", "eval.bootstrap_reps", "compare.bootstrap_reps",
-          "compare.hypervolume_bootstrap_reps", "analyze.folds", "generate.max_items",
-          "generate.max_new_tokens", "eval.lm_eval_limit", "eval.lm_eval_batch_size")  # fmt: skip
-"""Keys that must be whole numbers >= 0 wherever the verb has them."""
-
-
 def check_values(cfg) -> None:
-    """Values that compose but are out of range: one line naming the key, before any work is done."""
+    """Values that compose but are out of range, checked by the options classes that define them (their
+    ``__post_init__``): the verb's typed sections are made as objects, and the bias benchmark's options
+    class (found by its builder) from its section. One line naming the key, before any work is done."""
     from omegaconf import OmegaConf
 
-    for key in COUNTS:
-        value = OmegaConf.select(cfg, key, default=None)
-        if value is not None:
-            _whole(key, value)
+    from dso_cli.config.fields import make_options
+    from dso_cli.config.files import options_for_target
+    from dso_cli.config.schema import SCHEMAS
+
+    schema = SCHEMAS.get(str(cfg.get("verb")))
+    if schema is not None:  # the verb's schema as objects: model, optimizer, scoring, every section
+        OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), cfg))
     bench = cfg.get("bias_benchmark") or {}
-    for key, value in bench.items():  # sizes of the built-in builders: counts of items, pairs or rows
-        if value is not None and (key.startswith(("n_", "max_")) or key.endswith("_per_occupation")):
-            _whole(f"bias.{key}", value)
-
-
-def _whole(key: str, value) -> int:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise DsoError(f"{key}={value!r} must be a whole number >= 0") from None
-    if isinstance(value, bool) or not number.is_integer() or number < 0:
-        raise DsoError(f"{key}={value!r} must be a whole number >= 0")
-    return int(number)
+    options = options_for_target("bias_benchmark", str(bench.get("_target_", "")))
+    if options is not None:
+        plain = OmegaConf.to_container(bench, resolve=True) if OmegaConf.is_config(bench) else dict(bench)
+        known = {f.name for f in fields(options)}  # `dso eval`'s bias.<key>= may be meant for another benchmark
+        make_options(options, {k: v for k, v in plain.items() if k in known}, "bias")
 
 
 def typed_error(exc: BaseException) -> str | None:
