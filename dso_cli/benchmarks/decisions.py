@@ -1,6 +1,6 @@
 """``decisions``: a user's own decision items, from a JSONL, CSV or Parquet file or a hub dataset.
 
-One row per decision item (the README's "Your own decision data" has the schema and an example):
+One row per decision item (docs/guides/your-data.md has the schema and an example):
 
 - ``prompt`` (text), ``options`` (two or more texts), ``option_groups`` (the group each option
   holds: ``male``, ``female``, ``unknown`` or ``other``), ``cluster`` (what POB averages over: an

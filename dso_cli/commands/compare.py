@@ -162,7 +162,7 @@ def run_compare(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
     report_split = cfg.compare.report_split
     draws = hypervolume_draws(cfg, data, probs[report_split], split_items(splits, report_split))
     out_dir = write_compare_report(data, run_dir / "report", cfg, draws)
-    save_provenance(out_dir, cfg, extra={"runs": [str(run_dir)]})
+    save_provenance(out_dir, cfg, prefix="report_", extra={"runs": [str(run_dir)]})
     print(f"dso compare: wrote {run_dir / COMPARE_CSV} and {out_dir}/compare.md, pareto.png", flush=True)
     return run_dir
 

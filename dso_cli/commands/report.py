@@ -58,7 +58,7 @@ def run_report(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
         text += "\n\n## Where each method steers\n\n" + "\n".join(steering)
     write_text(out_dir / "pareto.md", text + "\n")
     pareto_plot(data, out_dir / "pareto.png", f"{benchmark} ({split})")
-    save_provenance(out_dir, cfg, extra={"runs": [str(r) for r in runs]})
+    save_provenance(out_dir, cfg, prefix="report_", extra={"runs": [str(r) for r in runs]})  # never a run's own files
     print(text)
     print(f"\ndso report: wrote {out_dir}/pareto.csv, pareto.md, pareto.png", flush=True)
     return out_dir

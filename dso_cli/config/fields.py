@@ -2,7 +2,7 @@
 
 The classes of :mod:`dso_cli.config.schema` and :mod:`dso_cli.config.group_schemas` are registered in
 Hydra's ConfigStore as the schemas of the config files, so these defaults are the shipped ones; the YAML
-files are presets that override only what differs. ``help`` is what ``dso --help`` and the README's
+files are presets that override only what differs. ``help`` is what the configuration reference
 tables print (as TRL's ``field(metadata={"help": ...})``).
 """
 

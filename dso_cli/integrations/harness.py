@@ -20,7 +20,7 @@ def task_manager(include_path: str | None, tasks: Sequence[str] = ()) -> Any:
     try:
         from lm_eval.tasks import TaskManager
     except ImportError:
-        raise DsoError("eval.lm_eval_tasks needs lm-evaluation-harness: pip install 'dso[lm-eval]'") from None
+        raise DsoError("eval.lm_eval_tasks needs lm-evaluation-harness: pip install 'dso-cli[lm-eval]'") from None
     if include_path and tasks:
         local = TaskManager(include_path=include_path, include_defaults=False)
         if all(task in local.all_tasks for task in tasks):

