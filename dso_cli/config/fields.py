@@ -66,17 +66,17 @@ class Counts:
 
         hints = typing.get_type_hints(type(self))
         for spec in fields(self):  # type: ignore[arg-type]
-            if int not in _kinds(hints[spec.name]):
+            if int not in allowed_types(hints[spec.name]):
                 continue
             value = getattr(self, spec.name)
-            if value is None and type(None) in _kinds(hints[spec.name]):
+            if value is None and type(None) in allowed_types(hints[spec.name]):
                 continue
             key = f"{self.section}.{spec.name}" if self.section else spec.name
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise DsoError(f"{key}={value!r} must be a whole number >= 0")
 
 
-def _kinds(hint: Any) -> tuple:
+def allowed_types(hint: Any) -> tuple:
     """The types a hint allows (``int | None`` -> ``(int, NoneType)``)."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         return typing.get_args(hint)

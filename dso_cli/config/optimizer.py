@@ -9,12 +9,11 @@ bad value is one line naming the key when the trainer's settings are made (befor
 from __future__ import annotations
 
 import math
-import types
 import typing
 from dataclasses import dataclass, fields
 from typing import Any
 
-from dso_cli.config.fields import setting
+from dso_cli.config.fields import allowed_types, setting
 from dso_cli.errors import DsoError
 
 CHOICES = {"strength_mode": ("fixed", "path"), "kl_mode": ("penalty", "constraint")}
@@ -72,11 +71,10 @@ class OptimizerOptions:
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
-        for spec in fields(self):
-            kind = _number_kind(hints[spec.name])
-            value = getattr(self, spec.name)
-            if kind is not None and value is not None:
-                setattr(self, spec.name, _number(f"optimizer.{spec.name}", value, kind))
+        numbers = {spec.name: kind for spec in fields(self) if (kind := _number_kind(hints[spec.name]))}
+        for name, kind in numbers.items():
+            if getattr(self, name) is not None:
+                setattr(self, name, _number(f"optimizer.{name}", getattr(self, name), kind))
         betas = self.betas
         if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
             raise DsoError(f"optimizer.betas={betas!r} must be two numbers in [0, 1)")
@@ -92,16 +90,15 @@ class OptimizerOptions:
         for name in POSITIVE:
             if not getattr(self, name) > 0:
                 raise DsoError(f"optimizer.{name} must be greater than 0, not {getattr(self, name)}")
-        for spec in fields(self):  # every other number: a weight, a count or a switch-off 0
-            value = getattr(self, spec.name)
-            if _number_kind(hints[spec.name]) and value is not None and value < 0:
-                raise DsoError(f"optimizer.{spec.name} must be at least 0, not {value}")
+        for name in numbers:  # every other number: a weight, a count or a switch-off 0
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise DsoError(f"optimizer.{name} must be at least 0, not {value}")
 
 
 def _number_kind(hint: Any) -> type | None:
     """int or float for a numeric setting (``float | None`` included), else None."""
-    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-    kinds = [k for k in (typing.get_args(hint) if union else (hint,)) if k is not type(None)]
+    kinds = [k for k in allowed_types(hint) if k is not type(None)]
     return kinds[0] if len(kinds) == 1 and kinds[0] in (int, float) else None
 
 

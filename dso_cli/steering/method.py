@@ -98,10 +98,10 @@ class SteeringMethod:
     options_class: ClassVar[type | None] = None
 
     def __init__(self, **options: Any) -> None:
-        if self.options_class is None:
-            self.options: Any = {**shipped_options(self.name), **options}
+        if self.options_class is None:  # a method of the user's package: its config file's keys, unchecked
+            self.options: Any = dict(options)
             return
-        known = {f.name for f in fields(self.options_class)}
+        known = option_names(type(self))
         unknown = sorted(set(options) - known)
         if unknown:
             raise DsoError(f"steering_method.{unknown[0]} is not an option of {self.name} (its options: "
@@ -158,24 +158,9 @@ def method_class(name: str) -> type[SteeringMethod]:
     return _REGISTRY[name]
 
 
-def shipped_options(name: str) -> dict[str, Any]:
-    """The options of ``conf/steering_method/<name>.yaml`` (none for a method without a config file)."""
-    from omegaconf import OmegaConf
-
-    from dso_cli.config.files import group_config
-
-    if name not in _builtin_names():
-        return {}
-    cfg = OmegaConf.to_container(group_config("steering_method", name), resolve=True)
-    assert isinstance(cfg, dict)
-    return {str(k): v for k, v in cfg.items() if k not in ("_target_", "name")}
-
-
 def option_names(cls: type[SteeringMethod]) -> set[str]:
-    """The keys a method takes: its options class's fields, else its config file's keys."""
-    if cls.options_class is not None:
-        return {f.name for f in fields(cls.options_class)}
-    return set(shipped_options(cls.name))
+    """The keys a method takes: its options class's fields (none known for a method without one)."""
+    return {f.name for f in fields(cls.options_class)} if cls.options_class is not None else set()
 
 
 def method_names() -> list[str]:
