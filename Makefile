@@ -52,6 +52,7 @@ lint: setup
 
 docs: setup
 	$(PY) scripts/config_reference.py
+	$(PY) scripts/results_tables.py
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -d site
 
 format: setup

@@ -10,6 +10,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from dso_cli.commands.checks import check_verb
 from dso_cli.config.files import conf_dir, default_option, group_options
@@ -57,6 +58,7 @@ def usage() -> str:
     lines += ["usage: dso <verb> [key=value ...] [--cfg job] [--help] [--multirun]", "", "verbs:"]
     lines += [f"  {verb:<8} {text}" for verb, text in VERBS.items()]
     lines += [f"  {'assets':<8} the offline wheels (default model, benchmark data); `dso assets install`: the missing"]
+    lines += [f"  {'examples':<8} the example decision file and lm-eval task, written to ./examples (or DIR)"]
     lines += ["", "config groups (group=option; * marks the default):"]
     for group in (*GROUPS, "capability"):
         default = default_option(group) if group in GROUPS else None
@@ -299,6 +301,25 @@ def assets(args: list[str]) -> int:
     return 0
 
 
+def examples(args: list[str]) -> int:
+    """``dso examples [DIR]``: write the shipped example files into DIR (``./examples``), so the
+    documented ``bias.path=examples/...`` commands work after a pip install too."""
+    from dso_cli.benchmarks.examples import write_examples
+
+    if len(args) > 1 or (args and args[0].startswith("-")):
+        print("dso examples: error: usage: dso examples [DIR]", file=sys.stderr)
+        return 2
+    dest = Path(args[0] if args else "examples")
+    try:
+        written = write_examples(dest)
+    except DsoError as exc:
+        print(f"dso examples: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(written)} file(s) to {dest}" if written else f"{dest} already holds every example")
+    print(f"try: dso train bias=decisions bias.path={dest / 'decisions' / 'hiring.jsonl'}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     FAILED_JOBS.clear()  # a caller may run several commands in one process
     args = list(sys.argv[1:] if argv is None else argv)
@@ -310,6 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args[0] == "assets":
         return assets(args[1:])
+    if args[0] == "examples":
+        return examples(args[1:])
     verb, rest = args[0], open_sections(args[0], rewrite_aliases(args[1:]))
     if verb not in VERBS:
         print(f"dso: error: unknown verb {verb!r} (choose from: {', '.join(VERBS)})", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""A plain (non-editable) install carries its Hydra configs: ``dso`` works outside the checkout."""
+"""A plain (non-editable) install carries its Hydra configs and examples: ``dso`` works outside the checkout."""
 
 from __future__ import annotations
 
@@ -27,3 +27,8 @@ def test_a_non_editable_install_composes_every_verb_outside_the_checkout(tmp_pat
         assert result.returncode == 0, result.stderr
         assert f"verb: {verb}" in result.stdout
     assert (site / "dso_cli" / "conf" / "steering_method" / "dso.yaml").is_file()
+    wrote = subprocess.run([sys.executable, "-m", "dso_cli.cli", "examples"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True)  # fmt: skip
+    assert wrote.returncode == 0, wrote.stderr
+    for example in ("decisions/hiring.jsonl", "lm_eval_tasks/dso_occupation_mc.yaml"):
+        assert (tmp_path / "examples" / example).read_bytes() == (ROOT / "examples" / example).read_bytes()

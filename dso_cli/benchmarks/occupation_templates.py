@@ -124,7 +124,7 @@ class AnswerFormat:
 
 # Training formats: the answer as the person's word or name. Held-out formats (heldout_templates only):
 # lettered positions and "The answer is the man". (Training also on numbered positions and "It is the
-# man" reached the held-out formats no better and raised SynthBias POB: see docs/results/generalisation.md.)
+# man" reached the held-out formats no better and raised SynthBias POB: see docs/results/archive.md.)
 WORD_FORMAT = AnswerFormat("word", "The", "Answer with one word: {}.", unknown_prefix="Answer:")
 
 

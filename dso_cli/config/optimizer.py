@@ -27,7 +27,7 @@ class OptimizerOptions:
     """Adam on a trained method's parameters and the DSO objective's weights (demo-sized by default:
     fits ``make demo`` on 2 CPU cores; the paper's protocol is ``steps=300 occupations_per_batch=8``).
 
-    What protects the model (chosen by ``scripts/generalization_study.sh``; see docs/results/generalisation.md): the
+    What protects the model (chosen by ``scripts/generalization_study.sh``; see docs/results/archive.md): the
     full-vocabulary KL(steered || base) per token on ``kl_text_passages`` neutral training passages
     (cut to ``kl_text_tokens``) and on the prompts of ``kl_prompt_items`` training items per step,
     weight ``kl_text_coef``; the expected accuracy on unambiguous items (``accuracy_weight``);
