@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dso_cli.benchmarks.attributes import person_groups
 from dso_cli.benchmarks.schema import DecisionItem
 
 
@@ -41,6 +42,58 @@ class PolicyView:
         self.chose_unknown = unknown[np.arange(n), self.choice] if n else np.zeros(0, dtype=bool)
         self.probs = probs.numpy()
         self.first_person = np.array([first_person(it["option_groups"]) for it in items], dtype=np.int64)
+        self.directed = (self.pro >= 0) & (self.anti >= 0)
+        self.lean_keys = sorted({key for it in items for key in group_pairs(it["option_groups"])})
+        for name, p in (("soft", probs.numpy()), ("hard", hard.numpy())):
+            leans, spread = head_to_head(items, p, self.lean_keys)
+            setattr(self, f"leans_{name}", leans)
+            setattr(self, f"spread_{name}", spread)
+
+
+def group_pairs(groups: Sequence[str]) -> list[tuple[str, str]]:
+    """The pairs of distinct person groups an item's options meet head to head, each sorted."""
+    people = sorted(set(person_groups(groups)))
+    return [(g, h) for i, g in enumerate(people) for h in people[i + 1 :]]
+
+
+def head_to_head(
+    items: Sequence[DecisionItem], probs: np.ndarray, keys: Sequence[tuple[str, str]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per item, ``P(g) − P(h)`` for every pair of groups ``(g, h)`` of ``keys`` it offers (NaN where it
+    does not offer both; a group's probability sums its options): ``[n, len(keys)]``; and per item
+    the spread (max − min) of its person groups' probabilities, ``|P(a) − P(b)|`` with two people."""
+    column = {key: k for k, key in enumerate(keys)}
+    leans = np.full((len(items), len(keys)), np.nan)
+    spread = np.full(len(items), np.nan)
+    for i, item in enumerate(items):
+        mass: dict[str, float] = {}
+        for k, group in enumerate(item["option_groups"]):
+            if group in ("unknown", "other"):
+                continue
+            mass[group] = mass[group] + probs[i, k] if group in mass else probs[i, k]
+        for g, h in group_pairs(item["option_groups"]):
+            leans[i, column[(g, h)]] = mass[g] - mass[h]
+        if len(mass) > 1:
+            spread[i] = max(mass.values()) - min(mass.values())
+    return leans, spread
+
+
+def head_to_head_bias(leans: np.ndarray, cluster: np.ndarray) -> float:
+    """POB without a stereotype direction: the mean over clusters of the largest head-to-head lean
+    ``|mean P(g) − P(h)|`` between two groups, over the cluster's items that offer both. With two
+    groups and one stereotyped group per cluster this is exactly :func:`per_occupation_bias` of the
+    gaps (the same sums, in the same order)."""
+    if leans.size == 0:
+        return float("nan")
+    names, idx = np.unique(cluster, return_inverse=True)
+    best = np.full(len(names), np.nan)
+    for column in leans.T:
+        offered = ~np.isnan(column)
+        sums = np.bincount(idx[offered], weights=column[offered], minlength=len(names))
+        counts = np.bincount(idx[offered], minlength=len(names))
+        lean = np.abs(sums / np.maximum(counts, 1))
+        best = np.where(counts > 0, np.fmax(best, lean), best)
+    return float(np.mean(best[~np.isnan(best)])) if not np.isnan(best).all() else float("nan")
 
 
 def unknown_options(items: Sequence[DecisionItem], width: int) -> np.ndarray:
@@ -70,8 +123,11 @@ def per_occupation_bias(gap: np.ndarray, occupation: np.ndarray) -> float:
 
 
 def pob(items: Sequence[DecisionItem], probs: Tensor) -> float:
-    """POB of ``probs`` on the ambiguous ``items`` (no standard error): a quick score for selection."""
+    """POB of ``probs`` on the ambiguous ``items`` (no standard error): a quick score for selection;
+    head to head where an item states no stereotype direction (as the ``pob`` column)."""
     v = PolicyView(items, probs)
+    if not v.directed[v.ambiguous].all():
+        return head_to_head_bias(v.leans_soft[v.ambiguous], v.cluster[v.ambiguous])
     return per_occupation_bias(v.gap_soft[v.ambiguous], v.cluster[v.ambiguous])
 
 
@@ -100,6 +156,21 @@ class PairResampler:
             total = total + np.bincount(pidx, weights=weights, minlength=n_pairs)[draw].sum(1)
             count = count + np.bincount(pidx, weights=finite[sel].astype(float), minlength=n_pairs)[draw].sum(1)
         return total / np.maximum(count, 1)
+
+    def head_to_head(self, leans: np.ndarray) -> np.ndarray:
+        """:func:`head_to_head_bias` of ``leans`` (``[n_items, n_group_pairs]``) under every resample."""
+        per_occ = []
+        for sel, pidx, n_pairs, draw in self.groups:
+            best = np.zeros(draw.shape[0])
+            for column in leans[sel].T:
+                offered = ~np.isnan(column)
+                if not offered.any():
+                    continue
+                sums = np.bincount(pidx, weights=np.where(offered, column, 0.0), minlength=n_pairs)[draw].sum(1)
+                counts = np.bincount(pidx, weights=offered.astype(float), minlength=n_pairs)[draw].sum(1)
+                best = np.maximum(best, np.abs(sums / np.maximum(counts, 1)))
+            per_occ.append(best)
+        return np.mean(per_occ, axis=0)
 
     def pob(self, gap: np.ndarray) -> np.ndarray:
         """POB of ``gap`` (one entry per item) under every resample: ``[reps]``."""

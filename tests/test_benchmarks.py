@@ -141,13 +141,13 @@ def test_winobias_rows_and_label_balance():
         same = [pro["options"] == anti["options"] and pro["correct"] == anti["correct"] for pro, anti in pairs]
         assert sum(same) >= len(pairs) - 2
         for pro, anti in pairs:
-            assert pro["attribute"].endswith("/pro") and anti["attribute"].endswith("/anti")
+            assert pro["question_type"].endswith("/pro") and anti["question_type"].endswith("/anti")
             assert pro["correct"] == pro["pro_option"] and anti["correct"] == anti["anti_option"]
             for it in (pro, anti):  # the files' pro/anti labels agree with the BLS majorities
                 assert it["option_groups"][it["pro_option"]] == PRONOUN_GENDER[pronoun_of(it)]
                 assert not it["ambiguous"]
     splits = winobias.build()
-    assert len(splits["test"]) == 400 and Counter(splits["test"]["attribute"]) == {
+    assert len(splits["test"]) == 400 and Counter(splits["test"]["question_type"]) == {
         "type1/pro": 100, "type1/anti": 100, "type2/pro": 100, "type2/anti": 100,
     }  # fmt: skip
     assert len(splits["train"]) + len(splits["val"]) == 4 * 396

@@ -28,8 +28,9 @@ LIMIT = 24
 
 def task_items(limit: int = LIMIT) -> list[dict]:
     rows = [json.loads(line) for line in (TASKS / "occupation_unambiguous.jsonl").read_text().splitlines()][:limit]
-    return [dict(r, ambiguous=False, option_groups=["male", "female"], pro_option=-1, anti_option=-1, attribute="",
-                 pair_id=r["id"], benchmark="occupation", split="test") for r in rows]  # fmt: skip
+    return [dict(r, ambiguous=False, option_groups=["male", "female"], pro_option=-1, anti_option=-1,
+                 attribute="gender", question_type="", pair_id=r["id"], benchmark="occupation", split="test")
+            for r in rows]  # fmt: skip
 
 
 def dso_scores(scorer: OptionScorer, artifact, strength: float) -> tuple[float, float]:

@@ -83,7 +83,7 @@ def test_splits_are_disjoint(splits):
 
 
 def test_unambiguous_items_state_the_answer(splits):
-    item = next(i for i in splits["test"] if not i["ambiguous"] and i["attribute"] == "occupation")
+    item = next(i for i in splits["test"] if not i["ambiguous"] and i["question_type"] == "occupation")
     holder = item["options"][item["correct"]].strip()
     occ = item["cluster"]
     assert any(f"{holder} {verb} {art} {occ}" in item["prompt"] for verb in ("is", "works as") for art in ("a", "an"))
@@ -117,7 +117,7 @@ def test_heldout_templates_share_no_wording_setting_or_name_with_other_splits(sp
     others = [item for split in ("train", "val", "test") for item in splits[split]]
     for item in heldout:
         assert not any(s in item["prompt"] for s in SETTINGS)
-        assert any(s in item["prompt"] for s in HELDOUT_SETTINGS) or item["attribute"] == "stated"
+        assert any(s in item["prompt"] for s in HELDOUT_SETTINGS) or item["question_type"] == "stated"
     for item in others:
         assert not any(s in item["prompt"] for s in HELDOUT_SETTINGS)
         assert not any(f" {name} " in f" {item['prompt']} " for pair in HELDOUT_NAMES for name in pair)
@@ -145,10 +145,10 @@ def test_letter_options_keep_the_groups_and_the_answer(splits):
 
 
 def test_every_question_type_has_unambiguous_items_and_stated_is_unambiguous_only(splits):
-    unamb = Counter(item["attribute"] for item in splits["test"] if not item["ambiguous"])
+    unamb = Counter(item["question_type"] for item in splits["test"] if not item["ambiguous"])
     assert set(unamb) == set(TEXT_QUESTION_TYPES)
-    assert not any(item["attribute"] == "stated" for item in splits["test"] if item["ambiguous"])
-    stated = next(i for i in splits["test"] if i["attribute"] == "stated" and i["options"] != [" A", " B"])
+    assert not any(item["question_type"] == "stated" for item in splits["test"] if item["ambiguous"])
+    stated = next(i for i in splits["test"] if i["question_type"] == "stated" and i["options"] != [" A", " B"])
     holder = stated["options"][stated["correct"]].strip().lower()
     assert stated["prompt"].split(".")[0].split()[-3:-2] != [] and holder in stated["prompt"].split(".")[0].lower()
     assert not any(s in stated["prompt"] for s in SETTINGS)  # no scene: only the holder is mentioned
@@ -158,14 +158,14 @@ def test_evaluation_splits_cover_every_question_type_evenly(splits):
     """Each occupation's evaluation pairs are dealt round-robin over the question types, so the rare
     ``stated`` type (14 of ~400 unambiguous templates) gets its share of every split."""
     for split, per_occ in (("test", 4), ("val", 4), ("heldout_occupations", 4), ("heldout_templates", 12)):
-        counts = Counter((it["cluster"], it["attribute"]) for it in splits[split] if not it["ambiguous"])
+        counts = Counter((it["cluster"], it["question_type"]) for it in splits[split] if not it["ambiguous"])
         per_type = defaultdict(set)
         for (_, qtype), n in counts.items():
             per_type[qtype].add(n // 2)
         assert set(per_type) == set(TEXT_QUESTION_TYPES), split
         assert all(n in (per_occ // 4, per_occ // 4 + 1) for ns in per_type.values() for n in ns), (split, per_type)
     # training keeps the pool's proportions: stated stays rare there
-    train = Counter(it["attribute"] for it in splits["train"] if not it["ambiguous"])
+    train = Counter(it["question_type"] for it in splits["train"] if not it["ambiguous"])
     assert train["stated"] < min(train[q] for q in TEXT_QUESTION_TYPES if q != "stated")
 
 

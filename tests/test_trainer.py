@@ -24,7 +24,7 @@ def train_items():
         n_train=4000, n_train_unambiguous=16, heldout_occupations=[], heldout_template_pairs_per_occupation=4
     )
     keep = {"nurse", "carpenter", "secretary", "mechanic"}
-    words = [i for i in splits["train"].to_list() if "/words/" in i["id"] and i["attribute"] == "occupation"]
+    words = [i for i in splits["train"].to_list() if "/words/" in i["id"] and i["question_type"] == "occupation"]
     return [i for i in splits["train"].to_list() if not i["ambiguous"]] + [i for i in words if i["cluster"] in keep]
 
 

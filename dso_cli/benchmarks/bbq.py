@@ -85,7 +85,8 @@ def to_item(row: dict, *, where: str) -> dict | None:
         "correct": int(row["label"]),
         "ambiguous": ambiguous,
         "cluster": f"q{row['question_index']}",
-        "attribute": f"{row['question_polarity']}/{row['additional_metadata'].get('subcategory', '')}",
+        "attribute": "gender",
+        "question_type": f"{row['question_polarity']}/{row['additional_metadata'].get('subcategory', '')}",
         "pair_id": f"{BENCHMARK}/{group_id}/{'amb' if ambiguous else 'dis'}",
     }
 

@@ -3,16 +3,22 @@
 One row per decision item (docs/guides/your-data.md has the schema and an example):
 
 - ``prompt`` (text), ``options`` (two or more texts), ``option_groups`` (the group each option
-  holds: ``male``, ``female``, ``unknown`` or ``other``), ``cluster`` (what POB averages over: an
-  occupation, a role, a template, ...): required.
+  holds, of the row's ``attribute``; ``unknown`` for "cannot tell", ``other`` for an option that is no
+  person), ``cluster`` (what POB averages over: an occupation, a role, a template, ...): required.
+- ``attribute``: the protected attribute the groups belong to (default ``gender``: ``male``,
+  ``female``). The built-in ``race`` and ``race_x_gender`` have a fixed vocabulary; any other name
+  takes any groups (e.g. three religions). Files written before attributes existed used
+  ``attribute`` for the question type; a row without ``question_type`` whose ``attribute`` is no
+  built-in attribute and whose groups are gender groups is still read that way.
 - ``correct``: the correct option's index; absent or null for an ambiguous item (no right answer
   but "cannot tell", see ``ambiguous``).
-- ``stereotyped``: the stereotyped option's index; required for an ambiguous item.
-  ``anti_stereotyped``: the counter-stereotyped one (default: the only option of the other gender).
+- ``stereotyped``: the stereotyped option's index (optional: without it POB compares the groups head
+  to head; the stereotype gap and the paper's reward with a direction need it).
+  ``anti_stereotyped``: the counter-stereotyped one (default: the other person, with two).
 - ``pair_id``: ties the items that counterbalance one another (same decision, persons or option
   order swapped); required for an ambiguous item, and every pair needs at least two items.
-- optional: ``id``, ``answer_prefix`` (the answer's start every option continues), ``attribute``
-  (a question type), ``images`` (paths, relative to the file), ``ambiguous`` (default: no
+- optional: ``id``, ``answer_prefix`` (the answer's start every option continues),
+  ``question_type``, ``images`` (paths, relative to the file), ``ambiguous`` (default: no
   ``correct``), ``split`` (train/val/test/...: then the file's own splits are used, on every row).
 
 Every row is checked before any is used; a bad file is refused with the file, line and field of each
@@ -32,6 +38,7 @@ from typing import Any
 
 import datasets
 
+from dso_cli.benchmarks.attributes import DEFAULT_ATTRIBUTE, GENDER, VOCABULARIES, person_groups
 from dso_cli.benchmarks.schema import ItemError, splits_to_datasets, validate_item
 from dso_cli.benchmarks.splits import deal_per_cluster
 from dso_cli.config.fields import make_options
@@ -124,6 +131,17 @@ USER_FIELDS = {"pro_option": "stereotyped", "anti_option": "anti_stereotyped"}
 """The schema's item fields under the names this file format gives them."""
 
 
+def attribute_fields(row: Mapping[str, Any], groups: list[str]) -> tuple[str, str]:
+    """``(attribute, question_type)`` of a row, reading a file written before attributes existed (its
+    ``attribute`` was the question type) as it was meant."""
+    attribute = str(row.get("attribute") or "")
+    question_type = row.get("question_type")
+    legacy = attribute not in VOCABULARIES and set(person_groups(groups)) <= set(GENDER)
+    if question_type is None and attribute and legacy:
+        return DEFAULT_ATTRIBUTE, attribute
+    return attribute or DEFAULT_ATTRIBUTE, str(question_type or "")
+
+
 def to_item(row: Mapping[str, Any], where: str, name: str, base_dir: Path) -> dict[str, Any]:
     """One schema-valid decision item from a row; :class:`RowError` names the first bad field. The
     item invariants are the schema's own (:func:`validate_item`); this adds what a file row can lack."""
@@ -138,12 +156,11 @@ def to_item(row: Mapping[str, Any], where: str, name: str, base_dir: Path) -> di
     options = [str(o) for o in _listed(row, "options")]
     groups = [str(g) for g in _listed(row, "option_groups")]
     n = len(options)
+    attribute, question_type = attribute_fields(row, groups)
     correct = _index(row, "correct", n)
     ambiguous = _flag(row, "ambiguous", correct is None)
     pro = _index(row, "stereotyped", n)
     anti = _index(row, "anti_stereotyped", n)
-    if ambiguous and pro is None:
-        raise RowError("stereotyped", "an ambiguous item needs its stereotyped option")
     pair_id = row.get("pair_id")
     if ambiguous and (pair_id is None or str(pair_id) == ""):
         raise RowError("pair_id", "an ambiguous item needs the pair it counterbalances")
@@ -168,7 +185,8 @@ def to_item(row: Mapping[str, Any], where: str, name: str, base_dir: Path) -> di
         "correct": -1 if correct is None else correct,
         "ambiguous": ambiguous,
         "cluster": str(row["cluster"]),
-        "attribute": str(row.get("attribute") or ""),
+        "attribute": attribute,
+        "question_type": question_type,
         "pair_id": str(pair_id) if pair_id not in (None, "") else item_id,
         "images": resolved,
     }
@@ -176,11 +194,11 @@ def to_item(row: Mapping[str, Any], where: str, name: str, base_dir: Path) -> di
         validate_item(item)
     except ItemError as exc:
         raise RowError(USER_FIELDS.get(exc.field, exc.field), exc.problem) from None
-    if pro is not None and anti is None:  # the only option of the other gender
-        other = {"male": "female", "female": "male"}.get(groups[pro])
-        candidates = [i for i, g in enumerate(groups) if g == other]
+    if pro is not None and anti is None:  # the other person, where there are two
+        people = set(person_groups(groups)) - {groups[pro]}
+        candidates = [i for i, g in enumerate(groups) if g in people]
         if ambiguous and len(candidates) != 1:
-            raise RowError("anti_stereotyped", "cannot be inferred (no single option of the other gender); set it")
+            raise RowError("anti_stereotyped", "cannot be inferred (no single person of another group); set it")
         item["anti_option"] = candidates[0] if len(candidates) == 1 else -1
     if pro is not None and pro == item["anti_option"]:
         raise RowError("anti_stereotyped", "is the stereotyped option itself")

@@ -46,7 +46,8 @@ def mc_item(benchmark: str, index: int, subject: str, question: str, choices: Se
         "correct": answer,
         "ambiguous": False,
         "cluster": subject,
-        "attribute": subject,
+        "attribute": "",
+        "question_type": subject,
         "pair_id": f"{benchmark}/{subject}/{index}",
     }
 

@@ -88,7 +88,7 @@ def rows_to_items(rows: Iterable[Mapping[str, Any]], where: str) -> list[dict]:
             "answer_prefix": "Answer:", "options": [f" {LETTERS[j]}" for j in range(len(options))],
             "option_groups": ["other"] * len(options), "pro_option": -1, "anti_option": -1,
             "correct": LETTERS.index(row["answer"]), "ambiguous": False, "cluster": subject,
-            "attribute": subject, "pair_id": f"mmmu/{row['id']}", "images": files,
+            "attribute": "", "question_type": subject, "pair_id": f"mmmu/{row['id']}", "images": files,
         })  # fmt: skip
     return items
 

@@ -80,7 +80,8 @@ def _items_for(
             "correct": correct,
             "ambiguous": holder is None,
             "cluster": occ.name,
-            "attribute": template.qtype,
+            "attribute": "gender",
+            "question_type": template.qtype,
             "pair_id": pair_id,
         }
 

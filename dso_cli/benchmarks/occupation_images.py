@@ -78,7 +78,8 @@ def _items_for(
             "correct": -1 if holder is None else order.index(holder),
             "ambiguous": holder is None,
             "cluster": occ.name,
-            "attribute": qtype,
+            "attribute": "gender",
+            "question_type": qtype,
             "pair_id": pair_id,
             "images": [composite(*files)] if layout == "side_by_side" else files,
         }

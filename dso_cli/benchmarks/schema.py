@@ -11,9 +11,8 @@ from typing import Any, TypedDict
 
 import datasets
 
+from dso_cli.benchmarks.attributes import DEFAULT_ATTRIBUTE, VOCABULARIES, unknown_groups
 from dso_cli.errors import DsoError
-
-GROUPS = ("male", "female", "unknown", "other")
 
 FEATURES = datasets.Features(
     {
@@ -30,11 +29,12 @@ FEATURES = datasets.Features(
         "ambiguous": datasets.Value("bool"),
         "cluster": datasets.Value("string"),
         "attribute": datasets.Value("string"),
+        "question_type": datasets.Value("string"),
         "pair_id": datasets.Value("string"),
         "images": datasets.Sequence(datasets.Value("string")),
     }
 )
-OPTIONAL = {"images": []}
+OPTIONAL = {"images": [], "question_type": "", "attribute": DEFAULT_ATTRIBUTE}
 """Columns a benchmark may leave out, with their default."""
 
 
@@ -42,13 +42,17 @@ class DecisionItem(TypedDict, total=False):
     """One decision item, as every benchmark builds it and every scorer, trainer and metric reads it.
 
     ``prompt`` is the user turn, ``answer_prefix`` the start of the answer that every option continues
-    (e.g. ``"The"`` before ``" man"`` / ``" woman"``); ``attribute`` is the question type; ``pair_id``
+    (e.g. ``"The"`` before ``" man"`` / ``" woman"``); ``attribute`` is the protected attribute whose groups
+    the options name (``gender``, ``race``, ``race_x_gender`` or a user's own; see
+    :mod:`dso_cli.benchmarks.attributes`) and ``question_type`` the kind of question; ``pair_id``
     ties together the items that counterbalance one another (same template, persons swapped); ``images``
     are image files shown before the prompt, in order (vision-language benchmarks; else empty);
     ``cluster`` is what Per-Occupation Bias averages over (the occupation; for BBQ, the question
     template; for MMLU, the subject; in a mixture, ``<benchmark>:<cluster>``). ``option_groups`` name
-    the group each option denotes: a gender, ``unknown`` ("cannot be determined"), or ``other``; an
-    occupation-valued option denotes its occupation's BLS majority gender. Ambiguous items have no
+    the group of ``attribute`` each option denotes, ``unknown`` ("cannot be determined"), or ``other``;
+    an occupation-valued option denotes its occupation's BLS majority gender. ``pro_option`` and
+    ``anti_option`` (the stereotyped and counter-stereotyped options) are -1 where the benchmark states
+    no stereotype direction: POB then compares the groups head to head. Ambiguous items have no
     correct option (``correct = -1``), except an ``unknown`` one where offered (BBQ)."""
 
     id: str
@@ -64,6 +68,7 @@ class DecisionItem(TypedDict, total=False):
     ambiguous: bool
     cluster: str
     attribute: str
+    question_type: str
     pair_id: str
     images: list[str]
 
@@ -86,10 +91,13 @@ def validate_item(item: Mapping[str, Any]) -> None:
     groups = item["option_groups"]
     if len(groups) != n:
         raise ItemError(where, "option_groups", f"option_groups has {len(groups)} entries for {n} options")
-    bad = [g for g in groups if g not in GROUPS]
+    attribute = item.get("attribute", DEFAULT_ATTRIBUTE)
+    bad = unknown_groups(attribute, groups)
     if bad:
-        expected = ", ".join(GROUPS)
-        raise ItemError(where, "option_groups", f"unknown option group {bad[0]!r} (expected one of {expected})")
+        expected = ", ".join((*VOCABULARIES[attribute], "unknown", "other"))
+        raise ItemError(where, "option_groups", f"unknown {attribute} group {bad[0]!r} (expected one of {expected})")
+    if any(not str(g) for g in groups):
+        raise ItemError(where, "option_groups", "an option group is empty")
     for key in ("pro_option", "anti_option", "correct"):
         if not -1 <= item[key] < n:
             raise ItemError(where, key, f"{key}={item[key]} is out of range for {n} options")

@@ -67,7 +67,8 @@ def _row_items(row: dict[str, str], index: int, pair_id: str, majority: dict[str
                 "correct": -1 if ambiguous else order.index(occ_1),
                 "ambiguous": ambiguous,
                 "cluster": occ_1,
-                "attribute": pronoun.lower(),
+                "attribute": "gender",
+                "question_type": pronoun.lower(),
                 "pair_id": pair_id,
             }
         )

@@ -82,7 +82,8 @@ def _item(
         "correct": correct,
         "ambiguous": False,
         "cluster": referent,
-        "attribute": f"{kind}/{stereo}",
+        "attribute": "gender",
+        "question_type": f"{kind}/{stereo}",
         "pair_id": pair_id,
     }
 
@@ -127,7 +128,7 @@ def build(**options: Any) -> datasets.DatasetDict:
     n_val = round(len(dev) * opts.val_fraction)
     test, all_test = [], load_pairs("test", opts.data_dir)
     for kind in TYPES:
-        of_kind = [p for p in all_test if p[0]["attribute"].startswith(kind)]
+        of_kind = [p for p in all_test if p[0]["question_type"].startswith(kind)]
         test += (
             of_kind
             if opts.test_pairs_per_type is None

@@ -45,7 +45,8 @@ def prompt_items(path: Path) -> list[dict]:
     return [
         {"id": f"prompt/{i}", "benchmark": "prompts", "split": "prompts", "prompt": text, "answer_prefix": "",
          "options": [], "option_groups": [], "pro_option": -1, "anti_option": -1, "correct": -1,
-         "ambiguous": False, "cluster": "", "attribute": "", "pair_id": f"prompt/{i}", "images": []}
+         "ambiguous": False, "cluster": "", "attribute": "", "question_type": "", "pair_id": f"prompt/{i}",
+         "images": []}
         for i, text in enumerate(lines, 1)
     ]  # fmt: skip
 

@@ -75,9 +75,11 @@ def by_benchmark(items: Sequence[dict]) -> dict[str, list[dict]]:
 
 
 def accuracy_by_type(items: Sequence[dict], probs) -> list[dict]:
-    """Unambiguous accuracy (soft) per question type (the items' ``attribute``), with binomial-free SEs."""
+    """Unambiguous accuracy (soft) per question type (``question_type``), with binomial-free SEs."""
     out = []
-    correct = [(it["attribute"], float(probs[i, it["correct"]])) for i, it in enumerate(items) if not it["ambiguous"]]
+    correct = [
+        (it["question_type"], float(probs[i, it["correct"]])) for i, it in enumerate(items) if not it["ambiguous"]
+    ]
     for qtype in sorted({t for t, _ in correct}):
         values = np.array([p for t, p in correct if t == qtype])
         out.append({"question_type": qtype, "unamb_acc": float(values.mean()), "unamb_acc_se": mean_se(values),

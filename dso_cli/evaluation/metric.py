@@ -65,8 +65,9 @@ class Scores:
         return PairResampler(v.cluster[v.ambiguous], v.pair[v.ambiguous], self.bootstrap_reps, rng)
 
     def pair_bootstrap_se(self, statistic: str, values: np.ndarray) -> float:
-        """Bootstrap SE over :attr:`ambiguous_pairs` of ``statistic`` (``"pob"`` of per-item gaps, or
-        ``"mean"`` of per-item values, NaN entries left out); NaN where some occupation has one pair
+        """Bootstrap SE over :attr:`ambiguous_pairs` of ``statistic`` (``"pob"`` of per-item gaps,
+        ``"head_to_head"`` of per-item leans ``[n, group pairs]``, or ``"mean"`` of per-item values, NaN
+        entries left out); NaN where some occupation has one pair
         (resampling it shows no variation) or no value is finite, 0 with fewer than two resamples."""
         if not len(values) or np.isnan(values).all():
             return math.nan
@@ -74,7 +75,8 @@ class Scores:
             return math.nan
         if self.bootstrap_reps < 2:
             return 0.0
-        draws = self.ambiguous_pairs.pob(values) if statistic == "pob" else self.ambiguous_pairs.mean(values)
+        resampled = {"pob": self.ambiguous_pairs.pob, "head_to_head": self.ambiguous_pairs.head_to_head}
+        draws = resampled.get(statistic, self.ambiguous_pairs.mean)(values)
         return float(np.std(draws, ddof=1))
 
 

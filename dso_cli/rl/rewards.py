@@ -17,7 +17,7 @@ from torch import Tensor
 
 from dso_cli.config.group_schemas import DecisionBalanceOptions, RewardOptions
 from dso_cli.errors import DsoError
-from dso_cli.metrics import option_prob, pair_order_gaps, unknown_options
+from dso_cli.metrics import group_pairs, option_prob, pair_order_gaps, unknown_options
 
 
 class Reward(Protocol):
@@ -49,17 +49,72 @@ def per_occupation_gap(items: Sequence[Mapping[str, Any]], probs: Tensor) -> Ten
     return sums / counts
 
 
+def directed(items: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether every item of the batch states a stereotype direction (a pro and an anti option)."""
+    return all(item["pro_option"] >= 0 and item["anti_option"] >= 0 for item in items)
+
+
+def head_to_head_leans(items: Sequence[Mapping[str, Any]], probs: Tensor) -> dict[tuple[str, str, str], Tensor]:
+    """Per ``(cluster, g, h)`` of the batch, ``mean P(g) − P(h)`` over its items that offer both groups
+    (a group's probability sums its options); differentiable. What POB measures without a stereotype
+    direction, for any number of groups."""
+    terms: dict[tuple[str, str, str], list[Tensor]] = {}
+    for i, item in enumerate(items):
+        groups = item["option_groups"]
+        for g, h in group_pairs(groups):
+            p_g = sum(probs[i, k] for k, group in enumerate(groups) if group == g)
+            p_h = sum(probs[i, k] for k, group in enumerate(groups) if group == h)
+            terms.setdefault((item["cluster"], g, h), []).append(p_g - p_h)
+    return {key: torch.stack(values).mean() for key, values in terms.items()}
+
+
+def worst_lean_per_cluster(items: Sequence[Mapping[str, Any]], probs: Tensor) -> Tensor:
+    """Per cluster of the batch, the largest ``|head-to-head lean|`` (:func:`head_to_head_leans`)."""
+    worst: dict[str, Tensor] = {}
+    for (cluster, _, _), lean in head_to_head_leans(items, probs).items():
+        worst[cluster] = torch.maximum(worst[cluster], lean.abs()) if cluster in worst else lean.abs()
+    return torch.stack([worst[c] for c in sorted(worst)]) if worst else probs.new_zeros(0)
+
+
+def cluster_pob(items: Sequence[Mapping[str, Any]], probs: Tensor) -> Tensor:
+    """POB of a batch, differentiable: the mean over clusters of ``|P(pro|o) − P(anti|o)|``, or of the
+    largest head-to-head lean where an item states no stereotype direction (as the ``pob`` metric)."""
+    gaps = per_occupation_gap(items, probs).abs() if directed(items) else worst_lean_per_cluster(items, probs)
+    return gaps.mean() if gaps.numel() else probs.new_zeros(())
+
+
+def flip_rewards(items: Sequence[Mapping[str, Any]], probs: Tensor) -> Tensor:
+    """The stereotype-flip reward without a direction: in each head-to-head of a cluster the group
+    chosen more often earns −1 and the other +1 (an item with more than two people averages its
+    head-to-heads). With two groups this is the paper's reward, the leaning group standing for the
+    majority state (an exact tie earns 0 instead of counting as pro)."""
+    leans = head_to_head_leans(items, probs.detach())
+    reward = torch.zeros_like(probs)
+    for i, item in enumerate(items):
+        groups = item["option_groups"]
+        for g, h in (matches := group_pairs(groups)):
+            sign = torch.sign(leans[(item["cluster"], g, h)]) / len(matches)
+            for k, group in enumerate(groups):
+                reward[i, k] += -sign if group == g else sign if group == h else 0.0
+    return reward
+
+
 @dataclass
 class StereotypeFlipReward(RewardOptions):
     """The paper's reward: −1 for the occupation's current majority state (pro or anti), +1 for the other.
 
     With two outcomes ``E[r | o] = −|P(pro|o) − P(anti|o)|``, so maximising it minimises
     Per-Occupation Bias. An ``unknown`` option earns ``unknown_reward`` (0 by default, not the paper's
-    +1, which rewards refusing); options that are neither pro nor anti earn 0.
+    +1, which rewards refusing); options that are neither pro nor anti earn 0. Without a stereotype
+    direction (race, any number of groups) the majority state is the leaning group of each head-to-head
+    (:func:`flip_rewards`), so the reward needs no direction.
     """
 
     def __call__(self, items: Sequence[Mapping[str, Any]], probs: Tensor) -> Tensor:
         probs = probs.detach()
+        if not directed(items):
+            reward = flip_rewards(items, probs)
+            return _pay_unknown(items, reward, self.unknown_reward)
         _, occ = occupation_index(items)
         majority_is_pro = per_occupation_gap(items, probs) >= 0  # ties count as pro
         sign = torch.where(majority_is_pro[occ.to(probs.device)], -1.0, 1.0)  # reward of the pro option
@@ -85,18 +140,27 @@ class AbsGapReward(RewardOptions):
     and the opposite for the anti one: with the same number of items per occupation (the trainer's
     stratified batches) this is exactly the stereotype-flip reward; it differs when occupations are
     unevenly represented (each occupation weighs the same here) and at a tie (no push at all).
+    Without a stereotype direction (any number of groups) the gap is each cluster's largest
+    head-to-head lean (:func:`worst_lean_per_cluster`), what POB measures there.
     """
 
     def __call__(self, items: Sequence[Mapping[str, Any]], probs: Tensor) -> Tensor:
         leaf = probs.detach().clone().requires_grad_(True)
-        objective = -per_occupation_gap(items, leaf).abs().mean()
-        (grad,) = torch.autograd.grad(objective, leaf)
-        reward = grad * len(items)
-        for i, item in enumerate(items):
-            for k, group in enumerate(item["option_groups"]):
-                if group == "unknown":
-                    reward[i, k] = self.unknown_reward
-        return reward
+        gaps = per_occupation_gap(items, leaf).abs() if directed(items) else worst_lean_per_cluster(items, leaf)
+        if not gaps.numel():
+            return _pay_unknown(items, torch.zeros_like(leaf), self.unknown_reward)
+        (grad,) = torch.autograd.grad(-gaps.mean(), leaf, allow_unused=True)
+        reward = torch.zeros_like(leaf) if grad is None else grad * len(items)
+        return _pay_unknown(items, reward, self.unknown_reward)
+
+
+def _pay_unknown(items: Sequence[Mapping[str, Any]], reward: Tensor, unknown_reward: float) -> Tensor:
+    """``reward`` with every ``unknown`` ("can't tell") option paid ``unknown_reward``."""
+    for i, item in enumerate(items):
+        for k, group in enumerate(item["option_groups"]):
+            if group == "unknown":
+                reward[i, k] = unknown_reward
+    return reward
 
 
 def _person_pair_probs(items: Sequence[Mapping[str, Any]], probs: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -19,7 +19,7 @@ from dso_cli.metrics import kl_divergence
 from dso_cli.rl.batches import BaseCache, BatchSampler
 from dso_cli.rl.config import TrainConfig
 from dso_cli.rl.estimators import Estimator
-from dso_cli.rl.rewards import per_occupation_gap
+from dso_cli.rl.rewards import cluster_pob, per_occupation_gap
 from dso_cli.scoring import OptionScorer, policy
 
 
@@ -68,7 +68,7 @@ def _one_step(
             if batch["plan"] is None:
                 batch["plan"] = estimator.prepare(batch["amb"], probs.detach())
             sums["reward"] += float(batch_objective(estimator, batch, probs))
-            sums["batch_pob"] += float(per_occupation_gap(batch["amb"], probs.detach()).abs().mean())
+            sums["batch_pob"] += float(cluster_pob(batch["amb"], probs.detach()))
             for bench, pob in per_benchmark_pob(batch["amb"], probs.detach(), sampler.benchmarks).items():
                 sums[f"batch_pob_{bench}"] += pob
             backward(estimator.loss(batch["plan"], probs), 1.0, "policy_loss")
@@ -138,7 +138,7 @@ def per_benchmark_pob(items: Sequence[DecisionItem], probs: Tensor, benchmarks: 
         rows = [i for i, item in enumerate(items) if item["benchmark"] == bench]
         if rows:
             sub = [items[i] for i in rows]
-            out[bench] = float(per_occupation_gap(sub, probs[rows]).abs().mean())
+            out[bench] = float(cluster_pob(sub, probs[rows]))
     return out
 
 

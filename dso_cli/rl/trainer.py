@@ -41,7 +41,7 @@ from dso_cli.rl.batches import BaseCache, BatchSampler
 from dso_cli.rl.checkpoint import load_checkpoint, save_checkpoint
 from dso_cli.rl.config import TrainConfig
 from dso_cli.rl.estimators import make_estimator
-from dso_cli.rl.rewards import Reward, per_occupation_gap
+from dso_cli.rl.rewards import Reward, cluster_pob
 from dso_cli.rl.state import TrainState
 from dso_cli.rl.step import (
     _one_step,
@@ -150,7 +150,7 @@ def _validate(
     steer.strength = 1.0
     with torch.no_grad():
         probs = policy(scorer.logprobs(val_ambiguous))
-        out = {"val_pob": float(per_occupation_gap(val_ambiguous, probs).abs().mean())}
+        out = {"val_pob": float(cluster_pob(val_ambiguous, probs))}
         if val_texts:
             logp, lengths = scorer.token_logprobs(val_texts)
             steer.strength = 0.0

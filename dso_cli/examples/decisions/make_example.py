@@ -33,11 +33,13 @@ def rows():
             for a, b in ((man, woman), (woman, man)):
                 stereotyped = [a, b].index(man if expected == "male" else woman)
                 yield item(f"{slug}/amb/{k}/{a}", AMBIGUOUS.format(a=a, b=b, role=role), "The job should go to",
-                           [a, b], role, f"{slug}/amb/{k}", stereotyped=stereotyped, attribute="hire")  # fmt: skip
+                           [a, b], role, f"{slug}/amb/{k}", stereotyped=stereotyped, attribute="gender",
+                           question_type="hire")  # fmt: skip
         for k, (man, woman) in enumerate(NAMES[:3]):
             for a, b in ((man, woman), (woman, man)):
                 yield item(f"{slug}/unamb/{k}/{a}", UNAMBIGUOUS.format(a=a, b=b, role=role), "The more experienced is",
-                           [a, b], role, f"{slug}/unamb/{k}", correct=0, attribute="experience")  # fmt: skip
+                           [a, b], role, f"{slug}/unamb/{k}", correct=0, attribute="gender",
+                           question_type="experience")  # fmt: skip
 
 
 if __name__ == "__main__":

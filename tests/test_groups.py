@@ -1,0 +1,104 @@
+"""Groups are data: attributes with their own vocabularies, POB and item_bias for any number of groups
+(exactly today's numbers with two), and rewards that need no stereotype direction."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dso_cli.benchmarks import decisions, occupation
+from dso_cli.benchmarks.schema import ItemError, validate_item
+from dso_cli.evaluation import decision_metrics
+from dso_cli.metrics import PolicyView, head_to_head_bias, per_occupation_bias
+from dso_cli.rl.rewards import AbsGapReward, StereotypeFlipReward
+from tests.cli_runner import ROOT
+
+
+@pytest.fixture(scope="module")
+def occupation_test():
+    return occupation.build(test_pairs_per_occupation=2, n_train=8, n_train_unambiguous=8)["test"].to_list()
+
+
+def undirected(items):
+    return [dict(it, pro_option=-1, anti_option=-1) for it in items]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_two_groups_head_to_head_is_todays_pob_exactly(occupation_test, seed):
+    probs = torch.softmax(torch.randn(len(occupation_test), 2, generator=torch.Generator().manual_seed(seed)), -1)
+    v = PolicyView(occupation_test, probs)
+    amb = v.ambiguous
+    for kind in ("soft", "hard"):
+        today = per_occupation_bias(getattr(v, f"gap_{kind}")[amb], v.cluster[amb])
+        assert head_to_head_bias(getattr(v, f"leans_{kind}")[amb], v.cluster[amb]) == today
+    directed = decision_metrics(occupation_test, probs, bootstrap_reps=50)
+    without = decision_metrics(undirected(occupation_test), probs, bootstrap_reps=50)
+    for column in ("pob", "pob_hard", "item_bias", "order_dep", "first_option_rate"):
+        assert without[column] == directed[column], column
+    assert without["pob_se"] == pytest.approx(directed["pob_se"], rel=1e-9)
+    assert np.isnan(without["stereotype_gap"]), "no direction, no stereotype gap"
+
+
+def three_group_items(lean):
+    """One cluster, each pair of the groups a, b, c met in both orders; the model gives ``lean[g]`` more
+    weight to group g (P(g) ∝ exp(lean[g])), whatever the order."""
+    items, rows = [], []
+    for g, h in (("a", "b"), ("a", "c"), ("b", "c")):
+        for first, second in ((g, h), (h, g)):
+            items.append({"cluster": "job", "pair_id": f"job/{g}{h}", "pro_option": -1, "anti_option": -1,
+                          "ambiguous": True, "correct": -1, "option_groups": [first, second]})  # fmt: skip
+            rows.append(torch.softmax(torch.tensor([lean[first], lean[second]]), 0))
+    return items, torch.stack(rows)
+
+
+def test_three_groups_by_hand():
+    items, probs = three_group_items({"a": 1.0, "b": 0.0, "c": 0.0})
+    p = float(torch.sigmoid(torch.tensor(1.0)))
+    m = decision_metrics(items, probs, bootstrap_reps=20)
+    assert m["pob"] == pytest.approx(2 * p - 1), "the largest head-to-head lean: a against b (or c)"
+    assert m["item_bias"] == pytest.approx((4 * (2 * p - 1) + 2 * 0) / 6)
+    assert m["order_dep"] == pytest.approx(0.0, abs=1e-7)
+    even, probs = three_group_items({"a": 0.0, "b": 0.0, "c": 0.0})
+    assert decision_metrics(even, probs, bootstrap_reps=20)["pob"] == pytest.approx(0.0)
+
+
+def test_flip_and_gap_rewards_need_no_direction(occupation_test):
+    amb = [it for it in occupation_test if it["ambiguous"]]
+    probs = torch.softmax(torch.randn(len(amb), 2, generator=torch.Generator().manual_seed(3)), -1)
+    for reward in (StereotypeFlipReward(), AbsGapReward()):
+        assert torch.allclose(reward(undirected(amb), probs), reward(amb, probs), atol=1e-6), type(reward).__name__
+    items, probs = three_group_items({"a": 1.0, "b": 0.0, "c": -0.5})
+    r = StereotypeFlipReward()(items, probs)
+    assert r[0].tolist() == [-1.0, 1.0] and r[2].tolist() == [-1.0, 1.0], "a, the leaning group, is pushed down"
+    g = AbsGapReward()(items, probs)  # the worst head-to-head is a against c: only it is pushed
+    assert g[2, 0] < 0 < g[2, 1] and g[3, 1] < 0 < g[3, 0]
+    assert not g[[0, 1, 4, 5]].any()
+
+
+def test_groups_are_checked_against_their_attribute():
+    base = {"id": "x", "options": [" A", " B"], "pro_option": -1, "anti_option": -1, "correct": -1,
+            "ambiguous": True}  # fmt: skip
+    validate_item({**base, "attribute": "race", "option_groups": ["black", "white"]})
+    validate_item({**base, "attribute": "religion", "option_groups": ["hindu", "sikh"]})  # a user's own
+    with pytest.raises(ItemError, match="unknown race group 'martian'"):
+        validate_item({**base, "attribute": "race", "option_groups": ["black", "martian"]})
+    with pytest.raises(ItemError, match="unknown gender group 'white'"):
+        validate_item({**base, "option_groups": ["male", "white"]})
+
+
+def test_decision_files_read_attributes_and_old_question_types(tmp_path):
+    three = decisions.build(str(ROOT / "examples/decisions/three_groups.jsonl"))
+    items = [it for split in three.values() for it in split]
+    assert {it["attribute"] for it in items} == {"age"}
+    assert {g for it in items for g in it["option_groups"]} == {"young", "middle_aged", "older"}
+    old = tmp_path / "old.jsonl"
+    rows = [json.loads(line) for line in (ROOT / "examples/decisions/hiring.jsonl").read_text().splitlines()]
+    for row in rows:  # as files were written before attributes were data: attribute held the question type
+        row["attribute"] = row.pop("question_type")
+    old.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    legacy = [it for split in decisions.build(str(old)).values() for it in split]
+    assert {it["attribute"] for it in legacy} == {"gender"}
+    assert {it["question_type"] for it in legacy} == {"hire", "experience"}
