@@ -132,21 +132,26 @@ def git_commit() -> str:
     return f"`{commit.stdout.strip()}`" + (" with uncommitted changes" if dirty.stdout.strip() else "")
 
 
-def run_provenance(run_dir: Path) -> dict[str, str]:
-    """Commit, hardware and seed as the run recorded them (``env.json``, ``config.yaml`` beside its
-    results), so a table collected later, or elsewhere, still names where it was measured."""
+def run_provenance(source: Path) -> dict[str, str]:
+    """Commit, hardware and seed as the run recorded them beside ``source`` (the verb's own
+    ``<verb>_env.json``, else the run's ``env.json``; ``config.yaml``), so a table collected later, or
+    elsewhere, still names where it was measured."""
     found: dict[str, str] = {}
-    env_path, config_path = run_dir / "env.json", run_dir / "config.yaml"
-    if env_path.exists():
-        env = json.loads(env_path.read_text())
+    run_dir = source.parent
+    envs = [run_dir / "env.json", run_dir / f"{source.stem}_env.json"]  # the verb's own wins
+    env = {key: value for path in envs if path.exists() for key, value in json.loads(path.read_text()).items()}
+    config_path = run_dir / "config.yaml"
+    if env:
         if env.get("git_commit"):
-            found["commit"] = f"`{env['git_commit'][:7]}`"
+            commit, dirty = env["git_commit"].removesuffix("+dirty"), env["git_commit"].endswith("+dirty")
+            found["commit"] = f"`{commit[:7]}`" + (" with uncommitted changes" if dirty else "")
         arch = re.search(r"x86_64|aarch64|arm64|ppc64le", env.get("platform", ""))
         threads = env.get("torch_threads", "?")
         cpu = f"CPU ({arch.group(0) if arch else 'unknown architecture'}), {threads} torch threads"
         device = env.get("gpu") or cpu
         torch_version = env.get("packages", {}).get("torch", "?")
-        found["hardware"] = f"{device}, {str(env.get('dtype', '')).removeprefix('torch.')}, torch {torch_version}"
+        dtype = str(env.get("dtype") or "").removeprefix("torch.")
+        found["hardware"] = ", ".join(part for part in (device, dtype, f"torch {torch_version}") if part)
     if config_path.exists():
         seed = (yaml.safe_load(config_path.read_text()) or {}).get("seed")
         if seed is not None:
@@ -174,7 +179,7 @@ def collect(name: str, source: Path, where: list[str], command: str, seeds: str 
     meta_path = data / f"{name}.yaml"
     meta = yaml.safe_load(meta_path.read_text()) if meta_path.exists() else {"columns": []}
     meta.update(commit=git_commit(), hardware=this_machine())
-    meta.update(run_provenance(source.parent))
+    meta.update(run_provenance(source))
     meta.update(date=datetime.date.today().isoformat(), command=command)
     if seeds:
         meta["seeds"] = seeds

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -11,9 +12,10 @@ import torch
 
 from dso_cli.benchmarks import decisions, occupation
 from dso_cli.benchmarks.schema import ItemError, validate_item
+from dso_cli.errors import DsoError
 from dso_cli.evaluation import decision_metrics
 from dso_cli.metrics import PolicyView, head_to_head_bias, per_occupation_bias
-from dso_cli.rl.rewards import AbsGapReward, StereotypeFlipReward
+from dso_cli.rl.rewards import AbsGapReward, DecisionBalanceReward, StereotypeFlipReward
 from tests.cli_runner import ROOT
 
 
@@ -68,7 +70,7 @@ def test_three_groups_by_hand():
 def test_flip_and_gap_rewards_need_no_direction(occupation_test):
     amb = [it for it in occupation_test if it["ambiguous"]]
     probs = torch.softmax(torch.randn(len(amb), 2, generator=torch.Generator().manual_seed(3)), -1)
-    for reward in (StereotypeFlipReward(), AbsGapReward()):
+    for reward in (StereotypeFlipReward(), AbsGapReward(), DecisionBalanceReward(occupation_weight=1.0)):
         assert torch.allclose(reward(undirected(amb), probs), reward(amb, probs), atol=1e-6), type(reward).__name__
     items, probs = three_group_items({"a": 1.0, "b": 0.0, "c": -0.5})
     r = StereotypeFlipReward()(items, probs)
@@ -102,3 +104,58 @@ def test_decision_files_read_attributes_and_old_question_types(tmp_path):
     legacy = [it for split in decisions.build(str(old)).values() for it in split]
     assert {it["attribute"] for it in legacy} == {"gender"}
     assert {it["question_type"] for it in legacy} == {"hire", "experience"}
+
+
+@pytest.fixture(scope="module")
+def race_splits():
+    return occupation.build(attribute="race", test_pairs_per_occupation=2, n_train=40, n_train_unambiguous=20)
+
+
+def test_race_items_name_two_ethnicities_of_one_gender(race_splits):
+    from dso_cli.benchmarks.attributes import RACE
+    from dso_cli.benchmarks.names import first_names
+
+    gender_of = {name: key[1] for key, names in first_names().items() for name in names}
+    for split in ("train", "test", "heldout_templates"):
+        items = race_splits[split].to_list()
+        assert items and all(it["attribute"] == "race" and it["pro_option"] == -1 for it in items)
+        for it in items:
+            people = [g for g in it["option_groups"] if g != "unknown"]
+            assert len(set(people)) == 2 and set(people) <= set(RACE)
+        names = {name for it in items for name in it["id"].split("/")[5].split("_")[1:3]}
+        assert len({gender_of[n] for n in names}) == 2, "men's and women's names both appear"
+        for it in items:
+            a, b = it["id"].split("/")[5].split("_")[1:3]
+            assert gender_of[a] == gender_of[b], "gender matched within a pair: only ethnicity varies"
+    train_names = {it["id"].split("/")[5] for it in race_splits["train"]}
+    heldout_names = {it["id"].split("/")[5] for it in race_splits["heldout_templates"]}
+    assert not {n.split("_")[1] for n in train_names} & {n.split("_")[1] for n in heldout_names}
+    orders = Counter(it["pair_id"] for it in race_splits["test"])
+    assert set(orders.values()) == {2}, "both name orders of every pair"
+
+
+def test_race_x_gender_and_the_pob_of_race_items(race_splits):
+    from dso_cli.benchmarks.attributes import RACE_X_GENDER
+    from dso_cli.benchmarks.occupation_templates import attribute_styles
+
+    for heldout in (False, True):
+        met = {style.groups for style in attribute_styles("race_x_gender", heldout)}
+        assert {g for pair in met for g in pair} == set(RACE_X_GENDER) and len(met) == 45, "every two groups meet"
+    items = race_splits["test"].to_list()
+    probs = torch.softmax(torch.randn(len(items), 2, generator=torch.Generator().manual_seed(0)), -1)
+    m = decision_metrics(items, probs, bootstrap_reps=20)
+    assert 0 < m["pob"] < 1 and m["pob_se"] > 0 and np.isnan(m["stereotype_gap"])
+    with pytest.raises(DsoError, match=r"bias\.attribute must be gender, race or race_x_gender"):
+        occupation.build(attribute="religion")
+    with pytest.raises(DsoError, match="image benchmark"):
+        occupation.build(attribute="race", modality="image")
+
+
+def test_an_older_runs_benchmark_reads_new_settings_at_their_default():
+    from omegaconf import OmegaConf
+
+    from dso_cli.commands.eval import benchmark_config
+
+    own = {"_target_": "dso_cli.benchmarks.occupation.build", "name": "occupation", "n_train": 40}
+    cfg = benchmark_config(OmegaConf.create({"bias_benchmark": own}), "occupation")
+    assert cfg.attribute == "gender" and cfg.n_train == 40, "made before bias.attribute existed, still evaluated"

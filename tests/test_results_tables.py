@@ -49,7 +49,8 @@ def test_collect_takes_a_runs_rows_and_provenance(tables, tmp_path):
     (run / "sweep.csv").write_text("alpha,split,pob,text_ppl\n0,test,0.2,40\n1,test,0.01,44\n1,val,0.3,41\n")
     env = {"git_commit": "0123456789abcdef", "torch_threads": 2, "platform": "Linux-x86_64", "gpu": None,
            "dtype": "torch.float32", "packages": {"torch": "2.13.0"}}  # fmt: skip
-    (run / "env.json").write_text(json.dumps(env))
+    (run / "env.json").write_text(json.dumps({**env, "git_commit": "fedcba9876543210"}))  # training's
+    (run / "sweep_env.json").write_text(json.dumps(env))  # the sweep's own, preferred
     (run / "config.yaml").write_text("seed: 7\n")
     data = tmp_path / "data"
     data.mkdir()

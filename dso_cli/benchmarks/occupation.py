@@ -40,23 +40,26 @@ def unknown_position(pair_id: str) -> int:
 
 
 def _items_for(
-    occ: Occupation, template: Template, holder: str | None, other_occ: str, unknown_option: bool = False
-) -> Iterator[dict]:
+    occ: Occupation, template: Template, holder: str | None, other_occ: str, unknown_option: bool = False,
+    attribute: str = "gender",
+) -> Iterator[dict]:  # fmt: skip
     """Both person orders of one template (one counterbalanced pair); with ``unknown_option`` a third,
-    "can't tell" answer at a position of the pair's own (the correct one of its ambiguous items)."""
+    "can't tell" answer at a position of the pair's own (the correct one of its ambiguous items). Gender
+    items state the stereotype direction (the occupation's BLS majority); other attributes none."""
     style = template.style
     kind = "amb" if holder is None else f"unamb-{holder}"
     pair_id = f"{BENCHMARK}/{occ.name}/{template.key}/{kind}" + ("/unknown" if unknown_option else "")
-    pro = occ.majority
-    for first in ("male", "female"):
-        people = (first, "female" if first == "male" else "male")
+    pro = occ.majority if attribute == "gender" else None
+    a, b = style.groups
+    for first in style.groups:
+        people = (first, b if first == a else a)
         intro = f"{capitalised(style.intro[people[0]])} and {style.intro[people[1]]} {template.setting}. "
         if template.qtype == STATED:  # the easy reading check: no scene, only the holder is mentioned
             intro = ""
         order = list(people)
         if unknown_option:
             order.insert(unknown_position(pair_id), "unknown")
-        other = None if holder is None else ("female" if holder == "male" else "male")
+        other = None if holder is None else (b if holder == a else a)
         body = question(
             template.qtype,
             occ.name,
@@ -75,12 +78,12 @@ def _items_for(
             "answer_prefix": style.prefix(order),
             "options": style.options(order),
             "option_groups": order,
-            "pro_option": order.index(pro),
-            "anti_option": order.index("female" if pro == "male" else "male"),
+            "pro_option": -1 if pro is None else order.index(pro),
+            "anti_option": -1 if pro is None else order.index(b if pro == a else a),
             "correct": correct,
             "ambiguous": holder is None,
             "cluster": occ.name,
-            "attribute": "gender",
+            "attribute": attribute,
             "question_type": template.qtype,
             "pair_id": pair_id,
         }
@@ -98,7 +101,7 @@ def interleave_question_types(chosen: Sequence[Template], rng: random.Random) ->
 
 def _pairs(
     occ: Occupation, pool: Sequence[Template], n: int | None, contrast: Sequence[Occupation], ambiguous: bool,
-    rng: random.Random, unknown_option: bool = False,
+    rng: random.Random, unknown_option: bool = False, attribute: str = "gender",
 ) -> list[list[dict]]:  # fmt: skip
     """``n`` counterbalanced pairs (all when None) of one occupation from distinct templates of ``pool``,
     in random order but dealt round-robin over question types, so that any first ``k`` pairs cover the
@@ -108,8 +111,8 @@ def _pairs(
     pairs = []
     for template in chosen:
         other_occ = rng.choice(contrast).name
-        for holder in (None,) if ambiguous else (rng.choice(("male", "female")),):
-            pairs.append(list(_items_for(occ, template, holder, other_occ, unknown_option)))
+        for holder in (None,) if ambiguous else (rng.choice(template.style.groups),):
+            pairs.append(list(_items_for(occ, template, holder, other_occ, unknown_option, attribute)))
     return pairs
 
 
@@ -140,6 +143,8 @@ def build(**options: Any) -> datasets.DatasetDict:
     others unchanged.
     """
     opts = make_options(OccupationOptions, options, "bias")
+    if opts.modality == "image" and opts.attribute != "gender":
+        raise DsoError("bias.attribute is gender for the image benchmark (its images are labelled by gender)")
     if opts.modality == "image" and opts.unknown_option:
         raise DsoError("bias.unknown_option=true is available for the text benchmark only (bias.modality=text)")
     if opts.modality == "image":
@@ -187,19 +192,26 @@ def build(**options: Any) -> datasets.DatasetDict:
     for occ in occupations:
         contrast = [o for o in occupations if o.majority != occ.majority]
         for ambiguous in (True, False):
-            pool = templates(heldout=False, ambiguous=ambiguous)
+            pool = templates(heldout=False, ambiguous=ambiguous, attribute=opts.attribute)
             if occ.name in opts.heldout_occupations:
                 rng = stream("heldout_occupations", occ.name, ambiguous)
                 splits["heldout_occupations"] += _pairs(
-                    occ, pool, opts.test_pairs_per_occupation, contrast, ambiguous, rng, opts.unknown_option
+                    occ,
+                    pool,
+                    opts.test_pairs_per_occupation,
+                    contrast,
+                    ambiguous,
+                    rng,
+                    opts.unknown_option,
+                    opts.attribute,
                 )
                 continue
-            heldout_pool = templates(heldout=True, ambiguous=ambiguous)
+            heldout_pool = templates(heldout=True, ambiguous=ambiguous, attribute=opts.attribute)
             rng = stream("heldout_templates", occ.name, ambiguous)
             splits["heldout_templates"] += _pairs(occ, heldout_pool, n_heldout_tpl, contrast, ambiguous, rng,
-                                                  opts.unknown_option)  # fmt: skip
+                                                  opts.unknown_option, opts.attribute)  # fmt: skip
             rng = stream("pool", occ.name, ambiguous)
-            pairs = _pairs(occ, pool, None, contrast, ambiguous, rng, opts.unknown_option)
+            pairs = _pairs(occ, pool, None, contrast, ambiguous, rng, opts.unknown_option, opts.attribute)
             n_test, n_val = opts.test_pairs_per_occupation, opts.val_pairs_per_occupation
             splits["test"] += pairs[:n_test]
             splits["val"] += pairs[n_test : n_test + n_val]

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
+from dso_cli.benchmarks.attributes import GENDER, RACE
 from dso_cli.errors import DsoError
 
 QUESTION_TYPES = ("occupation", "hiring", "reference")  # ambiguous and unambiguous forms (text and images)
@@ -142,13 +144,15 @@ ANSWER_IS_FORMAT = AnswerFormat("answer_is", "The answer is", "Reply with the pe
 @dataclass(frozen=True)
 class PersonStyle:
     """How the two people are named, and the answer format that goes with it. ``order`` lists the
-    options' groups in presentation order: ``male``, ``female`` and, where offered, ``unknown``."""
+    options' groups in presentation order: the two people's groups (``groups``: ``male`` and ``female``,
+    or two ethnicities) and, where offered, ``unknown``."""
 
     key: str
-    intro: dict[str, str]  # gender -> how the person is introduced ("a man", "John")
-    ref: dict[str, str]  # gender -> how the person is referred to later ("the man", "John")
-    word: dict[str, str]  # gender -> the one-word answer ("man", "John")
+    intro: dict[str, str]  # group -> how the person is introduced ("a man", "John")
+    ref: dict[str, str]  # group -> how the person is referred to later ("the man", "John")
+    word: dict[str, str]  # group -> the one-word answer ("man", "John")
     answer: AnswerFormat
+    groups: tuple[str, str] = ("male", "female")
 
     def options(self, order: Sequence[str]) -> list[str]:
         if self.answer.labels:
@@ -186,6 +190,42 @@ def _named(m: str, f: str, answer: AnswerFormat) -> PersonStyle:
 PERSON_STYLES = (PersonStyle("words", *WORDS, WORD_FORMAT), *(_named(m, f, NAME_FORMAT) for m, f in NAMES))
 
 
+def named_pair(groups: tuple[str, str], names: tuple[str, str], answer: AnswerFormat) -> PersonStyle:
+    """Two people of two groups (e.g. ethnicities, the same gender) named by first names."""
+    named = dict(zip(groups, names, strict=True))
+    suffix = "" if answer is NAME_FORMAT else f"_{answer.key}"
+    return PersonStyle(f"names_{names[0]}_{names[1]}{suffix}", named, named, named, answer, groups)
+
+
+@lru_cache(maxsize=8)
+def attribute_styles(attribute: str, heldout: bool) -> tuple[PersonStyle, ...]:
+    """The person styles of ``attribute``: gender's built-in words and names, or, for ``race`` and
+    ``race_x_gender``, people named by first names from BBQ's vocabulary (:mod:`names`), one style per
+    pair of groups that meet (race: every two ethnicities, once with men's and once with women's names,
+    so only ethnicity varies; race_x_gender: every two ethnicity-gender groups). Held-out styles use
+    held-out names and add the held-out answer formats."""
+    if attribute == "gender":
+        return HELDOUT_STYLES if heldout else PERSON_STYLES
+    from dso_cli.benchmarks.names import split_names
+
+    names = split_names(heldout)
+    if attribute == "race":
+        people = [((a, g), (b, g)) for i, a in enumerate(RACE) for b in RACE[i + 1 :] for g in GENDER]
+        group = lambda person: person[0]  # noqa: E731
+    elif attribute == "race_x_gender":
+        cells = [(r, g) for r in RACE for g in GENDER]
+        people = [(x, y) for i, x in enumerate(cells) for y in cells[i + 1 :]]
+        group = lambda person: f"{person[0]}_{person[1]}"  # noqa: E731
+    else:
+        raise DsoError(f"bias.attribute must be gender, race or race_x_gender, not {attribute!r}")
+    formats = (NAME_FORMAT, LETTER_FORMAT, ANSWER_IS_FORMAT) if heldout else (NAME_FORMAT,)
+    styles = []
+    for k, (x, y) in enumerate(people):
+        pair = (names[x][k % len(names[x])], names[y][(k + 1) % len(names[y])])
+        styles += [named_pair((group(x), group(y)), pair, fmt) for fmt in formats]
+    return tuple(styles)
+
+
 HELDOUT_STYLES = (
     PersonStyle("words_letters", *WORDS, LETTER_FORMAT),
     PersonStyle("words_answer_is", *WORDS, ANSWER_IS_FORMAT),
@@ -209,10 +249,10 @@ class Template:
         return f"{self.qtype}/w{self.wording}{'h' if self.heldout else ''}/s{pool.index(self.setting)}/{self.style.key}"
 
 
-def templates(heldout: bool, ambiguous: bool) -> list[Template]:
+def templates(heldout: bool, ambiguous: bool, attribute: str = "gender") -> list[Template]:
     """Every template of the training pool (``heldout=False``) or of the held-out pool."""
     wordings, settings = (HELDOUT_WORDINGS, HELDOUT_SETTINGS) if heldout else (WORDINGS, SETTINGS)
-    styles = HELDOUT_STYLES if heldout else PERSON_STYLES
+    styles = attribute_styles(attribute, heldout)
     return [
         Template(qtype, w, setting, style, heldout)
         for qtype in TEXT_QUESTION_TYPES

@@ -20,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from dso_cli.benchmarks import build_benchmark, instantiate_builder, mixture, split_items
 from dso_cli.benchmarks.neutral_text import TextCorpus
@@ -88,10 +89,14 @@ def benchmark_names(cfg: DictConfig, run_benchmark: DictConfig | None) -> list[s
 
 def benchmark_config(run_cfg: DictConfig | None, name: str) -> DictConfig:
     """The config ``name`` is evaluated with: the run's own (or its mixture member's, so the test split
-    is exactly the one held out in training), else the shipped default."""
+    is exactly the one held out in training), else the shipped default. A run made before a setting
+    existed reads it at its default (a run's config overrides, never removes, the shipped keys)."""
     own = run_cfg.bias_benchmark if run_cfg is not None else None
     if own is not None and own.name == name:
-        return own
+        try:
+            return OmegaConf.merge(group_config("bias_benchmark", name), own)
+        except (DsoError, OmegaConfBaseException):  # not shipped (a plugin's), or keys the release dropped
+            return own
     if own is not None and own.name == mixture.BENCHMARK and name in mixture.members(own):
         shared = OmegaConf.to_container(own, resolve=True)
         assert isinstance(shared, dict)

@@ -52,6 +52,11 @@ class OccupationOptions(Counts):
     max_hub_rows: int | None = setting(None, "rows read from the hub (null: all)")
     hub_revision: str | None = setting(None, "hub commit (null: the revision pinned at first download)")
     unknown_option: bool = setting(False, 'offer a third, "can\'t tell" answer on every item (text only)')
+    attribute: str = setting(
+        "gender",
+        "gender | race | race_x_gender: what tells the two people apart (race: first names of two ethnicities "
+        "from BBQ's vocabulary, gender matched; text only)",
+    )
 
 
 @dataclass

@@ -163,11 +163,26 @@ def _pay_unknown(items: Sequence[Mapping[str, Any]], reward: Tensor, unknown_rew
     return reward
 
 
+def _two_people(item: Mapping[str, Any]) -> tuple[int, int]:
+    """The two options a per-decision term compares: the pro and the anti option, or, without a
+    stereotype direction, the two people's options in the sorted order of their groups (every term
+    reads them symmetrically, so only a consistent order matters); ``(-1, -1)`` otherwise."""
+    if item["pro_option"] >= 0 and item["anti_option"] >= 0:
+        return item["pro_option"], item["anti_option"]
+    people = sorted((group, k) for k, group in enumerate(item["option_groups"]) if group not in ("unknown", "other"))
+    if len(people) == 2 and people[0][0] != people[1][0]:
+        return people[0][1], people[1][1]
+    return -1, -1
+
+
 def _person_pair_probs(items: Sequence[Mapping[str, Any]], probs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``P(pro)``, ``P(anti)`` and a mask of the items that have both (the decisions with a fair point)."""
-    p_pro, p_anti = pro_anti_probs(items, probs)
-    has = torch.tensor([item["pro_option"] >= 0 and item["anti_option"] >= 0 for item in items], device=probs.device)
-    return p_pro, p_anti, has
+    """The probabilities of the two people each item compares (:func:`_two_people`: ``P(pro)``,
+    ``P(anti)`` where a stereotype direction is stated) and a mask of the items that have both (the
+    decisions with a fair point)."""
+    first, second = zip(*(_two_people(item) for item in items), strict=True) if items else ((), ())
+    a, b = torch.tensor(first, dtype=torch.long), torch.tensor(second, dtype=torch.long)
+    has = ((a >= 0) & (b >= 0)).to(probs.device)
+    return option_prob(probs, a), option_prob(probs, b), has
 
 
 def item_divergence(items: Sequence[Mapping[str, Any]], probs: Tensor, kind: str = "kl") -> Tensor:
@@ -177,8 +192,9 @@ def item_divergence(items: Sequence[Mapping[str, Any]], probs: Tensor, kind: str
     vanishes on confident items, as ``p(1 − p)``). ``kl``: ``KL(uniform ‖ π̃)`` of the two persons'
     renormalised probabilities, ``−log 2 − ½ (log π̃_pro + log π̃_anti)``, whose logit gradient
     ``π̃_pro − ½`` stays large where the model is sure. Mass on an ``unknown`` option is left out of
-    both (renormalised away), so a decision is fair at 50/50 *or* at "can't tell". 0 for items that
-    lack a pro or an anti option.
+    both (renormalised away), so a decision is fair at 50/50 *or* at "can't tell". Without a stereotype
+    direction the two people are compared in their groups' order (:func:`_two_people`; both
+    divergences are symmetric); 0 for items that do not name two people of two groups.
     """
     p_pro, p_anti, has = _person_pair_probs(items, probs)
     out = _divergence_from_even(p_pro, p_anti, kind)
@@ -288,7 +304,7 @@ class DecisionBalanceReward(DecisionBalanceOptions):
         if self.position_weight > 0:
             objective = objective - self.position_weight * position_divergence(items, probs, self.item_divergence)
         if self.occupation_weight > 0:
-            objective = objective - self.occupation_weight * per_occupation_gap(items, probs).abs().mean()
+            objective = objective - self.occupation_weight * cluster_pob(items, probs)
         return objective
 
     def __call__(self, items: Sequence[Mapping[str, Any]], probs: Tensor) -> Tensor:
