@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dso_cli.benchmarks.attributes import person_groups
+from dso_cli.benchmarks.attributes import SPECIAL, person_groups
 from dso_cli.benchmarks.schema import DecisionItem
 
 
@@ -68,7 +68,7 @@ def head_to_head(
     for i, item in enumerate(items):
         mass: dict[str, float] = {}
         for k, group in enumerate(item["option_groups"]):
-            if group in ("unknown", "other"):
+            if group in SPECIAL:
                 continue
             mass[group] = mass[group] + probs[i, k] if group in mass else probs[i, k]
         for g, h in group_pairs(item["option_groups"]):

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from dso_cli.benchmarks.attributes import SPECIAL
 from dso_cli.config.group_schemas import DecisionBalanceOptions, RewardOptions
 from dso_cli.errors import DsoError
 from dso_cli.metrics import group_pairs, option_prob, pair_order_gaps, unknown_options
@@ -124,10 +125,7 @@ class StereotypeFlipReward(RewardOptions):
                 reward[i, item["pro_option"]] = sign[i]
             if item["anti_option"] >= 0:
                 reward[i, item["anti_option"]] = -sign[i]
-            for k, group in enumerate(item["option_groups"]):
-                if group == "unknown":
-                    reward[i, k] = self.unknown_reward
-        return reward
+        return _pay_unknown(items, reward, self.unknown_reward)
 
 
 @dataclass
@@ -169,7 +167,7 @@ def _two_people(item: Mapping[str, Any]) -> tuple[int, int]:
     reads them symmetrically, so only a consistent order matters); ``(-1, -1)`` otherwise."""
     if item["pro_option"] >= 0 and item["anti_option"] >= 0:
         return item["pro_option"], item["anti_option"]
-    people = sorted((group, k) for k, group in enumerate(item["option_groups"]) if group not in ("unknown", "other"))
+    people = sorted((group, k) for k, group in enumerate(item["option_groups"]) if group not in SPECIAL)
     if len(people) == 2 and people[0][0] != people[1][0]:
         return people[0][1], people[1][1]
     return -1, -1
@@ -311,8 +309,4 @@ class DecisionBalanceReward(DecisionBalanceOptions):
         leaf = probs.detach().clone().requires_grad_(True)
         (grad,) = torch.autograd.grad(self.objective(items, leaf), leaf, allow_unused=True)
         reward = torch.zeros_like(leaf) if grad is None else grad * len(items)
-        for i, item in enumerate(items):
-            for k, group in enumerate(item["option_groups"]):
-                if group == "unknown":
-                    reward[i, k] = self.unknown_reward
-        return reward
+        return _pay_unknown(items, reward, self.unknown_reward)
