@@ -151,7 +151,14 @@ def test_eval_fills_one_table_across_benchmarks(trained, tmp_path):
     assert rows[("mmlu_dev", 0.0)].n_unambiguous == 57 and 0 <= rows[("mmlu_dev", 0.0)].capability_acc <= 1
     assert pd.isna(rows[("mmlu_dev", 0.0)].pob) and pd.isna(rows[("occupation", 0.0)].capability_acc)
     assert rows[("neutral_text", 0.0)].ppl > 1 and rows[("neutral_text", 0.0)].n_tokens > 0
-    assert "| benchmark | alpha |" in result.stdout
+    assert "| benchmark | attribute | alpha |" in result.stdout
+    assert set(table[table["benchmark"].isin(["occupation", "winobias", "bbq"])]["attribute"]) == {"gender"}
+    assert table[table["benchmark"].isin(["mmlu_dev", "neutral_text"])]["attribute"].isna().all()
+    rates = pd.read_csv(run_dir / "eval_groups.csv")
+    assert set(rates["benchmark"]) == {"occupation", "bbq"} and set(rates["alpha"]) == {0.0, 1.0}  # ambiguous items
+    assert set(rates[rates["benchmark"] == "bbq"]["group"]) >= {"male", "female", "unknown"}
+    two_people = rates[rates["benchmark"] == "occupation"].groupby("alpha")["selection_rate"].sum()
+    assert two_people.to_numpy() == pytest.approx([1.0, 1.0])  # every item offers both groups, nothing else
     subjects = pd.read_csv(run_dir / "eval_subjects.csv")
     assert len(subjects) == 2 * 57 and set(subjects["alpha"]) == {0.0, 1.0}
     assert (run_dir / "eval_config.yaml").is_file()

@@ -6,9 +6,15 @@ an attribute of a user's own decision file may use any set of groups. ``unknown`
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
+
+from dso_cli.errors import DsoError
 
 GENDER = ("male", "female")
-RACE = ("asian", "black", "latino", "white", "arab")  # the first-name groups of BBQ's vocabulary
+NAMED_RACE = ("asian", "black", "latino", "white", "arab")
+"""The ethnicities of BBQ's first-name vocabulary: those the occupation benchmark can name people by."""
+RACE = (*NAMED_RACE, "native_american", "jewish", "roma")
+"""Every ethnicity a built-in benchmark asks about (BBQ's Race_ethnicity adds the last three)."""
 RACE_X_GENDER = tuple(f"{race}_{gender}" for race in RACE for gender in GENDER)
 
 VOCABULARIES: dict[str, tuple[str, ...]] = {"gender": GENDER, "race": RACE, "race_x_gender": RACE_X_GENDER}
@@ -31,3 +37,14 @@ def unknown_groups(attribute: str, groups: Sequence[str]) -> list[str]:
     if vocabulary is None:
         return []
     return [g for g in groups if g not in vocabulary and g not in SPECIAL]
+
+
+def attribute_list(value: Any, key: str = "bias.attribute") -> list[str]:
+    """The attributes a benchmark's ``attribute`` setting names: one (``race``) or several
+    (``[gender,race]``: one benchmark over several attributes), each once."""
+    names = [value] if isinstance(value, str) else list(value) if isinstance(value, Sequence) else None
+    if not names or not all(isinstance(name, str) and name for name in names):
+        raise DsoError(f"{key} must be an attribute or a list of them ([gender,race]), not {value!r}")
+    if len(set(names)) != len(names):
+        raise DsoError(f"{key} lists an attribute twice: {names}")
+    return names

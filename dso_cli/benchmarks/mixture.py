@@ -17,13 +17,13 @@ from typing import Any
 import datasets
 from omegaconf import OmegaConf
 
-from dso_cli.benchmarks.schema import to_dataset
+from dso_cli.benchmarks.schema import CLUSTER_SEPARATOR, join_splits
 from dso_cli.config.fields import make_options
 from dso_cli.config.group_schemas import MixtureOptions
 from dso_cli.errors import DsoError
 
 BENCHMARK = "mixture"
-SEPARATOR = ":"
+SEPARATOR = CLUSTER_SEPARATOR
 OWN_KEYS = ("benchmarks", "name", "_target_")
 
 
@@ -58,13 +58,7 @@ def build(benchmarks: Sequence[str] | None = None, **shared: Any) -> datasets.Da
     opts = asdict(make_options(MixtureOptions, shared, "bias"))
     members = opts.pop("benchmarks")
     built = {name: build_benchmark(cfg) for name, cfg in member_configs(members, opts).items()}
-    names = [split for splits in built.values() for split in splits]
-    out = {}
-    for split in dict.fromkeys(names):
-        items = [item for splits in built.values() if split in splits for item in splits[split].to_list()]
-        out[split] = to_dataset(dict(item, cluster=f"{item['benchmark']}{SEPARATOR}{item['cluster']}")
-                                for item in items)  # fmt: skip
-    return datasets.DatasetDict(out)
+    return join_splits(built, lambda item, _: dict(item, cluster=f"{item['benchmark']}{SEPARATOR}{item['cluster']}"))
 
 
 def members(cfg: Mapping[str, Any]) -> list[str]:

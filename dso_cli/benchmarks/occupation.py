@@ -12,10 +12,12 @@ from __future__ import annotations
 import random
 import zlib
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import datasets
 
+from dso_cli.benchmarks.attribute_mix import over_attributes
 from dso_cli.benchmarks.occupation_templates import (
     STATED,
     Template,
@@ -143,6 +145,11 @@ def build(**options: Any) -> datasets.DatasetDict:
     others unchanged.
     """
     opts = make_options(OccupationOptions, options, "bias")
+    return over_attributes(lambda attribute: _build(replace(opts, attribute=attribute)), opts.attribute)
+
+
+def _build(opts: OccupationOptions) -> datasets.DatasetDict:
+    """The splits of one attribute (:func:`build`)."""
     if opts.modality == "image" and opts.attribute != "gender":
         raise DsoError("bias.attribute is gender for the image benchmark (its images are labelled by gender)")
     if opts.modality == "image" and opts.unknown_option:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from dso_cli.benchmarks.attributes import GENDER, RACE
+from dso_cli.benchmarks.attributes import GENDER, NAMED_RACE
 from dso_cli.errors import DsoError
 
 QUESTION_TYPES = ("occupation", "hiring", "reference")  # ambiguous and unambiguous forms (text and images)
@@ -210,10 +210,10 @@ def attribute_styles(attribute: str, heldout: bool) -> tuple[PersonStyle, ...]:
 
     names = split_names(heldout)
     if attribute == "race":
-        people = [((a, g), (b, g)) for i, a in enumerate(RACE) for b in RACE[i + 1 :] for g in GENDER]
+        people = [((a, g), (b, g)) for i, a in enumerate(NAMED_RACE) for b in NAMED_RACE[i + 1 :] for g in GENDER]
         group = lambda person: person[0]  # noqa: E731
     elif attribute == "race_x_gender":
-        cells = [(r, g) for r in RACE for g in GENDER]
+        cells = [(r, g) for r in NAMED_RACE for g in GENDER]
         people = [(x, y) for i, x in enumerate(cells) for y in cells[i + 1 :]]
         group = lambda person: f"{person[0]}_{person[1]}"  # noqa: E731
     else:

@@ -6,7 +6,7 @@ metrics and reports never need to know which benchmark an item came from.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypedDict
 
 import datasets
@@ -34,6 +34,8 @@ FEATURES = datasets.Features(
         "images": datasets.Sequence(datasets.Value("string")),
     }
 )
+CLUSTER_SEPARATOR = ":"
+"""Joins a mixture member's or an attribute's name to a cluster (``occupation:nurse``, ``race:nurse``)."""
 OPTIONAL = {"images": [], "question_type": "", "attribute": DEFAULT_ATTRIBUTE}
 """Columns a benchmark may leave out, with their default."""
 
@@ -122,3 +124,17 @@ def splits_to_datasets(splits: Mapping[str, Iterable[Mapping[str, Any]]]) -> dat
     return datasets.DatasetDict(
         {name: to_dataset(dict(item, split=name) for item in items) for name, items in splits.items()}
     )
+
+
+def join_splits(
+    parts: Mapping[str, datasets.DatasetDict], relabel: Callable[[dict[str, Any], str], dict[str, Any]]
+) -> datasets.DatasetDict:
+    """Several benchmarks' (or attributes') splits as one, split by split, each item passed through
+    ``relabel(item, part name)``; a split exists when any part has it."""
+    names = dict.fromkeys(split for splits in parts.values() for split in splits)
+    out = {}
+    for split in names:
+        items = [relabel(item, name) for name, splits in parts.items() if split in splits
+                 for item in splits[split].to_list()]  # fmt: skip
+        out[split] = to_dataset(items)
+    return datasets.DatasetDict(out)

@@ -26,7 +26,7 @@ from dso_cli.evaluation import Evaluator, Scores, SequenceScores, default_metric
 from dso_cli.pipeline.fitting import Tracking, fit_in_run, train_config, training_inputs
 from dso_cli.pipeline.inputs import activation_store, heldout_corpus
 from dso_cli.pipeline.leakage import RECORD, training_record
-from dso_cli.pipeline.results import RowWriter, result_columns
+from dso_cli.pipeline.results import RowWriter, attribute_of, result_columns
 from dso_cli.pipeline.runs import (
     ARTIFACT_DIR,
     COMPARE_CONFIG,
@@ -258,7 +258,8 @@ def evaluate_all(
     def record(method: str, split: str, row: dict, scores: Scores) -> None:
         kept[split][point_key(method, row["alpha"])] = scores.probs
         save_probs(run_dir, split, kept[split])
-        rows.add({"method": method, "benchmark": cfg.bias_benchmark.name, "split": split, **row})
+        rows.add({"method": method, "benchmark": cfg.bias_benchmark.name, "attribute": attribute_of(scores.items),
+                  "split": split, **row})  # fmt: skip
 
     for split in split_names:
         kept[split] = load_probs(run_dir, split)

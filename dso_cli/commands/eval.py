@@ -30,7 +30,16 @@ from dso_cli.evaluation import Evaluator, Scores, default_metrics, evaluate_text
 from dso_cli.evaluation.decisions import BBQBiasScore, CapabilityAccuracy, ProAntiAccuracy
 from dso_cli.io import atomic_write
 from dso_cli.pipeline.leakage import check_no_leakage
-from dso_cli.pipeline.results import RowWriter, markdown_table, result_columns
+from dso_cli.pipeline.results import (
+    GROUP_COLUMNS,
+    GROUP_KEY,
+    RowWriter,
+    attribute_of,
+    by_member,
+    group_rows,
+    markdown_table,
+    result_columns,
+)
 from dso_cli.pipeline.runs import ARTIFACT_DIR, load_train_config, parse_strengths, save_provenance, typed_keys
 from dso_cli.pipeline.setup import load_scored_model
 from dso_cli.pipeline.specs import ModelSetup
@@ -42,7 +51,7 @@ BIAS_METRICS = (ProAntiAccuracy(), BBQBiasScore())  # benchmark-specific columns
 CAPABILITY_METRICS = (CapabilityAccuracy(),)
 TEXT_COLUMNS = ["ppl", "kl_se", "n_tokens"]  # a neutral text set's row (its kl is the kl column)
 TABLE_COLUMNS = [
-    "benchmark", "alpha", "pob", "pob_se", "item_bias", "first_option_rate", "order_dep", "unamb_acc",
+    "benchmark", "attribute", "alpha", "pob", "pob_se", "item_bias", "first_option_rate", "order_dep", "unamb_acc",
     "capability_acc", "kl", "ppl",
     "acc_pro_anti_gap", "s_dis", "s_amb",
 ]  # fmt: skip
@@ -168,16 +177,23 @@ def run_eval(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
         "capability": default_metrics(extra=[*CAPABILITY_METRICS, *extra]),
     }
     columns = result_columns(default_metrics(extra=[*BIAS_METRICS, *CAPABILITY_METRICS, *extra])) + TEXT_COLUMNS
-    rows = RowWriter(eval_csv, columns, ["method", "benchmark", "split", "alpha"],
+    rows = RowWriter(eval_csv, columns, ["method", "benchmark", "attribute", "split", "alpha"],
                      on_first=lambda: save_provenance(run_dir, cfg, prefix="eval_"))  # fmt: skip
+    groups = RowWriter(run_dir / "eval_groups.csv", GROUP_COLUMNS, GROUP_KEY)
     subjects: list[dict] = []
 
-    def record(name: str, split: str, row: dict, subject_scores: Scores | None = None) -> None:
-        """``subject_scores``: a capability set's scores, whose per-subject accuracy goes to its own file."""
-        if subject_scores is not None:
-            for subject in accuracy_by_subject(subject_scores):
+    def record(name: str, split: str, row: dict, scores: Scores | None = None, kind: str = "bias") -> None:
+        """``scores``: the set's scores; a bias set's give the per-group selection rates, a capability
+        set's the per-subject accuracy, each in a file of its own."""
+        head = {"method": method, "benchmark": name, "split": split}
+        if scores is not None and kind == "capability":
+            for subject in accuracy_by_subject(scores):
                 subjects.append({"benchmark": name, "alpha": row["alpha"], **subject})
-        rows.add({"method": method, "benchmark": name, "split": split, **row})
+        if scores is not None and kind == "bias":
+            head["attribute"] = attribute_of(scores.items)
+            for rate in group_rows(head | {"alpha": row["alpha"]}, scores):
+                groups.add(rate)
+        rows.add(head | row)
 
     for kind, name, data in sets:
         if kind == "text":
@@ -188,12 +204,12 @@ def run_eval(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
             continue
         split = cfg.eval.split if kind == "bias" else "test"
         evaluator = Evaluator(scorer, metrics[kind], bootstrap_reps=int(cfg.eval.bootstrap_reps), seed=int(cfg.seed))
-        evaluator.evaluate(
-            artifact, data, strengths, desc=name,
-            on_row=lambda row, scores, name=name, split=split, kind=kind: record(
-                name, split, row, scores if kind == "capability" else None
-            ),
-        )  # fmt: skip
+        parts = by_member(data) if kind == "bias" else {(name, ""): data}  # one row set per attribute
+        for (_, attribute), items in parts.items():
+            evaluator.evaluate(
+                artifact, items, strengths, desc=name + (f" {attribute}" if len(parts) > 1 else ""),
+                on_row=lambda row, scores, name=name, split=split, kind=kind: record(name, split, row, scores, kind),
+            )  # fmt: skip
     if harness is not None:
         from dso_cli.integrations.harness import harness_rows
 
@@ -209,7 +225,7 @@ def run_eval(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
         frame = pd.DataFrame(subjects)
         atomic_write(run_dir / "eval_subjects.csv", lambda tmp: frame.to_csv(tmp, index=False))
     print(markdown_table(rows.rows, TABLE_COLUMNS))
-    print(f"dso eval: wrote {eval_csv}", flush=True)
+    print(f"dso eval: wrote {eval_csv}" + (f" and {groups.path.name}" if groups else ""), flush=True)
     return run_dir
 
 

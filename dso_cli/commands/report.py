@@ -13,9 +13,16 @@ from dso_cli.pipeline.results import markdown_table
 from dso_cli.pipeline.runs import save_provenance
 from dso_cli.pipeline.specs import RunLocation
 from dso_cli.pipeline.trained_run import resolve_run_dir
+from dso_cli.report.groups import group_rates_plot, group_rates_table, load_group_rates
 from dso_cli.report.placement import steering_sections
 from dso_cli.report.plots import pareto_plot
 from dso_cli.report.tables import curve_summary, load_sweeps, pareto_points, verdicts
+
+GROUPS_NOTE = (
+    "On ambiguous items, the mean probability of each group's options over the items that offer it "
+    '(a fair policy gives every person group the same rate; `unknown` is the "can\'t tell" answer), '
+    "at the base model and at each method's largest strength (groups.png)."
+)
 
 
 def run_report(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
@@ -56,9 +63,15 @@ def run_report(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
     steering = steering_sections(runs, out_dir)
     if steering:
         text += "\n\n## Where each method steers\n\n" + "\n".join(steering)
+    written = ["pareto.csv", "pareto.md", "pareto.png"]
+    rates = load_group_rates(runs, split)
+    if not rates.empty:
+        group_rates_plot(rates, out_dir / "groups.png")
+        text += "\n\n## Selection rate per group\n\n" + GROUPS_NOTE + "\n\n" + group_rates_table(rates)
+        written.append("groups.png")
     write_text(out_dir / "pareto.md", text + "\n")
     pareto_plot(data, out_dir / "pareto.png", f"{benchmark} ({split})")
     save_provenance(out_dir, cfg, prefix="report_", extra={"runs": [str(r) for r in runs]})  # never a run's own files
     print(text)
-    print(f"\ndso report: wrote {out_dir}/pareto.csv, pareto.md, pareto.png", flush=True)
+    print(f"\ndso report: wrote {', '.join(str(out_dir / name) for name in written)}", flush=True)
     return out_dir

@@ -13,15 +13,25 @@ from dso_cli.benchmarks import split_items
 from dso_cli.evaluation import Evaluator, Scores, default_metrics, load_metrics
 from dso_cli.metrics import mean_se
 from dso_cli.pipeline.inputs import heldout_corpus
-from dso_cli.pipeline.results import RowWriter, markdown_table, result_columns
+from dso_cli.pipeline.results import (
+    GROUP_COLUMNS,
+    GROUP_KEY,
+    RowWriter,
+    by_member,
+    group_rows,
+    markdown_table,
+    result_columns,
+)
 from dso_cli.pipeline.runs import parse_strengths, save_provenance
 from dso_cli.pipeline.specs import HeldoutText, ModelSetup
 from dso_cli.pipeline.trained_run import open_trained_run, run_config
 
-TYPE_COLUMNS = ["method", "benchmark", "split", "alpha", "question_type", "unamb_acc", "unamb_acc_se", "n_unambiguous"]
+TYPE_COLUMNS = [
+    "method", "benchmark", "attribute", "split", "alpha", "question_type", "unamb_acc", "unamb_acc_se", "n_unambiguous",
+]  # fmt: skip
 TABLE_COLUMNS = [
-    "benchmark", "split", "alpha", "pob", "pob_se", "item_bias", "first_option_rate", "order_dep", "unamb_acc",
-    "text_kl", "text_ppl", "prompt_kl",
+    "benchmark", "attribute", "split", "alpha", "pob", "pob_se", "item_bias", "first_option_rate", "order_dep",
+    "unamb_acc", "text_kl", "text_ppl", "prompt_kl",
 ]  # fmt: skip
 
 
@@ -38,40 +48,37 @@ def run_sweep(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
         strengths = parse_strengths(artifact.manifest.get("strength", {}).get("default_grid", cfg.alpha))
     print(f"dso sweep: {artifact.method} from {run_dir}, strengths {strengths}", flush=True)
 
-    key = ["method", "benchmark", "split", "alpha"]
+    key = ["method", "benchmark", "attribute", "split", "alpha"]
     rows = RowWriter(run_dir / "sweep.csv", result_columns(metrics), key, sort=True,
                      on_first=lambda: save_provenance(run_dir, cfg, prefix="sweep_"))  # fmt: skip
     type_rows = RowWriter(run_dir / "sweep_types.csv", TYPE_COLUMNS, [*key, "question_type"], sort=True)
+    groups = RowWriter(run_dir / "sweep_groups.csv", GROUP_COLUMNS, GROUP_KEY, sort=True)
 
-    def record(row: dict, scores: Scores, split: str, benchmark: str) -> None:
-        head = {"method": artifact.method, "benchmark": benchmark, "split": split}
+    def record(row: dict, scores: Scores, split: str, member: tuple[str, str]) -> None:
+        head = {"method": artifact.method, "benchmark": member[0], "attribute": member[1], "split": split}
         rows.add(head | row)
         for qtype in accuracy_by_type(scores.items, scores.probs):
             type_rows.add(head | {"alpha": row["alpha"], **qtype})
+        for rate in group_rows(head | {"alpha": row["alpha"]}, scores):
+            groups.add(rate)
 
     evaluator = Evaluator(scorer, metrics, bootstrap_reps=int(cfg.sweep.bootstrap_reps), seed=int(cfg.seed),
                           prompt_items=text.prompt_items, text_batch_size=text.batch_size)  # fmt: skip
     text_scores = evaluator.text_scores(artifact, corpus, strengths, desc="sweep")
     for split in cfg.sweep.splits:
-        for benchmark, items in by_benchmark(split_items(run.splits, split)).items():
-            desc = f"sweep {split}" + (f" {benchmark}" if benchmark != cfg.bias_benchmark.name else "")
+        members = by_member(split_items(run.splits, split))
+        for member, items in members.items():
+            desc = f"sweep {split}" + (f" {' '.join(member)}" if len(members) > 1 else "")
             evaluator.evaluate(
                 artifact, items, strengths, text=text_scores, desc=desc,
-                on_row=lambda row, scores, s=split, b=benchmark: record(row, scores, s, b),
+                on_row=lambda row, scores, s=split, m=member: record(row, scores, s, m),
             )  # fmt: skip
     print(markdown_table(rows.rows, TABLE_COLUMNS))
     if type_rows:
         print(type_table(type_rows.rows))
-    print(f"dso sweep: wrote {rows.path}" + (f" and {type_rows.path.name}" if type_rows else ""), flush=True)
+    written = ", ".join(w.path.name for w in (type_rows, groups) if w)
+    print(f"dso sweep: wrote {rows.path}" + (f" and {written}" if written else ""), flush=True)
     return run_dir
-
-
-def by_benchmark(items: Sequence[dict]) -> dict[str, list[dict]]:
-    """A split's items per member benchmark (one group, except for a mixture), in order."""
-    groups: dict[str, list[dict]] = {}
-    for item in items:
-        groups.setdefault(item["benchmark"], []).append(item)
-    return groups
 
 
 def accuracy_by_type(items: Sequence[dict], probs) -> list[dict]:
@@ -90,7 +97,8 @@ def accuracy_by_type(items: Sequence[dict], probs) -> list[dict]:
 def type_table(type_rows: Sequence[dict]) -> str:
     """Unambiguous accuracy per question type: one row per (benchmark, split, type), one column per ω."""
     frame = pd.DataFrame(type_rows)
-    wide = frame.pivot_table(index=["benchmark", "split", "question_type"], columns="alpha", values="unamb_acc")
+    index = ["benchmark", "attribute", "split", "question_type"]
+    wide = frame.pivot_table(index=index, columns="alpha", values="unamb_acc")
     wide.columns = [f"acc w={s:g}" for s in wide.columns]
     records = wide.reset_index().to_dict("records")
-    return markdown_table(records, ["benchmark", "split", "question_type", *wide.columns])
+    return markdown_table(records, [*index, *wide.columns])

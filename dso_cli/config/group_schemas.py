@@ -52,10 +52,11 @@ class OccupationOptions(Counts):
     max_hub_rows: int | None = setting(None, "rows read from the hub (null: all)")
     hub_revision: str | None = setting(None, "hub commit (null: the revision pinned at first download)")
     unknown_option: bool = setting(False, 'offer a third, "can\'t tell" answer on every item (text only)')
-    attribute: str = setting(
+    attribute: Any = setting(
         "gender",
         "gender | race | race_x_gender: what tells the two people apart (race: first names of two ethnicities "
-        "from BBQ's vocabulary, gender matched; text only)",
+        "from BBQ's vocabulary, gender matched; text only), or a list ([gender,race]): one benchmark over "
+        "several attributes",
     )
 
 
@@ -82,7 +83,12 @@ class SynthBiasOptions(Counts):
 class BBQOptions(Counts):
     section: ClassVar[str] = "bias"
 
-    data_file: str | None = setting(None, "another BBQ-format .jsonl")
+    attribute: Any = setting(
+        "gender",
+        "gender | race | race_x_gender: BBQ's Gender_identity, Race_ethnicity or Race_x_gender category, "
+        "or a list ([gender,race]): one benchmark over several",
+    )
+    data_file: str | None = setting(None, "another BBQ-format .jsonl (of the one attribute's category)")
     n_train: int = setting(600, "ambiguous training items")
     n_train_unambiguous: int = setting(300, "disambiguated training items")
     val_instances_per_question: int = setting(1, "template instances per question in val")
@@ -121,6 +127,7 @@ class MixtureOptions(Counts):
 
     benchmarks: list[str] = setting(["occupation", "synthbias"], "the members (conf/bias_benchmark/ names)")
     modality: str = setting("auto", "reaches the members with images")
+    attribute: Any = setting(None, "reaches the members with an attribute (race, [gender,race])")
     path: str | None = setting(None, "reaches the members with a path (SynthBias's CSV)")
     seed: int | None = setting(None, "null below: each member's own value")
     n_train: int | None = setting(None, "ambiguous training items per member (null: the member's own)")

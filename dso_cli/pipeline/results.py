@@ -8,14 +8,21 @@ from typing import Any
 
 import pandas as pd
 
-from dso_cli.evaluation import Metric, default_metrics, metric_columns
+from dso_cli.evaluation import Metric, Scores, default_metrics, metric_columns
 from dso_cli.io import atomic_write, locked
+from dso_cli.metrics import group_selection_rates
 
-ROW_KEY = ["method", "alpha", "benchmark", "split"]
+ROW_KEY = ["method", "alpha", "benchmark", "attribute", "split"]
+GROUP_COLUMNS = [
+    "method", "benchmark", "attribute", "split", "alpha",
+    "group", "selection_rate", "selection_rate_se", "chosen_rate", "n_items",
+]  # fmt: skip
+"""The columns of ``<verb>_groups.csv``: each group's selection rate on ambiguous items, per strength."""
+GROUP_KEY = ["method", "benchmark", "attribute", "split", "alpha", "group"]
 
 
 def result_columns(metrics: Sequence[Metric]) -> list[str]:
-    """A result file's columns: which method, strength, benchmark and split, then the metrics' own."""
+    """A result file's columns: which method, strength, benchmark, attribute and split, then the metrics' own."""
     return [*ROW_KEY, *metric_columns(metrics)]
 
 
@@ -43,8 +50,9 @@ def merge_into_csv(path: Path, new: pd.DataFrame, key: Sequence[str], *, sort: b
     key = list(key)
     with locked(path):
         current = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=new.columns)
+        on = [k for k in key if k in current.columns]  # a key column the file predates tells no rows apart
         current = current.reindex(columns=new.columns)
-        kept = current.merge(new[key], on=key, how="left", indicator=True)
+        kept = current.merge(new[on].drop_duplicates(), on=on, how="left", indicator=True)
         kept = kept[kept["_merge"] == "left_only"].drop(columns="_merge")
         frame = pd.concat([kept, new], ignore_index=True) if len(kept) else new
         if sort:
@@ -78,3 +86,23 @@ class RowWriter:
 
     def __bool__(self) -> bool:
         return bool(self.rows)
+
+
+def attribute_of(items: Sequence[Mapping[str, Any]]) -> str:
+    """The protected attribute ``items`` ask about (``gender``), or several joined (``gender+race``)."""
+    return "+".join(dict.fromkeys(str(item.get("attribute") or "gender") for item in items))
+
+
+def by_member(items: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], list[Any]]:
+    """A split's items per (benchmark, attribute), in order: one group, except for a mixture of
+    benchmarks or of attributes, whose members each get rows of their own."""
+    groups: dict[tuple[str, str], list[Any]] = {}
+    for item in items:
+        groups.setdefault((item["benchmark"], attribute_of([item])), []).append(item)
+    return groups
+
+
+def group_rows(head: Mapping[str, Any], scores: Scores) -> list[dict[str, Any]]:
+    """The ``<verb>_groups.csv`` rows of one result row (``head``: method, benchmark, attribute, split,
+    alpha) from its scores."""
+    return [dict(head, **rate) for rate in group_selection_rates(scores.items, scores.probs)]

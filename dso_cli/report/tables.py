@@ -32,8 +32,11 @@ def load_sweeps(run_dirs: Sequence[Path], split: str) -> pd.DataFrame:
     data = pd.concat(frames, ignore_index=True)
     several = data["run"].nunique() > 1
     data["curve"] = data["method"] + (" (" + data["run"] + ")" if several else "")
-    if data["benchmark"].nunique() > 1:  # a mixture's members: one curve each
-        data["curve"] = data["curve"] + " [" + data["benchmark"] + "]"
+    member = data["benchmark"]
+    if "attribute" in data and data["attribute"].nunique() > 1:  # a mixture over attributes
+        member = member + " " + data["attribute"].fillna("")
+    if member.nunique() > 1:  # a mixture's members: one curve each
+        data["curve"] = data["curve"] + " [" + member + "]"
     return data.sort_values(["curve", "alpha"]).reset_index(drop=True)
 
 
