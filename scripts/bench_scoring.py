@@ -189,13 +189,20 @@ def evenly_spaced(items: list[dict], n: int) -> list[dict]:
     return [items[round(k * (len(items) - 1) / (n - 1))] for k in range(n)] if n > 1 else items[:1]
 
 
+def bench_setup(
+    verb: str, overrides: list[str], split: str, job_name: str
+) -> tuple[Any, Any, OptionScorer, list[dict]]:
+    """The config ``dso <verb>`` runs with, its model and scorer (seeded), and the items of ``split``."""
+    cfg = compose_config(verb, overrides, job_name=job_name)
+    seed_everything(int(cfg.seed))
+    loaded, scorer = load_scored_model(ModelSetup.from_config(cfg))
+    return cfg, loaded, scorer, split_items(build_benchmark(cfg.bias_benchmark, cfg.model), split)
+
+
 def main(argv: list[str]) -> dict[str, Any]:
     args, overrides = parse_args(argv)
-    cfg = compose_config("eval", overrides, job_name="bench_scoring")
-    seed_everything(int(cfg.seed))
+    cfg, loaded, scorer, items = bench_setup("eval", overrides, args.split, "bench_scoring")
     setup = ModelSetup.from_config(cfg)
-    loaded, scorer = load_scored_model(setup)
-    items = split_items(build_benchmark(cfg.bias_benchmark, cfg.model), args.split)
     subset = evenly_spaced(items, args.n_baseline)
     device, dtype = scorer.device, scorer.head.weight.dtype
     threads = torch.get_num_threads()

@@ -5,11 +5,13 @@ subprocess only where the test is about the process itself (exit status, one lin
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import os
 import subprocess
 import sys
 import traceback
+import types
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,3 +96,12 @@ def assert_bad_input(result: Result | subprocess.CompletedProcess, pattern: str)
     assert "Traceback" not in result.stderr + result.stdout
     lines = [line for line in (result.stderr + result.stdout).splitlines() if line.strip()]
     assert len(lines) == 1 and pattern in lines[0], lines
+
+
+def load_script(name: str) -> types.ModuleType:
+    """``scripts/<name>.py`` imported as a module, so a test calls its functions in this process."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -3,21 +3,17 @@ how it was measured; tables are formatted as the docs write numbers."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 import yaml
 
-from tests.cli_runner import ROOT
+from tests.cli_runner import load_script
 
 
 @pytest.fixture(scope="module")
 def tables():
-    spec = importlib.util.spec_from_file_location("results_tables", ROOT / "scripts/results_tables.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("results_tables")
 
 
 def test_every_page_shows_what_its_data_says(tables):

@@ -28,13 +28,14 @@ def train_items():
     return [i for i in splits["train"].to_list() if not i["ambiguous"]] + [i for i in words if i["cluster"] in keep]
 
 
-def run(tokenizer, items, **overrides):
+def run(tokenizer, items, train_options=None, **overrides):
     model = build_tiny_model("llama", tokenizer, seed=3)
     scorer = OptionScorer(model, tokenizer, batch_size=32)
     params = init_affine_params(find_norm_modules(model))
     cfg = TrainConfig(**{"steps": 12, "lr": 0.05, "occupations_per_batch": 4, "pairs_per_occupation": 2, **overrides})
     rows = []
-    train_dso(apply_affine, scorer, params, items, StereotypeFlipReward(), cfg, log=rows.append)
+    options = train_options or {}
+    train_dso(apply_affine, scorer, params, items, StereotypeFlipReward(), cfg, log=rows.append, **options)
     return scorer, params, rows
 
 
@@ -49,6 +50,42 @@ def test_training_reduces_bias_on_the_training_items(tokenizer, train_items):
     assert len(rows) == 12 and {"reward", "batch_pob", "kl_text", "grad_norm"} <= set(rows[0])  # the shipped objective
     assert pob(scorer, params, amb, 1.0) < 0.5 * pob(scorer, params, amb, 0.0)
     assert any(p.abs().sum() > 0 for p in params.values())
+
+
+def test_cached_base_text_targets_give_the_gradients_of_a_base_forward_every_step(tokenizer, train_items):
+    from dso_cli.rl.phases import PhaseTimer
+
+    passages = [f"The {w} walked to the market and bought bread, milk and {n} apples." for w, n in
+                (("farmer", 3), ("teacher", 5), ("child", 2))]  # fmt: skip
+    timer = PhaseTimer()
+    options = {"text_passages": passages, "timer": timer}
+    _, cached, rows = run(tokenizer, train_items, options, steps=4, kl_prompt_items=2, kl_text_passages=2)
+    _, every, again = run(tokenizer, train_items, {**options, "cache_base_text": False}, steps=4,
+                          kl_prompt_items=2, kl_text_passages=2)  # fmt: skip
+    for key in cached:
+        assert torch.allclose(cached[key], every[key], rtol=1e-4, atol=1e-6), key
+    assert [r["kl_text"] for r in rows] == pytest.approx([r["kl_text"] for r in again], rel=1e-4, abs=1e-7)
+    assert {"base", "ambiguous_forward", "policy_loss_backward", "text_forward", "kl_text_backward"} <= set(
+        timer.seconds
+    )
+
+
+def test_the_base_cache_rebuilds_token_targets_without_a_forward_pass(tokenizer):
+    from dso_cli.rl.batches import BaseCache
+
+    scorer = OptionScorer(build_tiny_model("llama", tokenizer, seed=3), tokenizer, batch_size=32)
+    seqs = [list(range(5, 17)), list(range(40, 47)), list(range(9, 30))]
+    base = BaseCache(scorer)
+    with torch.no_grad():
+        expected = scorer.token_logprobs(seqs)[0]
+    first = base.text(seqs)
+    scorer.token_hidden = lambda seqs: pytest.fail("the cache ran a forward pass again")  # type: ignore[method-assign]
+    again = base.text([seqs[2], seqs[0]])
+    for row, seq in enumerate(seqs):
+        n = len(seq)
+        assert torch.allclose(first[row, :n], expected[row, :n], atol=1e-5)
+    assert torch.equal(again[0, : len(seqs[2])], first[2, : len(seqs[2])])
+    assert torch.equal(again[1, : len(seqs[0])], first[0, : len(seqs[0])])
 
 
 def test_seeded_runs_are_identical(tokenizer, train_items):

@@ -70,11 +70,16 @@ class BatchSampler:
 
 
 class BaseCache:
-    """Option log-probabilities of the unsteered model, computed once per item and reused."""
+    """What the unsteered model gives, computed once and reused: option log-probabilities per item, and
+    (with ``text``) the last hidden states of every KL passage and prompt, from which :meth:`text`
+    rebuilds the full-vocabulary targets with one output-head product instead of a forward pass through
+    the model. Exact: the same hidden states the forward pass gave, so the same log-probabilities up to
+    the rounding of the batch they were computed in."""
 
-    def __init__(self, scorer: OptionScorer) -> None:
+    def __init__(self, scorer: OptionScorer, text: bool = True) -> None:
         self.scorer = scorer
         self._lp: dict[str, Tensor] = {}
+        self.cache_text = text and not scorer.full_forward  # a model scored in full keeps logits, too big
 
     def __call__(self, items: Sequence[DecisionItem]) -> Tensor:
         todo = [item for item in items if item["id"] not in self._lp]
@@ -88,6 +93,24 @@ class BaseCache:
         ]
         return torch.stack(rows)
 
+    def text(self, seqs: list[list[int]]) -> Tensor:
+        """The base model's next-token log-probabilities ``[batch, width, vocab]`` of right-padded ``seqs``
+        (as :meth:`OptionScorer.token_logprobs`; call it with the steering off). Positions past a
+        sequence's end hold the head's output for a zero state: they are masked, as padding is."""
+        if not self.cache_text:
+            with torch.no_grad():
+                return self.scorer.token_logprobs(seqs)[0]
+        keys = [text_key(s) for s in seqs]
+        todo = {key: s for key, s in zip(keys, seqs, strict=True) if key not in self._lp}
+        with torch.no_grad():
+            if todo:
+                hidden, lengths = self.scorer.token_hidden(list(todo.values()))
+                for key, row, n in zip(todo, hidden, lengths.tolist(), strict=True):
+                    self._lp[key] = row[:n].clone()
+            width = max(len(s) for s in seqs)
+            rows = [torch.nn.functional.pad(self._lp[key], (0, 0, 0, width - self._lp[key].shape[0])) for key in keys]
+            return self.scorer.head_logprobs(torch.stack(rows))
+
     def state(self) -> dict[str, Tensor]:
         """The cached rows, for a checkpoint: batch composition changes float rounding, so a resumed run
         reuses the exact values rather than recomputing them."""
@@ -95,3 +118,8 @@ class BaseCache:
 
     def restore(self, state: Mapping[str, Tensor]) -> None:
         self._lp.update({key: row.to(self.scorer.device) for key, row in state.items()})
+
+
+def text_key(seq: Sequence[int]) -> str:
+    """The cache key of a token sequence (kept apart from item ids, which never start with ``tokens:``)."""
+    return "tokens:" + ",".join(map(str, seq))

@@ -6,7 +6,8 @@ from __future__ import annotations
 import math
 import random
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from functools import partial
 from typing import Any
 
@@ -19,6 +20,7 @@ from dso_cli.metrics import kl_divergence
 from dso_cli.rl.batches import BaseCache, BatchSampler
 from dso_cli.rl.config import TrainConfig
 from dso_cli.rl.estimators import Estimator
+from dso_cli.rl.phases import untimed
 from dso_cli.rl.rewards import cluster_pob, per_occupation_gap
 from dso_cli.scoring import OptionScorer, policy
 
@@ -41,8 +43,10 @@ def _one_step(
     texts: tuple[list[list[int]], random.Random],
     prompts: tuple[list[list[int]], random.Random],
     strength_rng: random.Random,
+    phase: Callable[[str], AbstractContextManager[None]] = untimed,
 ) -> dict[str, float]:
-    """One optimizer step (``ppo_epochs`` of them for PPO) over ``accumulate`` micro-batches."""
+    """One optimizer step (``ppo_epochs`` of them for PPO) over ``accumulate`` micro-batches; ``phase``
+    names the parts of the step for a :class:`~dso_cli.rl.phases.PhaseTimer`."""
     micro = []
     for _ in range(cfg.accumulate):
         amb, unamb = sampler.ambiguous_batch(), sampler.unambiguous_batch()
@@ -57,14 +61,15 @@ def _one_step(
     for _ in range(estimator.epochs):
         optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = defaultdict(float)
-        backward = partial(_backward, sums=sums, scale=1.0 / cfg.accumulate, step=step, state=state)
+        backward = partial(_backward, sums=sums, scale=1.0 / cfg.accumulate, step=step, state=state, phase=phase)
         for i, batch in enumerate(micro):
             steer.strength = 0.0  # the base policy: KL anchor and path target
-            base_unamb = base(batch["unamb"]) if batch["unamb"] and use_kl else None
-            with torch.no_grad():
-                base_text = scorer.token_logprobs(batch["text"])[0] if batch["text"] and use_text_kl else None
+            with phase("base"):
+                base_unamb = base(batch["unamb"]) if batch["unamb"] and use_kl else None
+                base_text = base.text(batch["text"]) if batch["text"] and use_text_kl else None
             steer.strength = 1.0
-            probs = policy(scorer.logprobs(batch["amb"], grad=True))
+            with phase("ambiguous_forward"):
+                probs = policy(scorer.logprobs(batch["amb"], grad=True))
             if batch["plan"] is None:
                 batch["plan"] = estimator.prepare(batch["amb"], probs.detach())
             sums["reward"] += float(batch_objective(estimator, batch, probs))
@@ -81,7 +86,8 @@ def _one_step(
                 backward((gap - target).pow(2).mean(), cfg.path_weight, "path_loss")
                 sums["path_strength"] += strength
             if base_unamb is not None or (cfg.accuracy_weight > 0 and batch["unamb"]):
-                unamb_lp = scorer.logprobs(batch["unamb"], grad=True)
+                with phase("unambiguous_forward"):
+                    unamb_lp = scorer.logprobs(batch["unamb"], grad=True)
                 terms = []
                 if base_unamb is not None:
                     kl = kl_divergence(unamb_lp, base_unamb).mean()
@@ -93,18 +99,21 @@ def _one_step(
                     terms.append(-cfg.accuracy_weight * accuracy)
                 backward(sum(terms), 1.0, "unambiguous_loss")
             if base_text is not None:
-                logp, lengths = scorer.token_logprobs(batch["text"])
-                backward(_text_kl(logp, base_text, lengths), duals["neutral_text"], "kl_text")
+                with phase("text_forward"):
+                    logp, lengths = scorer.token_logprobs(batch["text"])
+                    text_kl = _text_kl(logp, base_text, lengths)
+                backward(text_kl, duals["neutral_text"], "kl_text")
             if i == 0 and cfg.l1 > 0:
                 backward(sum(p.abs().sum() for p in leaves), cfg.l1 * cfg.accumulate, "l1")
-        if cfg.grad_clip > 0:
-            norm = float(torch.nn.utils.clip_grad_norm_(leaves, cfg.grad_clip))
-        else:
-            grads = [p.grad.norm() for p in leaves if p.grad is not None]
-            norm = float(torch.linalg.vector_norm(torch.stack(grads))) if grads else 0.0
-        if not math.isfinite(norm):
-            raise NonFiniteLoss(_non_finite_message(step, "gradient", state))
-        optimizer.step()
+        with phase("optimizer"):
+            if cfg.grad_clip > 0:
+                norm = float(torch.nn.utils.clip_grad_norm_(leaves, cfg.grad_clip))
+            else:
+                grads = [p.grad.norm() for p in leaves if p.grad is not None]
+                norm = float(torch.linalg.vector_norm(torch.stack(grads))) if grads else 0.0
+            if not math.isfinite(norm):
+                raise NonFiniteLoss(_non_finite_message(step, "gradient", state))
+            optimizer.step()
         metrics |= {k: v / (1 if k == "l1" else cfg.accumulate) for k, v in sums.items()} | {"grad_norm": norm}
     if cfg.kl_mode == "constraint":  # dual ascent on each KL source's multiplier
         for source, key in (("unambiguous", "kl"), ("neutral_text", "kl_text")):
@@ -143,14 +152,16 @@ def per_benchmark_pob(items: Sequence[DecisionItem], probs: Tensor, benchmarks: 
 
 
 def _backward(
-    part: Tensor, weight: float, name: str, *, sums: dict[str, float], scale: float, step: int, state: dict
-) -> None:
+    part: Tensor, weight: float, name: str, *, sums: dict[str, float], scale: float, step: int, state: dict,
+    phase: Callable[[str], AbstractContextManager[None]] = untimed,
+) -> None:  # fmt: skip
     """Accumulate one loss term's gradient right away (its graph is freed before the next forward)."""
     value = float(part.detach())
     if not math.isfinite(value):
         raise NonFiniteLoss(_non_finite_message(step, name, state))
     sums[name] += value
-    (weight * scale * part).backward()
+    with phase(f"{name}_backward"):
+        (weight * scale * part).backward()
 
 
 def _non_finite_message(step: int, what: str, state: dict[str, Any]) -> str:

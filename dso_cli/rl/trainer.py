@@ -41,6 +41,7 @@ from dso_cli.rl.batches import BaseCache, BatchSampler
 from dso_cli.rl.checkpoint import load_checkpoint, save_checkpoint
 from dso_cli.rl.config import TrainConfig
 from dso_cli.rl.estimators import make_estimator
+from dso_cli.rl.phases import PhaseTimer, untimed
 from dso_cli.rl.rewards import Reward, cluster_pob
 from dso_cli.rl.state import TrainState
 from dso_cli.rl.step import (
@@ -70,6 +71,8 @@ def train_dso(
     val_text_passages: Sequence[str] = (),
     checkpoint_path: Path | None = None,
     resume: bool = False,
+    timer: PhaseTimer | None = None,
+    cache_base_text: bool = True,
 ) -> dict[str, float]:
     """Optimise ``params`` of the transform that ``apply`` puts on ``scorer.model`` in place; returns the
     last step's metrics (plus early-stopping facts). The trainer knows the transform only through
@@ -78,6 +81,10 @@ def train_dso(
     With ``checkpoint_path`` the state is saved every ``checkpoint_every`` steps and on Ctrl-C (at the
     end of the running step); ``resume`` continues from it and ends with the same parameters as an
     uninterrupted run.
+
+    ``timer`` sums the seconds of each phase of a step; ``cache_base_text=False`` runs the base model's
+    forward pass on the KL passages and prompts every step, as earlier versions did (the training
+    benchmark's baseline; the gradients are the same).
     """
     generator = torch.Generator().manual_seed(cfg.seed)
     estimator = make_estimator(
@@ -92,7 +99,7 @@ def train_dso(
     prompt_rng = random.Random(cfg.seed + 3)
     val_ambiguous = [it for it in val_items or [] if it["ambiguous"]] if cfg.eval_every > 0 else []
     val_texts = _tokenized(scorer, val_text_passages, cfg.kl_text_tokens) if val_ambiguous else []
-    base = BaseCache(scorer)
+    base = BaseCache(scorer, text=cache_base_text)
     names = list(params)
     leaves = [params[n] for n in names if params[n].requires_grad]  # a frozen b (stock_export) stays 0
     optimizer = torch.optim.Adam(leaves, lr=cfg.lr, betas=cfg.betas)
@@ -115,7 +122,8 @@ def train_dso(
         for step in bar:
             started = time.perf_counter()
             metrics = _one_step(scorer, steer, estimator, sampler, base, cfg, state, optimizer, leaves, step,
-                                (texts, text_rng), (prompts, prompt_rng), strength_rng)  # fmt: skip
+                                (texts, text_rng), (prompts, prompt_rng), strength_rng,
+                                timer if timer is not None else untimed)  # fmt: skip
             metrics["step_seconds"] = time.perf_counter() - started  # the optimisation alone, no evaluation
             state["step"] = step
             stop = False

@@ -158,9 +158,20 @@ class OptionScorer(PromptRendering, BatchedPaths, StartupChecks):
     def token_logprobs(self, seqs: list[list[int]]) -> tuple[Tensor, Tensor]:
         """Next-token log-probabilities ``[batch, width, vocab]`` (float32) of right-padded ``seqs``, and
         their lengths: the language-modelling view of the same forward pass, for perplexity and KL."""
+        hidden, lengths = self.token_hidden(seqs)
+        return self.head_logprobs(hidden), lengths
+
+    def token_hidden(self, seqs: list[list[int]]) -> tuple[Tensor, Tensor]:
+        """The last hidden states ``[batch, width, hidden]`` of right-padded ``seqs`` (the logits when
+        :attr:`full_forward`) and their lengths: :meth:`token_logprobs` before the output head, small
+        enough to keep (a trainer caches the base model's)."""
         with self.kernels():
-            hidden, lengths = self._forward(seqs)
-            return self._log_softmax(hidden), lengths
+            return self._forward(seqs)
+
+    def head_logprobs(self, hidden: Tensor) -> Tensor:
+        """Full-vocabulary log-probabilities (float32) of hidden states from :meth:`token_hidden`."""
+        with self.kernels():
+            return self._log_softmax(hidden)
 
     def kernels(self) -> AbstractContextManager[None]:
         """The block's no-grad forward passes run their linear layers through the chosen CPU kernel
