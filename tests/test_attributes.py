@@ -161,3 +161,14 @@ def test_train_sweep_report_over_two_attributes(tiny_llama_dir, tmp_path):
     assert "## Selection rate per group" in (run_dir / "report/pareto.md").read_text()
     manifest = json.loads((run_dir / "artifact/manifest.json").read_text())
     assert manifest["method"] == "dso"
+
+
+def test_heuristic_methods_refuse_items_without_a_direction(tokenizer):
+    from dso_cli.scoring import OptionScorer
+    from dso_cli.steering.activations import ActivationStore
+    from tests.conftest import build_tiny_model
+
+    scorer = OptionScorer(build_tiny_model("llama", tokenizer, seed=3), tokenizer, batch_size=32)
+    store = ActivationStore(scorer, occupation.build(attribute="race", **TINY)["train"].to_list())
+    with pytest.raises(DsoError, match="no training item states a stereotype direction"):
+        store.prefetch(outputs=["model.layers.0"])

@@ -93,6 +93,12 @@ class ActivationStore:
         missing = list(dict.fromkeys(key for key in wanted if key not in self._recorded))
         if not missing:
             return
+        if not self.items:
+            raise DsoError(
+                "this method learns from the stereotyped and counter-stereotyped answers of ambiguous items, "
+                "and no training item states a stereotype direction (bias.attribute=race does not): train "
+                "steering_method=dso, whose rewards need none, or give a decisions file with `stereotyped`"
+            )
         if self.cache is not None and self.cache_request is not None:
             recorded, entry, hit = self.cache.get(
                 self.cache_request, missing, len(self.items), lambda span: self._record(missing, span)
