@@ -5,10 +5,12 @@ With the default model, benchmark and optimizer (``dso train``'s config, any ``k
 applied), it trains ``--warmup + --steps`` steps twice from the same seed, the same batches and the
 same initial parameters:
 
-* **previous**: the base model's forward pass on the step's KL passages and prompts every step;
+* **previous**: the base model's forward pass on the step's KL passages and prompts every step, and
+  the passes with gradients on the stock (MKL) linear kernels;
 * **ours**: those targets rebuilt from the base model's last hidden states, computed once per
   sequence and cached (:class:`dso_cli.rl.batches.BaseCache`), so a step runs the output head on
-  them instead of the whole model.
+  them instead of the whole model; and the passes with gradients on the scorer's linear kernel
+  (oneDNN on CPU where it is faster: :class:`dso_cli.models.linear_kernels.FrozenWeightLinear`).
 
 Both end with the same parameters up to float rounding (printed as ``max_param_diff``; a test asserts
 it). Seconds per phase come from :class:`dso_cli.rl.phases.PhaseTimer` over the timed steps.
@@ -50,6 +52,7 @@ from bench_scoring import bench_setup, matmul_flops_per_second  # noqa: E402
 
 from dso_cli.cli import rewrite_aliases  # noqa: E402
 from dso_cli.models.layouts import find_decoder_layers, find_norm_modules  # noqa: E402
+from dso_cli.models.linear_kernels import onednn_gradient_passes  # noqa: E402
 from dso_cli.pipeline.fitting import training_inputs  # noqa: E402
 from dso_cli.pipeline.results import markdown_table  # noqa: E402
 from dso_cli.rl.phases import PhaseTimer  # noqa: E402
@@ -57,7 +60,10 @@ from dso_cli.rl.trainer import train_dso  # noqa: E402
 from dso_cli.scoring import OptionScorer, ScoringStats  # noqa: E402
 from dso_cli.steering.affine import apply_affine, init_affine_params  # noqa: E402
 
-IMPLEMENTATIONS = {"previous": {"cache_base_text": False}, "ours": {"cache_base_text": True}}
+IMPLEMENTATIONS = {
+    "previous": {"cache_base_text": False, "onednn_gradients": False},
+    "ours": {"cache_base_text": True, "onednn_gradients": True},
+}
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -146,8 +152,10 @@ def run(
             seconds.append(row["step_seconds"])
 
     params = make_params()
-    train_dso(apply_affine, scorer, params, items, inputs.reward, cfg, log=log, text_passages=inputs.text_passages,
-              timer=timer, **IMPLEMENTATIONS[name])  # fmt: skip
+    options = dict(IMPLEMENTATIONS[name])
+    with onednn_gradient_passes(options.pop("onednn_gradients")):
+        train_dso(apply_affine, scorer, params, items, inputs.reward, cfg, log=log,
+                  text_passages=inputs.text_passages, timer=timer, **options)  # fmt: skip
     work.remove()
     n = len(seconds)
     return {

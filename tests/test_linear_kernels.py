@@ -28,11 +28,11 @@ def test_onednn_linear_equals_stock(seed):
         )
 
 
-def test_gradients_and_other_dtypes_take_the_stock_kernel(monkeypatch):
+def test_trainable_weights_and_other_dtypes_take_the_stock_kernel(monkeypatch):
     calls = []
     monkeypatch.setattr(linear_kernels, "_onednn_linear", lambda *a: calls.append(a) or torch.zeros(()))
-    x, w = torch.randn(4, 3, requires_grad=True), torch.randn(5, 3)
-    out = linear(x, w, None, "onednn")  # gradients on: stock
+    x, w = torch.randn(4, 3, requires_grad=True), torch.randn(5, 3, requires_grad=True)
+    out = linear(x, w, None, "onednn")  # a weight that needs its gradient: stock
     out.sum().backward()
     assert x.grad is not None and not calls
     with torch.no_grad():
@@ -87,8 +87,41 @@ def test_scorer_on_onednn_equals_stock_and_training_is_unchanged(tokenizer, item
         torch.testing.assert_close(rows.logprobs(items), stock.logprobs(items), atol=1e-5, rtol=1e-5)
         seqs = [[5, 6, 7, 8], [9, 10]]
         torch.testing.assert_close(fast.token_logprobs(seqs)[0], stock.token_logprobs(seqs)[0], atol=1e-5, rtol=0)
-    assert torch.equal(fast.logprobs(items, grad=True), stock.logprobs(items, grad=True))  # stock under grad
     assert all("forward" not in vars(m) for m in model.modules())
+
+
+def test_training_gradients_through_onednn_equal_stock(tokenizer, items):
+    from dso_cli.models.layouts import find_norm_modules
+    from dso_cli.steering.affine import apply_affine, init_affine_params
+
+    model = build_tiny_model("llama", tokenizer)
+    params = init_affine_params(find_norm_modules(model))
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(torch.randn_like(p) * 0.1)
+    grads = {}
+    for kernel in ("onednn", "stock"):
+        scorer = OptionScorer(model, tokenizer, cpu_linear=kernel, tree_tokens=48)
+        for p in params.values():
+            p.grad = None
+        with apply_affine(model, params, 1.0):
+            logprobs = scorer.logprobs(items, grad=True)
+            text, _ = scorer.token_logprobs([[5, 6, 7, 8], [9, 10]])
+            (logprobs.sum() + text[:, :, :50].sum()).backward()
+        grads[kernel] = {name: p.grad.clone() for name, p in params.items()}
+    for name in params:
+        torch.testing.assert_close(grads["onednn"][name], grads["stock"][name], atol=1e-4, rtol=1e-4)
+
+
+def test_onednn_gradients_only_for_frozen_weights():
+    x = torch.randn(3, 8, requires_grad=True)
+    frozen, trainable = torch.randn(4, 8), torch.randn(4, 8, requires_grad=True)
+    assert type(linear_kernels.linear(x, frozen, None, "onednn").grad_fn).__name__ == "FrozenWeightLinearBackward"
+    y = linear_kernels.linear(x, trainable, None, "onednn")
+    y.sum().backward()
+    assert trainable.grad is not None, "a trainable weight gets its gradient (the stock kernel)"
+    with linear_kernels.onednn_gradient_passes(False):
+        assert type(linear_kernels.linear(x, frozen, None, "onednn").grad_fn).__name__ != "FrozenWeightLinearBackward"
 
 
 def test_scorer_keeps_stock_kernels_when_the_probe_disagrees(tokenizer, monkeypatch):

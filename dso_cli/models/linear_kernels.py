@@ -1,20 +1,25 @@
-"""Which matrix-multiply library runs the linear layers of no-grad float32 inference on CPU.
+"""Which matrix-multiply library runs the linear layers of float32 passes on CPU.
 
 PyTorch sends a float32 ``nn.Linear`` on CPU to MKL, which takes its widest code paths only on Intel
 CPUs; on other x86 CPUs with AVX-512 (AMD Zen 4/5) it measures about half of what oneDNN, the library
 PyTorch bundles for its own CPU kernels, reaches on the same product. ``kernel="auto"`` times both on
 the model's own layer shape once per process and keeps the faster; the scorer then checks that its
-scores do not move before it uses the choice (see ``OptionScorer``). Only forward passes without
-gradients change: training and anything on an accelerator run the stock kernel.
+scores do not move before it uses the choice (see ``OptionScorer``). Passes without gradients run
+the product through oneDNN; passes with gradients (training the steering parameters) do too where
+the layer's own weights are frozen, as they always are here: :class:`FrozenWeightLinear` runs the
+forward product and the input gradient ``dY · W`` through oneDNN and computes no weight gradient.
+Anything on an accelerator, other dtypes and trainable weights run the stock kernel.
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import time
 import types
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -48,10 +53,56 @@ def _usable(x: Tensor, weight: Tensor) -> bool:
     )
 
 
+_GRADIENT_PASSES = contextvars.ContextVar("onednn_gradient_passes", default=True)
+
+
+@contextmanager
+def onednn_gradient_passes(enabled: bool) -> Iterator[None]:
+    """Within the block, passes with gradients use oneDNN (``True``, the default) or the stock kernel
+    (as earlier versions did: the training benchmark's baseline)."""
+    token = _GRADIENT_PASSES.set(enabled)
+    try:
+        yield
+    finally:
+        _GRADIENT_PASSES.reset(token)
+
+
+def _usable_with_gradients(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
+    return (
+        torch.is_grad_enabled()
+        and _GRADIENT_PASSES.get()
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and x.dim() >= 2
+        and not weight.requires_grad
+        and (bias is None or not bias.requires_grad)
+    )
+
+
+class FrozenWeightLinear(torch.autograd.Function):
+    """``x · Wᵀ + b`` through oneDNN with the gradient for ``x`` only (``W`` and ``b`` are frozen): the
+    backward pass is one more oneDNN product, ``dY · W``, with ``W`` transposed once per call."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.save_for_backward(weight)
+        return _onednn_linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, None, None]:
+        (weight,) = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        return _onednn_linear(grad_out.contiguous(), weight.t().contiguous(), None), None, None
+
+
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None, kernel: str) -> Tensor:
     """``F.linear`` through ``kernel`` (a resolved one: ``onednn`` or ``stock``) where it applies."""
     if kernel == "onednn" and _usable(x, weight):
         return _onednn_linear(x, weight, bias)
+    if kernel == "onednn" and _usable_with_gradients(x, weight, bias):
+        return FrozenWeightLinear.apply(x, weight, bias)
     return torch.nn.functional.linear(x, weight, bias)
 
 
@@ -116,7 +167,7 @@ def _plain_linears(model: torch.nn.Module) -> list[torch.nn.Linear]:
 @contextmanager
 def linear_kernel(model: torch.nn.Module, kernel: str) -> Iterator[None]:
     """Within the block, ``model``'s plain linear layers run through ``kernel`` (resolved) wherever it
-    applies (no gradients, CPU, float32); hooks on them still run. The model is restored on exit."""
+    applies (CPU, float32, frozen weights); hooks on them still run. The model is restored on exit."""
     if kernel != "onednn":
         yield
         return
