@@ -97,7 +97,7 @@ def test_training_gradients_through_onednn_equal_stock(tokenizer, items):
     model = build_tiny_model("llama", tokenizer)
     params = init_affine_params(find_norm_modules(model))
     with torch.no_grad():
-        for name, p in params.items():
+        for p in params.values():
             p.copy_(torch.randn_like(p) * 0.1)
     grads = {}
     for kernel in ("onednn", "stock"):
