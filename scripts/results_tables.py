@@ -77,7 +77,8 @@ def format_cell(
 def load_table(name: str, data: Path = DATA) -> tuple[dict[str, Any], pd.DataFrame]:
     """A table's metadata and rows, with ``COLUMN_ratio`` added for each of ``ratios``: the column over
     its value on the first row (the base model's, in a sweep). A table with ``view_of: OTHER`` shows
-    other columns of OTHER's rows, with OTHER's provenance."""
+    other columns of OTHER's rows, with OTHER's provenance; ``where: {column: value}`` keeps the rows
+    whose columns hold those values."""
     meta = yaml.safe_load((data / f"{name}.yaml").read_text())
     source = meta.get("view_of", name)
     if source != name:
@@ -86,6 +87,9 @@ def load_table(name: str, data: Path = DATA) -> tuple[dict[str, Any], pd.DataFra
     if missing:
         raise ValueError(f"{data / name}.yaml has no {', '.join(missing)}")
     rows = pd.read_csv(data / f"{source}.csv")
+    where = yaml.safe_load((data / f"{name}.yaml").read_text()).get("where") or {}
+    for column, value in where.items():
+        rows = rows[rows[column].astype(str) == str(value)]
     meta["source"] = source
     for column in meta.get("ratios", []):
         rows[f"{column}_ratio"] = rows[column] / rows[column].iloc[0]

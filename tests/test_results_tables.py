@@ -63,3 +63,6 @@ def test_collect_takes_a_runs_rows_and_provenance(tables, tmp_path):
     assert text.startswith("x\n<!-- results:t -->\n| ω |") and text.endswith("<!-- /results:t -->\ny\n")
     with pytest.raises(SystemExit, match="no row"):
         tables.collect("t", run / "sweep.csv", ["split=nope"], "dso sweep", None, data=data)
+    (data / "t-view.yaml").write_text(yaml.safe_dump({"view_of": "t", "where": {"alpha": 1}, "columns": columns[:1]}))
+    meta, rows = tables.load_table("t-view", data)
+    assert list(rows["alpha"]) == [1] and meta["commit"] == "`0123456`", "a view: some rows, the source's provenance"
