@@ -5,12 +5,14 @@ With the default model, benchmark and optimizer (``dso train``'s config, any ``k
 applied), it trains ``--warmup + --steps`` steps twice from the same seed, the same batches and the
 same initial parameters:
 
-* **previous**: the base model's forward pass on the step's KL passages and prompts every step, and
-  the passes with gradients on the stock (MKL) linear kernels;
+* **previous**: the base model's forward pass on the step's KL passages and prompts every step, the
+  text KL over right-padded rows (the head on every position), and the passes with gradients on
+  the stock (MKL) linear kernels;
 * **ours**: those targets rebuilt from the base model's last hidden states, computed once per
-  sequence and cached (:class:`dso_cli.rl.batches.BaseCache`), so a step runs the output head on
-  them instead of the whole model; and the passes with gradients on the scorer's linear kernel
-  (oneDNN on CPU where it is faster: :class:`dso_cli.models.linear_kernels.FrozenWeightLinear`).
+  sequence and cached (:class:`dso_cli.rl.batches.BaseCache`); the text KL over prefix trees (a
+  shared prefix once, no padding, the head once per distinct predicting node:
+  :mod:`dso_cli.rl.text_kl`); and the passes with gradients on the scorer's linear kernel (oneDNN on
+  CPU where it is faster: :class:`dso_cli.models.linear_kernels.FrozenWeightLinear`).
 
 Both end with the same parameters up to float rounding (printed as ``max_param_diff``; a test asserts
 it). Seconds per phase come from :class:`dso_cli.rl.phases.PhaseTimer` over the timed steps.
@@ -61,8 +63,8 @@ from dso_cli.scoring import OptionScorer, ScoringStats  # noqa: E402
 from dso_cli.steering.affine import apply_affine, init_affine_params  # noqa: E402
 
 IMPLEMENTATIONS = {
-    "previous": {"cache_base_text": False, "onednn_gradients": False},
-    "ours": {"cache_base_text": True, "onednn_gradients": True},
+    "previous": {"fast_step": False, "onednn_gradients": False},
+    "ours": {"fast_step": True, "onednn_gradients": True},
 }
 
 

@@ -60,7 +60,7 @@ def test_cached_base_text_targets_give_the_gradients_of_a_base_forward_every_ste
     timer = PhaseTimer()
     options = {"text_passages": passages, "timer": timer}
     _, cached, rows = run(tokenizer, train_items, options, steps=4, kl_prompt_items=2, kl_text_passages=2)
-    _, every, again = run(tokenizer, train_items, {**options, "cache_base_text": False}, steps=4,
+    _, every, again = run(tokenizer, train_items, {**options, "fast_step": False}, steps=4,
                           kl_prompt_items=2, kl_text_passages=2)  # fmt: skip
     for key in cached:
         assert torch.allclose(cached[key], every[key], rtol=1e-4, atol=1e-6), key
@@ -70,22 +70,47 @@ def test_cached_base_text_targets_give_the_gradients_of_a_base_forward_every_ste
     )
 
 
-def test_the_base_cache_rebuilds_token_targets_without_a_forward_pass(tokenizer):
+def test_the_base_cache_keeps_each_sequences_hidden_states(tokenizer):
     from dso_cli.rl.batches import BaseCache
 
     scorer = OptionScorer(build_tiny_model("llama", tokenizer, seed=3), tokenizer, batch_size=32)
     seqs = [list(range(5, 17)), list(range(40, 47)), list(range(9, 30))]
     base = BaseCache(scorer)
     with torch.no_grad():
-        expected = scorer.token_logprobs(seqs)[0]
-    first = base.text(seqs)
+        hidden, _lengths = scorer.token_hidden(seqs)
+    first = base.text_hidden(seqs)
     scorer.token_hidden = lambda seqs: pytest.fail("the cache ran a forward pass again")  # type: ignore[method-assign]
-    again = base.text([seqs[2], seqs[0]])
+    again = base.text_hidden([seqs[2], seqs[0]])
     for row, seq in enumerate(seqs):
-        n = len(seq)
-        assert torch.allclose(first[row, :n], expected[row, :n], atol=1e-5)
-    assert torch.equal(again[0, : len(seqs[2])], first[2, : len(seqs[2])])
-    assert torch.equal(again[1, : len(seqs[0])], first[0, : len(seqs[0])])
+        assert torch.allclose(first[row], hidden[row, : len(seq)], atol=1e-5)
+    assert torch.equal(again[0], first[2]) and torch.equal(again[1], first[0])
+
+
+def test_the_text_kl_over_prefix_trees_equals_the_padded_one(tokenizer):
+    from dso_cli.rl.batches import BaseCache
+    from dso_cli.rl.text_kl import packed_text_kl, padded_text_kl
+
+    model = build_tiny_model("llama", tokenizer, seed=3)
+    scorer = OptionScorer(model, tokenizer, batch_size=32, tree_tokens=40)  # several trees
+    params = init_affine_params(find_norm_modules(model))
+    with torch.no_grad():
+        for p in params.values():
+            p.copy_(torch.randn_like(p) * 0.2)
+    shared = list(range(5, 15))
+    seqs = [[*shared, 20, 21, 22], [*shared, 20, 23], [*shared, 30, 31, 32, 33, 34], list(range(40, 47)), [7, 8]]
+    base = BaseCache(scorer).text_hidden(seqs)
+    values, grads = [], []
+    for loss in (packed_text_kl, padded_text_kl):
+        for p in params.values():
+            p.grad = None
+        with apply_affine(model, params, 1.0):
+            value = loss(scorer, seqs, base)
+            value.backward()
+        values.append(value.detach())
+        grads.append({k: p.grad.clone() for k, p in params.items()})
+    assert values[0] > 0 and torch.allclose(values[0], values[1], rtol=1e-5, atol=1e-7)
+    for key in params:
+        torch.testing.assert_close(grads[0][key], grads[1][key], rtol=1e-4, atol=1e-6)
 
 
 def test_seeded_runs_are_identical(tokenizer, train_items):

@@ -71,10 +71,10 @@ class BatchSampler:
 
 class BaseCache:
     """What the unsteered model gives, computed once and reused: option log-probabilities per item, and
-    (with ``text``) the last hidden states of every KL passage and prompt, from which :meth:`text`
-    rebuilds the full-vocabulary targets with one output-head product instead of a forward pass through
-    the model. Exact: the same hidden states the forward pass gave, so the same log-probabilities up to
-    the rounding of the batch they were computed in."""
+    (with ``text``) the last hidden states of every KL passage and prompt, from which the text KL
+    rebuilds its full-vocabulary targets with one output-head product instead of a forward pass through
+    the model. Exact: the same hidden states the forward pass gave, up to the rounding of the batch
+    they were computed in."""
 
     def __init__(self, scorer: OptionScorer, text: bool = True) -> None:
         self.scorer = scorer
@@ -93,23 +93,27 @@ class BaseCache:
         ]
         return torch.stack(rows)
 
-    def text(self, seqs: list[list[int]]) -> Tensor:
-        """The base model's next-token log-probabilities ``[batch, width, vocab]`` of right-padded ``seqs``
-        (as :meth:`OptionScorer.token_logprobs`; call it with the steering off). Positions past a
-        sequence's end hold the head's output for a zero state: they are masked, as padding is."""
-        if not self.cache_text:
-            with torch.no_grad():
-                return self.scorer.token_logprobs(seqs)[0]
+    def text_hidden(self, seqs: list[list[int]]) -> list[Tensor]:
+        """The base model's last hidden states ``[len, hidden]`` of each sequence (call it with the
+        steering off), from the cache where present (without it: one forward pass now)."""
         keys = [text_key(s) for s in seqs]
         todo = {key: s for key, s in zip(keys, seqs, strict=True) if key not in self._lp}
+        found: dict[str, Tensor] = {}
+        if todo:
+            found = self._hidden_now(list(todo), list(todo.values()))
+            if self.cache_text:
+                self._lp.update(found)
+        return [self._lp[key] if key in self._lp else found[key] for key in keys]
+
+    def _hidden_now(self, keys: list[str], seqs: list[list[int]]) -> dict[str, Tensor]:
+        """One pass of the base model over ``seqs``: over prefix trees when caching (a shared prefix once,
+        no padding), else over right-padded rows (as earlier versions' step)."""
         with torch.no_grad():
-            if todo:
-                hidden, lengths = self.scorer.token_hidden(list(todo.values()))
-                for key, row, n in zip(todo, hidden, lengths.tolist(), strict=True):
-                    self._lp[key] = row[:n].clone()
-            width = max(len(s) for s in seqs)
-            rows = [torch.nn.functional.pad(self._lp[key], (0, 0, 0, width - self._lp[key].shape[0])) for key in keys]
-            return self.scorer.head_logprobs(torch.stack(rows))
+            if self.cache_text and self.scorer.sequence_trees_apply(seqs):
+                return {keys[index]: hidden[nodes].clone()
+                        for hidden, paths in self.scorer.sequence_trees(seqs) for index, nodes in paths}  # fmt: skip
+            hidden, lengths = self.scorer.token_hidden(seqs)
+        return {key: row[:n].clone() for key, row, n in zip(keys, hidden, lengths.tolist(), strict=True)}
 
     def state(self) -> dict[str, Tensor]:
         """The cached rows, for a checkpoint: batch composition changes float rounding, so a resumed run

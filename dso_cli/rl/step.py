@@ -22,6 +22,7 @@ from dso_cli.rl.config import TrainConfig
 from dso_cli.rl.estimators import Estimator
 from dso_cli.rl.phases import untimed
 from dso_cli.rl.rewards import cluster_pob, per_occupation_gap
+from dso_cli.rl.text_kl import text_kl
 from dso_cli.scoring import OptionScorer, policy
 
 
@@ -44,9 +45,11 @@ def _one_step(
     prompts: tuple[list[list[int]], random.Random],
     strength_rng: random.Random,
     phase: Callable[[str], AbstractContextManager[None]] = untimed,
+    packed_text: bool = True,
 ) -> dict[str, float]:
     """One optimizer step (``ppo_epochs`` of them for PPO) over ``accumulate`` micro-batches; ``phase``
-    names the parts of the step for a :class:`~dso_cli.rl.phases.PhaseTimer`."""
+    names the parts of the step for a :class:`~dso_cli.rl.phases.PhaseTimer`; ``packed_text``: the text
+    KL over prefix trees (else right-padded rows)."""
     micro = []
     for _ in range(cfg.accumulate):
         amb, unamb = sampler.ambiguous_batch(), sampler.unambiguous_batch()
@@ -66,7 +69,7 @@ def _one_step(
             steer.strength = 0.0  # the base policy: KL anchor and path target
             with phase("base"):
                 base_unamb = base(batch["unamb"]) if batch["unamb"] and use_kl else None
-                base_text = base.text(batch["text"]) if batch["text"] and use_text_kl else None
+                base_text = base.text_hidden(batch["text"]) if batch["text"] and use_text_kl else None
             steer.strength = 1.0
             with phase("ambiguous_forward"):
                 probs = policy(scorer.logprobs(batch["amb"], grad=True))
@@ -100,9 +103,8 @@ def _one_step(
                 backward(sum(terms), 1.0, "unambiguous_loss")
             if base_text is not None:
                 with phase("text_forward"):
-                    logp, lengths = scorer.token_logprobs(batch["text"])
-                    text_kl = _text_kl(logp, base_text, lengths)
-                backward(text_kl, duals["neutral_text"], "kl_text")
+                    loss = text_kl(scorer, batch["text"], base_text, packed=packed_text)
+                backward(loss, duals["neutral_text"], "kl_text")
             if i == 0 and cfg.l1 > 0:
                 backward(sum(p.abs().sum() for p in leaves), cfg.l1 * cfg.accumulate, "l1")
         with phase("optimizer"):
@@ -184,11 +186,3 @@ def _prompts(scorer: OptionScorer, items: Sequence[DecisionItem]) -> list[list[i
 
 def _draw(pool: list[list[int]], rng: random.Random, k: int) -> list[list[int]]:
     return rng.sample(pool, min(k, len(pool))) if pool and k > 0 else []
-
-
-def _text_kl(logp: Tensor, base: Tensor, lengths: Tensor) -> Tensor:
-    """Mean over passages of the per-token ``KL(steered ‖ base)`` of the next-token distribution."""
-    per_token = (logp.exp() * (logp - base)).sum(-1)  # [batch, width]
-    width = per_token.shape[1]
-    mask = torch.arange(width, device=per_token.device)[None, :] < (lengths[:, None] - 1).to(per_token.device)
-    return ((per_token * mask).sum(1) / mask.sum(1).clamp_min(1)).mean()

@@ -47,9 +47,9 @@ from dso_cli.rl.state import TrainState
 from dso_cli.rl.step import (
     _one_step,
     _prompts,
-    _text_kl,
     _tokenized,
 )
+from dso_cli.rl.text_kl import text_kl
 from dso_cli.scoring import OptionScorer, policy
 
 Apply = Callable[[nn.Module, Mapping[str, Tensor], float], AbstractContextManager]
@@ -72,7 +72,7 @@ def train_dso(
     checkpoint_path: Path | None = None,
     resume: bool = False,
     timer: PhaseTimer | None = None,
-    cache_base_text: bool = True,
+    fast_step: bool = True,
 ) -> dict[str, float]:
     """Optimise ``params`` of the transform that ``apply`` puts on ``scorer.model`` in place; returns the
     last step's metrics (plus early-stopping facts). The trainer knows the transform only through
@@ -82,9 +82,10 @@ def train_dso(
     end of the running step); ``resume`` continues from it and ends with the same parameters as an
     uninterrupted run.
 
-    ``timer`` sums the seconds of each phase of a step; ``cache_base_text=False`` runs the base model's
-    forward pass on the KL passages and prompts every step, as earlier versions did (the training
-    benchmark's baseline; the gradients are the same).
+    ``timer`` sums the seconds of each phase of a step; ``fast_step=False`` runs the step as earlier
+    versions did (the training benchmark's baseline, with the same gradients up to float rounding):
+    the base model's forward pass on the KL passages and prompts every step, and the text KL over
+    right-padded rows instead of prefix trees.
     """
     generator = torch.Generator().manual_seed(cfg.seed)
     estimator = make_estimator(
@@ -99,7 +100,7 @@ def train_dso(
     prompt_rng = random.Random(cfg.seed + 3)
     val_ambiguous = [it for it in val_items or [] if it["ambiguous"]] if cfg.eval_every > 0 else []
     val_texts = _tokenized(scorer, val_text_passages, cfg.kl_text_tokens) if val_ambiguous else []
-    base = BaseCache(scorer, text=cache_base_text)
+    base = BaseCache(scorer, text=fast_step)
     names = list(params)
     leaves = [params[n] for n in names if params[n].requires_grad]  # a frozen b (stock_export) stays 0
     optimizer = torch.optim.Adam(leaves, lr=cfg.lr, betas=cfg.betas)
@@ -123,7 +124,7 @@ def train_dso(
             started = time.perf_counter()
             metrics = _one_step(scorer, steer, estimator, sampler, base, cfg, state, optimizer, leaves, step,
                                 (texts, text_rng), (prompts, prompt_rng), strength_rng,
-                                timer if timer is not None else untimed)  # fmt: skip
+                                timer if timer is not None else untimed, packed_text=fast_step)  # fmt: skip
             metrics["step_seconds"] = time.perf_counter() - started  # the optimisation alone, no evaluation
             state["step"] = step
             stop = False
@@ -160,11 +161,11 @@ def _validate(
         probs = policy(scorer.logprobs(val_ambiguous))
         out = {"val_pob": float(cluster_pob(val_ambiguous, probs))}
         if val_texts:
-            logp, lengths = scorer.token_logprobs(val_texts)
             steer.strength = 0.0
-            base, _ = scorer.token_logprobs(val_texts)
+            base, lengths = scorer.token_hidden(val_texts)
             steer.strength = 1.0
-            out["val_text_kl"] = float(_text_kl(logp, base, lengths))
+            rows = [row[:n] for row, n in zip(base, lengths.tolist(), strict=True)]
+            out["val_text_kl"] = float(text_kl(scorer, val_texts, rows))
     return out
 
 

@@ -75,6 +75,14 @@ class PackedRow:
             node = child
         return node
 
+    def path_nodes(self, tokens: Sequence[int]) -> list[int]:
+        """The node of each token of a path the row holds (an added item's prompt)."""
+        node, nodes = -1, []
+        for token in tokens:
+            node = self._children[(node, token)]
+            nodes.append(node)
+        return nodes
+
     def attended_pairs(self) -> int:
         """Query-key pairs the row's attention needs (each node with itself and its ancestors)."""
         return sum(self.depths) + len(self.depths)

@@ -13,7 +13,7 @@ scenario sentence) and the option tokens are all computed in one forward pass pe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -195,6 +195,23 @@ class OptionScorer(PromptRendering, BatchedPaths, StartupChecks):
             token_lp.append(self._log_softmax(hidden[t[:, 0]]).gather(1, t[:, 1:2])[:, 0].to(self.device))
             slots.append((t[:, 2] * k_max + t[:, 3]).to(self.device))
         return self._option_scores(torch.cat(slots), torch.cat(token_lp), len(encoded), k_max)
+
+    def sequence_trees_apply(self, seqs: Sequence[Sequence[int]]) -> bool:
+        """:meth:`sequence_trees` can run ``seqs``: prefix trees are on, the attention takes a custom
+        mask, and every sequence fits the model's sliding window."""
+        config = getattr(self.model.config, "text_config", None) or self.model.config
+        window = getattr(config, "sliding_window", None)
+        return self.prefix_tree and bool(seqs) and (window is None or max(map(len, seqs)) < window)
+
+    def sequence_trees(self, seqs: Sequence[Sequence[int]]) -> Iterator[tuple[Tensor, list[tuple[int, list[int]]]]]:
+        """Token sequences packed into prefix trees, one forward pass per tree: per tree, the hidden
+        states of its nodes (the logits in fallback mode) and, per sequence it holds, ``(index in seqs,
+        node of each position)``. A prefix that sequences share runs once, and no padding runs at all;
+        each node's state is the one its sequence's own forward pass gives."""
+        rows, _ = pack([(seq, []) for seq in seqs], self.tree_tokens)
+        with self.kernels():
+            for row in rows:
+                yield self.forward_tree(row), [(index, row.path_nodes(seqs[index])) for index in row.items]
 
     def _option_scores(self, slot: Tensor, token_lp: Tensor, n_items: int, k_max: int) -> Tensor:
         """``[n_items, k_max]`` option scores from per-token log-probs and their ``item * k_max + option``
