@@ -23,7 +23,7 @@ def test_bench_training_times_both_step_implementations_on_the_same_batches(benc
         phases = details[name]["phases"]
         assert {"base", "ambiguous_forward", "policy_loss_backward", "text_forward", "kl_text_backward"} <= set(phases)
         assert details[name]["step_seconds"] >= sum(phases.values()) * 0.5
-    # ours runs no base forward pass through the model once every KL sequence is cached
+    # ours runs the base model once per KL sequence and the text KL without padding or repeated prefixes
     assert details["ours"]["flops"]["no_grad"] < details["previous"]["flops"]["no_grad"]
-    assert details["ours"]["flops"]["with_grad"] == details["previous"]["flops"]["with_grad"]
+    assert details["ours"]["flops"]["with_grad"] < details["previous"]["flops"]["with_grad"]
     assert '"speedup_vs_previous"' in capsys.readouterr().out.strip().splitlines()[-1]
