@@ -43,9 +43,12 @@ class BatchedPaths:
 
     def _fits_window(self, batch: Sequence[EncodedItem]) -> bool:
         """Sliding-window caches drop old positions, which breaks right-padded prompts that exceed the window."""
+        return self._within_window(max(len(e.prompt_ids) + max(len(o) for o in e.option_ids) for e in batch))
+
+    def _within_window(self, longest: int) -> bool:
+        """A sequence of ``longest`` tokens fits the model's sliding window (or it has none)."""
         config = getattr(self.model.config, "text_config", None) or self.model.config
         window = getattr(config, "sliding_window", None)
-        longest = max(len(e.prompt_ids) + max(len(o) for o in e.option_ids) for e in batch)
         return window is None or longest < window
 
     def _score_shared_prompt(self, batch: list[EncodedItem], k_max: int) -> Tensor:

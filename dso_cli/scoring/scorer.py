@@ -199,9 +199,7 @@ class OptionScorer(PromptRendering, BatchedPaths, StartupChecks):
     def sequence_trees_apply(self, seqs: Sequence[Sequence[int]]) -> bool:
         """:meth:`sequence_trees` can run ``seqs``: prefix trees are on, the attention takes a custom
         mask, and every sequence fits the model's sliding window."""
-        config = getattr(self.model.config, "text_config", None) or self.model.config
-        window = getattr(config, "sliding_window", None)
-        return self.prefix_tree and bool(seqs) and (window is None or max(map(len, seqs)) < window)
+        return self.prefix_tree and bool(seqs) and self._within_window(max(map(len, seqs)))
 
     def sequence_trees(self, seqs: Sequence[Sequence[int]]) -> Iterator[tuple[Tensor, list[tuple[int, list[int]]]]]:
         """Token sequences packed into prefix trees, one forward pass per tree: per tree, the hidden
