@@ -43,7 +43,7 @@ test: setup
 	$(VENV)/bin/python -m pytest
 
 test-slow: setup
-	$(VENV)/bin/python -m pytest -m slow
+	$(VENV)/bin/python -m pytest -m slow -n 0  # two long tests on the real model: all threads to each
 
 lint: setup
 	$(VENV)/bin/ruff check .
