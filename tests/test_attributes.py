@@ -146,6 +146,10 @@ def test_train_sweep_report_over_two_attributes(tiny_llama_dir, tmp_path):
     model = ["model=hf", f"model.name_or_path={tiny_llama_dir}", f"run_dir={run_dir}"]
     result = dso("train", *model, "bias.attribute=[gender,race]", *SMALL)
     assert result.returncode == 0, result.stderr[-3000:]
+    log = pd.read_csv(run_dir / "train_log.csv")  # each attribute's batch POB beside the whole batch's
+    assert {"batch_pob_gender", "batch_pob_race"} <= set(log.columns)
+    members = log[["batch_pob_gender", "batch_pob_race"]]  # empty where a batch drew no cluster of one
+    assert members.notna().any(axis=1).all() and members.stack().dropna().between(0, 1).all()
     result = dso("sweep", *model, "alpha=[0,1]", "sweep.bootstrap_reps=10", "scoring.batch_size=32", "model.device=cpu")
     assert result.returncode == 0, result.stderr[-3000:]
     sweep = pd.read_csv(run_dir / "sweep.csv")

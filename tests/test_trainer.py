@@ -7,9 +7,10 @@ from dso_cli.benchmarks.occupation import build
 from dso_cli.evaluation import decision_metrics
 from dso_cli.metrics import kl_divergence
 from dso_cli.models.layouts import find_norm_modules
-from dso_cli.rl.batches import BatchSampler
+from dso_cli.rl.batches import BatchSampler, member_labels
 from dso_cli.rl.config import TrainConfig
-from dso_cli.rl.rewards import StereotypeFlipReward, per_occupation_gap
+from dso_cli.rl.rewards import StereotypeFlipReward, cluster_pob, per_occupation_gap
+from dso_cli.rl.step import per_member_pob
 from dso_cli.rl.trainer import train_dso
 from dso_cli.scoring import OptionScorer, policy
 from dso_cli.steering.affine import apply_affine, init_affine_params
@@ -297,3 +298,34 @@ def test_bfloat16_training_learns_what_float32_learns(tokenizer, train_items):
     assert ratio32 < 0.5 and ratio16 < 0.5
     assert abs(ratio16 - ratio32) < 0.15, (ratio32, ratio16)
     assert torch.nn.functional.cosine_similarity(p32, p16, dim=0) > 0.8
+
+
+def test_a_mixture_logs_each_members_batch_pob_named_by_what_differs():
+    def items(benchmark, attribute, n=4):
+        return [
+            {"benchmark": benchmark, "attribute": attribute, "id": f"{benchmark}-{attribute}-{i}"} for i in range(n)
+        ]
+
+    assert member_labels(items("occupation", "gender")) == {}
+    assert set(member_labels(items("occupation", "gender") + items("synthbias", "gender")).values()) == {
+        "occupation", "synthbias"
+    }  # fmt: skip
+    assert set(member_labels(items("occupation", "gender") + items("occupation", "race")).values()) == {
+        "gender",
+        "race",
+    }
+    both = member_labels(items("occupation", "gender") + items("bbq", "race"))
+    assert both == {("bbq", "race"): "bbq_race", ("occupation", "gender"): "occupation_gender"}
+
+    ambiguous = [it for it in build(attribute="race", n_train=64, n_train_unambiguous=32)["train"] if it["ambiguous"]]
+    gender = [dict(it, attribute="gender") for it in ambiguous[:8]]
+    race = ambiguous[8:16]
+    batch = gender + race
+    probs = torch.rand(len(batch), 2, generator=torch.Generator().manual_seed(0))
+    probs = probs / probs.sum(1, keepdim=True)
+    members = member_labels(batch)
+    got = per_member_pob(batch, probs, members)
+    assert got == {"gender": pytest.approx(float(cluster_pob(gender, probs[:8]))),
+                   "race": pytest.approx(float(cluster_pob(race, probs[8:])))}  # fmt: skip
+    assert per_member_pob(race, probs[8:], members).keys() == {"race"}  # a member missing from the batch
+    assert per_member_pob(batch, probs, {}) == {}

@@ -84,6 +84,11 @@ class ItemError(DsoError):
         self.problem = problem
 
 
+def item_attribute(item: Mapping[str, Any]) -> str:
+    """The protected attribute ``item`` asks about (items built before attributes were recorded: gender)."""
+    return str(item.get("attribute") or DEFAULT_ATTRIBUTE)
+
+
 def validate_item(item: Mapping[str, Any]) -> None:
     """Raise a one-line :class:`ItemError` when an item breaks the schema's invariants."""
     n = len(item["options"])

@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from dso_cli.benchmarks.schema import item_attribute
 from dso_cli.evaluation import Metric, Scores, default_metrics, metric_columns
 from dso_cli.io import atomic_write, locked
 from dso_cli.metrics import group_selection_rates
@@ -90,7 +91,7 @@ class RowWriter:
 
 def attribute_of(items: Sequence[Mapping[str, Any]]) -> str:
     """The protected attribute ``items`` ask about (``gender``), or several joined (``gender+race``)."""
-    return "+".join(dict.fromkeys(str(item.get("attribute") or "gender") for item in items))
+    return "+".join(dict.fromkeys(item_attribute(item) for item in items))
 
 
 def by_member(items: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], list[Any]]:

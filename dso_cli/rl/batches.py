@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dso_cli.benchmarks.schema import DecisionItem
+from dso_cli.benchmarks.schema import DecisionItem, item_attribute
 from dso_cli.errors import DsoError
 from dso_cli.rl.config import TrainConfig
 from dso_cli.scoring import OptionScorer
@@ -36,6 +36,7 @@ class BatchSampler:
         if not self.pairs:
             raise DsoError("the training split has no ambiguous items to debias")
         self.benchmarks = sorted(set(benchmark_of.values()))
+        self.members = member_labels([item for item in items if item["ambiguous"]])
         self.clusters = {b: sorted(o for o, ob in benchmark_of.items() if ob == b) for b in self.benchmarks}
         self._queues: dict[str, list[str]] = {b: [] for b in self.benchmarks}
         self._turn = 0
@@ -122,6 +123,21 @@ class BaseCache:
 
     def restore(self, state: Mapping[str, Tensor]) -> None:
         self._lp.update({key: row.to(self.scorer.device) for key, row in state.items()})
+
+
+def member_key(item: Mapping[str, Any]) -> tuple[str, str]:
+    """The member of a mixture an item belongs to: its benchmark and its attribute."""
+    return item["benchmark"], item_attribute(item)
+
+
+def member_labels(items: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], str]:
+    """The training log's name of each member of a mixture of benchmarks and/or attributes: the parts
+    that differ between the members (``synthbias``, ``race``, ``bbq_race``); empty for one member."""
+    members = sorted({member_key(item) for item in items})
+    if len(members) < 2:
+        return {}
+    vary = [len({m[i] for m in members}) > 1 for i in range(2)]
+    return {m: "_".join(part for part, varies in zip(m, vary, strict=True) if varies) for m in members}
 
 
 def text_key(seq: Sequence[int]) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import random
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from functools import partial
 from typing import Any
@@ -17,7 +17,7 @@ from torch import Tensor
 from dso_cli.benchmarks.schema import DecisionItem
 from dso_cli.errors import DsoError
 from dso_cli.metrics import kl_divergence
-from dso_cli.rl.batches import BaseCache, BatchSampler
+from dso_cli.rl.batches import BaseCache, BatchSampler, member_key
 from dso_cli.rl.config import TrainConfig
 from dso_cli.rl.estimators import Estimator
 from dso_cli.rl.phases import untimed
@@ -64,6 +64,7 @@ def _one_step(
     for _ in range(estimator.epochs):
         optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = defaultdict(float)
+        member_pobs: dict[str, list[float]] = defaultdict(list)  # a member may miss a micro-batch
         backward = partial(_backward, sums=sums, scale=1.0 / cfg.accumulate, step=step, state=state, phase=phase)
         for i, batch in enumerate(micro):
             steer.strength = 0.0  # the base policy: KL anchor and path target
@@ -77,8 +78,8 @@ def _one_step(
                 batch["plan"] = estimator.prepare(batch["amb"], probs.detach())
             sums["reward"] += float(batch_objective(estimator, batch, probs))
             sums["batch_pob"] += float(cluster_pob(batch["amb"], probs.detach()))
-            for bench, pob in per_benchmark_pob(batch["amb"], probs.detach(), sampler.benchmarks).items():
-                sums[f"batch_pob_{bench}"] += pob
+            for label, pob in per_member_pob(batch["amb"], probs.detach(), sampler.members).items():
+                member_pobs[f"batch_pob_{label}"].append(pob)
             backward(estimator.loss(batch["plan"], probs), 1.0, "policy_loss")
             if batch["strength"] is not None:
                 strength = batch["strength"]
@@ -117,6 +118,7 @@ def _one_step(
                 raise NonFiniteLoss(_non_finite_message(step, "gradient", state))
             optimizer.step()
         metrics |= {k: v / (1 if k == "l1" else cfg.accumulate) for k, v in sums.items()} | {"grad_norm": norm}
+        metrics |= {k: sum(v) / len(v) for k, v in member_pobs.items()}
     if cfg.kl_mode == "constraint":  # dual ascent on each KL source's multiplier
         for source, key in (("unambiguous", "kl"), ("neutral_text", "kl_text")):
             if key in metrics:
@@ -140,17 +142,16 @@ def expected_accuracy(items: Sequence[DecisionItem], logprobs: Tensor) -> Tensor
     return policy(logprobs).gather(1, correct[:, None]).mean()
 
 
-def per_benchmark_pob(items: Sequence[DecisionItem], probs: Tensor, benchmarks: Sequence[str]) -> dict[str, float]:
-    """POB of a batch per member benchmark (a mixture's training log); nothing for one benchmark."""
-    if len(benchmarks) < 2:
-        return {}
-    out = {}
-    for bench in benchmarks:
-        rows = [i for i, item in enumerate(items) if item["benchmark"] == bench]
-        if rows:
-            sub = [items[i] for i in rows]
-            out[bench] = float(cluster_pob(sub, probs[rows]))
-    return out
+def per_member_pob(
+    items: Sequence[DecisionItem], probs: Tensor, members: Mapping[tuple[str, str], str]
+) -> dict[str, float]:
+    """POB of a batch per member of a mixture (``members``: :func:`~dso_cli.rl.batches.member_labels`),
+    for its training log; a member with no items in the batch has no value, and one member none at all."""
+    rows: dict[str, list[int]] = defaultdict(list)
+    for i, item in enumerate(items):
+        if member_key(item) in members:
+            rows[members[member_key(item)]].append(i)
+    return {label: float(cluster_pob([items[i] for i in at], probs[at])) for label, at in sorted(rows.items())}
 
 
 def _backward(
