@@ -36,7 +36,8 @@ def test_two_job_multirun_with_the_basic_launcher_and_requeued_jobs_resume(tiny_
     assert json.loads((runs[0] / "artifact/manifest.json").read_text())["method"] == "dso"
 
     # a job that fails at run time (no trained run in its run_dir) does not stop the others; exit 2
-    result = dso("sweep", "-m", f"run_dir={tmp_path / 'nope'},{runs[0]}", "alpha=[0,1]", "heldout_text.max_passages=2")
+    result = dso("sweep", "-m", f"run_dir={tmp_path / 'nope'},{runs[0]}", "alpha=[0,1]", "heldout_text.max_passages=2",
+                 f"hydra.sweep.dir={tmp_path / 'sweeps'}")  # fmt: skip
     assert result.returncode == 2, result.stderr[-3000:]
     assert "error in job 0" in result.stderr and "1 job(s) failed: [0]" in result.stderr
     assert (runs[0] / "sweep.csv").is_file()
