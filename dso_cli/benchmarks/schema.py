@@ -89,6 +89,12 @@ def item_attribute(item: Mapping[str, Any]) -> str:
     return str(item.get("attribute") or DEFAULT_ATTRIBUTE)
 
 
+def member_key(item: Mapping[str, Any]) -> tuple[str, str]:
+    """The member of a mixture (of benchmarks and/or attributes) an item belongs to: its benchmark
+    and its attribute."""
+    return item["benchmark"], item_attribute(item)
+
+
 def validate_item(item: Mapping[str, Any]) -> None:
     """Raise a one-line :class:`ItemError` when an item breaks the schema's invariants."""
     n = len(item["options"])

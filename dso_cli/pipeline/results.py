@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from dso_cli.benchmarks.schema import item_attribute
+from dso_cli.benchmarks.schema import item_attribute, member_key
 from dso_cli.evaluation import Metric, Scores, default_metrics, metric_columns
 from dso_cli.io import atomic_write, locked
 from dso_cli.metrics import group_selection_rates
@@ -99,7 +99,7 @@ def by_member(items: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], list[
     benchmarks or of attributes, whose members each get rows of their own."""
     groups: dict[tuple[str, str], list[Any]] = {}
     for item in items:
-        groups.setdefault((item["benchmark"], attribute_of([item])), []).append(item)
+        groups.setdefault(member_key(item), []).append(item)
     return groups
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dso_cli.benchmarks.schema import DecisionItem, item_attribute
+from dso_cli.benchmarks.schema import DecisionItem, member_key
 from dso_cli.errors import DsoError
 from dso_cli.rl.config import TrainConfig
 from dso_cli.scoring import OptionScorer
@@ -123,11 +123,6 @@ class BaseCache:
 
     def restore(self, state: Mapping[str, Tensor]) -> None:
         self._lp.update({key: row.to(self.scorer.device) for key, row in state.items()})
-
-
-def member_key(item: Mapping[str, Any]) -> tuple[str, str]:
-    """The member of a mixture an item belongs to: its benchmark and its attribute."""
-    return item["benchmark"], item_attribute(item)
 
 
 def member_labels(items: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], str]:

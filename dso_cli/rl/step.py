@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dso_cli.benchmarks.schema import DecisionItem
+from dso_cli.benchmarks.schema import DecisionItem, member_key
 from dso_cli.errors import DsoError
 from dso_cli.metrics import kl_divergence
-from dso_cli.rl.batches import BaseCache, BatchSampler, member_key
+from dso_cli.rl.batches import BaseCache, BatchSampler
 from dso_cli.rl.config import TrainConfig
 from dso_cli.rl.estimators import Estimator
 from dso_cli.rl.phases import untimed
@@ -149,8 +149,9 @@ def per_member_pob(
     for its training log; a member with no items in the batch has no value, and one member none at all."""
     rows: dict[str, list[int]] = defaultdict(list)
     for i, item in enumerate(items):
-        if member_key(item) in members:
-            rows[members[member_key(item)]].append(i)
+        label = members.get(member_key(item))
+        if label is not None:
+            rows[label].append(i)
     return {label: float(cluster_pob([items[i] for i in at], probs[at])) for label, at in sorted(rows.items())}
 
 
