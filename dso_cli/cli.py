@@ -32,7 +32,10 @@ VERBS = {
     "analyze": "where the demographic signal lives: linear probes per layer on an extract run's cache",
     "generate": "what the steered model writes at each strength, and how often it matches the scored decision",
 }
-OPEN_SECTIONS = {"eval": ("bias_benchmark", "capability"), "compare": ("compare.options", "compare.grids")}
+OPEN_SECTIONS = {
+    "eval": ("bias_benchmark", "capability"),
+    "compare": ("compare.options", "compare.grids", "compare.runs"),
+}
 """Per verb, sections whose keys may be set even when the composed default lacks them (``eval`` passes
 ``bias.path=`` on to whichever of its benchmarks has a ``path``; ``compare.options.<method>.<key>=``)."""
 HYDRA_FLAGS = (

@@ -234,12 +234,18 @@ def test_compare_runs_every_method_once_resumes_and_reports(tiny_llama_dir, tmp_
     result = dso("sweep", "alpha=[0,1]", f"run_dir={run_dir / 'leace'}")
     assert result.returncode == 0, result.stderr[-3000:]
     # a finished DSO run can be reused instead of trained again
+    # (and more trained runs join as curves of their own, over their method's grid)
     reuse = dso("compare", *args[:2], f"run_dir={tmp_path / 'reuse'}", "compare.methods=[none,dso]",
-                f"compare.dso_run={run_dir / 'dso'}", *SMALL)  # fmt: skip
+                f"compare.dso_run={run_dir / 'dso'}", f"compare.runs.dso_again={run_dir / 'dso'}", *SMALL)  # fmt: skip
     assert reuse.returncode == 0, reuse.stderr[-3000:]
     reused, original = (Artifact.load(d / "dso/artifact") for d in (tmp_path / "reuse", run_dir))
     assert all(torch.equal(reused.tensors[k], original.tensors[k]) for k in original.tensors)
-    assert set(pd.read_csv(tmp_path / "reuse/compare.csv")["method"]) == {"none", "dso"}
+    again = pd.read_csv(tmp_path / "reuse/compare.csv")
+    assert set(again["method"]) == {"none", "dso", "dso_again"}
+    both = again[again["split"] == "test"].set_index(["method", "alpha"])
+    assert both.loc["dso_again"]["pob"].tolist() == both.loc["dso"]["pob"].tolist()
+    assert_bad_input(dso("compare", f"compare.runs.caa={run_dir / 'dso'}"), "must not be a method's name")
+    assert_bad_input(dso("compare", f"compare.runs.other={tmp_path}"), "is not a train run directory")
     # a comparison's method directories are not "the newest train run" that sweep/report pick up
     newest = dso("sweep", f"outputs_root={tmp_path}", "model=hf", f"model.name_or_path={tiny_llama_dir}")
     assert_bad_input(newest, "no trained run of")

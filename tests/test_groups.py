@@ -160,3 +160,46 @@ def test_an_older_runs_benchmark_reads_new_settings_at_their_default():
     own = {"_target_": "dso_cli.benchmarks.occupation.build", "name": "occupation", "n_train": 40}
     cfg = benchmark_config(OmegaConf.create({"bias_benchmark": own}), "occupation")
     assert cfg.attribute == "gender" and cfg.n_train == 40, "made before bias.attribute existed, still evaluated"
+
+
+def test_race_comparisons_span_several_name_pairs():
+    """Each occupation's test compares two ethnicities through several name pairs (drawn per pair), not
+    through one name pair per comparison."""
+    splits = occupation.build(attribute="race", n_train=40, n_train_unambiguous=20)
+    by_comparison: dict = {}
+    for it in splits["test"].to_list():
+        if it["ambiguous"]:
+            key = (it["cluster"], tuple(sorted(it["option_groups"])))
+            by_comparison.setdefault(key, set()).add(tuple(sorted(it["options"])))
+    occupations = {cluster for cluster, _ in by_comparison}
+    assert len(by_comparison) == len(occupations), "one comparison per occupation at the default sizes"
+    assert np.mean([len(names) for names in by_comparison.values()]) >= 3.5
+    compared = {groups for _, groups in by_comparison}
+    assert len(compared) == 10, "every two of the five named ethnicities are compared somewhere"
+
+
+def test_the_name_shuffle_floor_separates_groups_from_names():
+    """A policy that prefers particular names (a random lean per name pair) has POB at its floor (on
+    average over such policies); one that prefers a group whatever its names has POB far above it."""
+    items = occupation.build(attribute="race", n_train=40, n_train_unambiguous=20)["test"].to_list()
+    rng = np.random.default_rng(0)
+    pobs, floors = [], []
+    for _ in range(8):
+        name_lean: dict = {}
+        by_name = []
+        for it in items:
+            names = tuple(sorted(it["options"]))
+            lean = name_lean.setdefault(names, rng.uniform(0.1, 0.9))  # P(the alphabetically first name)
+            p_first_name = lean if it["options"][0] == names[0] else 1 - lean
+            by_name.append([p_first_name, 1 - p_first_name])
+        names_only = decision_metrics(items, torch.tensor(by_name), bootstrap_reps=0)
+        pobs.append(names_only["pob"])
+        floors.append(names_only["pob_name_floor"])
+    assert np.mean(floors) == pytest.approx(np.mean(pobs), rel=0.1)
+    by_group = []
+    for it in items:
+        favoured = min(it["option_groups"])  # the alphabetically first ethnicity, whatever the names
+        p = 0.8 if it["option_groups"][0] == favoured else 0.2
+        by_group.append([p, 1 - p])
+    groups = decision_metrics(items, torch.tensor(by_group), bootstrap_reps=0)
+    assert groups["pob"] == pytest.approx(0.6) and groups["pob_name_floor"] < 0.3

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dso_cli.errors import DsoError
-from dso_cli.models.layouts import NORM_LAYOUTS, find_norm_modules
+from dso_cli.models.layouts import NORM_LAYOUTS, find_norm_modules, within_depth
 from tests.conftest import build_tiny_model
 
 GEMMA_NORMS = ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm")
@@ -28,6 +28,23 @@ def test_registry_finds_every_backbone_norm(family, tokenizer):
     assert set(found.values()) == {32}
     modules = dict(model.named_modules())
     assert all(isinstance(modules[n], torch.nn.Module) and "norm" in type(modules[n]).__name__.lower() for n in found)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gpt2"])
+def test_a_depth_range_picks_the_same_share_of_layers_in_every_family(family, tokenizer):
+    """[0, .5] is the first of the two layers' norms, [.5, 1] the second's and the final norm, [0, 1]
+    every norm: the same setting means the same part of the depth whatever the family's names."""
+    model = build_tiny_model(family, tokenizer)
+    norms = find_norm_modules(model)
+    first, second = within_depth(model, norms, [0, 0.5]), within_depth(model, norms, [0.5, 1])
+    assert within_depth(model, norms, [0, 1]) == norms
+    assert set(first) | set(second) == set(norms) and not set(first) & set(second)
+    assert all(".0." in name for name in first) and len(first) == (len(norms) - 1) // 2
+    assert any(".1." not in name and ".0." not in name for name in second), "the final norm is in [.5, 1]"
+    with pytest.raises(DsoError, match="depth range"):
+        within_depth(model, norms, [0.7, 0.2])
+    with pytest.raises(DsoError, match="holds none"):
+        within_depth(model, norms, [0.1, 0.2])
 
 
 def test_every_issue_family_is_registered():

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from dso_cli.benchmarks.occupation import build
+from dso_cli.errors import DsoError
 from dso_cli.evaluation import decision_metrics
 from dso_cli.metrics import kl_divergence
 from dso_cli.models.layouts import find_norm_modules
@@ -153,9 +154,22 @@ def test_batches_are_stratified_counterbalanced_pairs(train_items):
     assert all(not i["ambiguous"] for i in sampler.unambiguous_batch())
 
 
-def test_bad_trainer_settings():
-    from dso_cli.errors import DsoError
+def test_unambiguous_batches_are_counterbalanced(train_items):
+    """Every unambiguous batch: whole pairs (the correct person first in one twin, second in the other),
+    as many stating the stereotyped person as the counter-stereotyped one."""
+    import random
 
+    sampler = BatchSampler(train_items, TrainConfig(unambiguous_per_batch=8), random.Random(0))
+    for _ in range(5):
+        batch = sampler.unambiguous_batch()
+        assert len(batch) == 8 and not any(i["ambiguous"] for i in batch)
+        assert sum(i["correct"] == i["pro_option"] for i in batch) == 4
+        places = [i["option_groups"].index(i["option_groups"][i["correct"]]) for i in batch]
+        assert sorted(places) == [0] * 4 + [1] * 4
+        assert all(len([j for j in batch if j["pair_id"] == i["pair_id"]]) == 2 for i in batch)
+
+
+def test_bad_trainer_settings():
     with pytest.raises(DsoError, match="strength_mode"):
         TrainConfig(strength_mode="sometimes")
     with pytest.raises(DsoError, match="steps"):
@@ -200,6 +214,22 @@ def test_kl_constraint_is_met_by_dual_ascent(tokenizer, train_items):
             assert max(r["dual_kl"] for r in rows) > 1.0  # the multiplier had to grow
     assert kls["penalty"] > 2 * 0.002  # unconstrained, the transform drifts far from the base model
     assert kls["constraint"] <= 0.002 * 1.5  # within tolerance of the budget
+
+
+def test_accuracy_constraint_learns_its_weight_by_dual_ascent(tokenizer, train_items):
+    """With a target above what the batches reach, the accuracy weight grows from its start; with one
+    they already exceed, it falls to 0 (the objective then spends nothing on accuracy)."""
+    duals = {}
+    for target in (1.0, 0.01):
+        scorer, params = fresh(tokenizer)
+        rows = []
+        cfg = TrainConfig(**{**BASE, "steps": 4}, accuracy_weight=1.0, accuracy_target=target, accuracy_dual_lr=5.0)
+        train_dso(apply_affine, scorer, params, train_items, StereotypeFlipReward(), cfg, log=rows.append)
+        duals[target] = [r["dual_accuracy"] for r in rows]
+    assert duals[1.0][-1] > duals[1.0][0] > 1.0
+    assert duals[0.01][-1] == 0.0
+    with pytest.raises(DsoError, match="accuracy_target"):
+        TrainConfig(accuracy_target=1.5)
 
 
 def test_interrupt_and_resume_equal_an_uninterrupted_run(tokenizer, train_items, tmp_path):

@@ -101,17 +101,38 @@ def interleave_question_types(chosen: Sequence[Template], rng: random.Random) ->
     return [queue[i] for i in range(max(map(len, queues), default=0)) for queue in queues if i < len(queue)]
 
 
+def in_comparisons(chosen: Sequence[Template], per_comparison: int) -> list[Template]:
+    """``chosen`` dealt in blocks of ``per_comparison`` templates that compare the same two groups, the
+    blocks taking the group pairs in turn (in order of first appearance; each block keeps ``chosen``'s
+    order): the first pairs of an occupation then compare few groups through several name pairs each,
+    instead of many groups through one name pair each. With one pair of groups (gender), ``chosen``."""
+    queues: dict[tuple[str, ...], list[Template]] = {}
+    for template in chosen:
+        queues.setdefault(tuple(sorted(template.style.groups)), []).append(template)
+    if len(queues) < 2:
+        return list(chosen)
+    out: list[Template] = []
+    while any(queues.values()):
+        for queue in queues.values():
+            out += queue[:per_comparison]
+            del queue[:per_comparison]
+    return out
+
+
 def _pairs(
     occ: Occupation, pool: Sequence[Template], n: int | None, contrast: Sequence[Occupation], ambiguous: bool,
-    rng: random.Random, unknown_option: bool = False, attribute: str = "gender",
+    rng: random.Random, unknown_option: bool = False, attribute: str = "gender", per_comparison: int = 1,
 ) -> list[list[dict]]:  # fmt: skip
     """``n`` counterbalanced pairs (all when None) of one occupation from distinct templates of ``pool``,
     in random order but dealt round-robin over question types, so that any first ``k`` pairs cover the
-    types evenly (a type with few templates, like ``stated``, is not left to chance); unambiguous
+    types evenly (a type with few templates, like ``stated``, is not left to chance), and in blocks of
+    ``per_comparison`` pairs that compare the same two groups (:func:`in_comparisons`); unambiguous
     templates give one pair per holder gender."""
-    chosen = interleave_question_types(rng.sample(list(pool), len(pool)), rng)[: len(pool) if n is None else n]
+    chosen = interleave_question_types(rng.sample(list(pool), len(pool)), rng)
+    chosen = in_comparisons(chosen, per_comparison)[: len(pool) if n is None else n]
     pairs = []
     for template in chosen:
+        template = replace(template, style=template.style.drawn(rng))
         other_occ = rng.choice(contrast).name
         for holder in (None,) if ambiguous else (rng.choice(template.style.groups),):
             pairs.append(list(_items_for(occ, template, holder, other_occ, unknown_option, attribute)))
@@ -180,6 +201,8 @@ def _build(opts: OccupationOptions) -> datasets.DatasetDict:
         )  # fmt: skip
     if opts.modality not in ("text", "auto"):  # auto is resolved from the model by build_benchmark; alone: text
         raise DsoError(f"bias.modality must be auto, text or image, not {opts.modality!r}")
+    if opts.pairs_per_comparison < 1:
+        raise DsoError(f"bias.pairs_per_comparison must be at least 1, not {opts.pairs_per_comparison}")
     if opts.n_train % 2 or opts.n_train_unambiguous % 2:
         raise DsoError("occupation benchmark: n_train and n_train_unambiguous must be even (items come in pairs)")
     n_heldout_tpl = opts.test_pairs_per_occupation if opts.heldout_template_pairs_per_occupation is None else (
@@ -211,14 +234,17 @@ def _build(opts: OccupationOptions) -> datasets.DatasetDict:
                     rng,
                     opts.unknown_option,
                     opts.attribute,
+                    opts.pairs_per_comparison,
                 )
                 continue
             heldout_pool = templates(heldout=True, ambiguous=ambiguous, attribute=opts.attribute)
             rng = stream("heldout_templates", occ.name, ambiguous)
             splits["heldout_templates"] += _pairs(occ, heldout_pool, n_heldout_tpl, contrast, ambiguous, rng,
-                                                  opts.unknown_option, opts.attribute)  # fmt: skip
+                                                  opts.unknown_option, opts.attribute,
+                                                  opts.pairs_per_comparison)  # fmt: skip
             rng = stream("pool", occ.name, ambiguous)
-            pairs = _pairs(occ, pool, None, contrast, ambiguous, rng, opts.unknown_option, opts.attribute)
+            pairs = _pairs(occ, pool, None, contrast, ambiguous, rng, opts.unknown_option, opts.attribute,
+                           opts.pairs_per_comparison)  # fmt: skip
             n_test, n_val = opts.test_pairs_per_occupation, opts.val_pairs_per_occupation
             splits["test"] += pairs[:n_test]
             splits["val"] += pairs[n_test : n_test + n_val]

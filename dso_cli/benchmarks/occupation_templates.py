@@ -4,6 +4,7 @@ draws only from the held-out scenarios, wordings, formats and names, which no ot
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -153,6 +154,16 @@ class PersonStyle:
     word: dict[str, str]  # group -> the one-word answer ("man", "John")
     answer: AnswerFormat
     groups: tuple[str, str] = ("male", "female")
+    name_pools: tuple[tuple[str, ...], tuple[str, ...]] | None = None  # names drawn per pair (race)
+
+    def drawn(self, rng: random.Random) -> PersonStyle:
+        """This style with its two people's names drawn from ``name_pools`` (one draw per counterbalanced
+        pair), so that a group's head-to-head spans many name pairs rather than one; itself without
+        pools."""
+        if self.name_pools is None:
+            return self
+        names = (rng.choice(self.name_pools[0]), rng.choice(self.name_pools[1]))
+        return named_pair(self.groups, names, self.answer)
 
     def options(self, order: Sequence[str]) -> list[str]:
         if self.answer.labels:
@@ -220,10 +231,18 @@ def attribute_styles(attribute: str, heldout: bool) -> tuple[PersonStyle, ...]:
         raise DsoError(f"bias.attribute must be gender, race or race_x_gender, not {attribute!r}")
     formats = (NAME_FORMAT, LETTER_FORMAT, ANSWER_IS_FORMAT) if heldout else (NAME_FORMAT,)
     styles = []
-    for k, (x, y) in enumerate(people):
-        pair = (names[x][k % len(names[x])], names[y][(k + 1) % len(names[y])])
-        styles += [named_pair((group(x), group(y)), pair, fmt) for fmt in formats]
+    for x, y in people:
+        groups = (group(x), group(y))
+        key = f"names_{groups[0]}_{groups[1]}_{person_gender(x, y)}"
+        styles += [PersonStyle(key if fmt is NAME_FORMAT else f"{key}_{fmt.key}", {}, {}, {}, fmt, groups,
+                               (names[x], names[y])) for fmt in formats]  # fmt: skip
     return tuple(styles)
+
+
+def person_gender(x: tuple[str, str], y: tuple[str, str]) -> str:
+    """The genders of two (ethnicity, gender) people, as a style key part: ``male``, ``female`` or
+    ``male_female``."""
+    return x[1] if x[1] == y[1] else f"{x[1]}_{y[1]}"
 
 
 HELDOUT_STYLES = (

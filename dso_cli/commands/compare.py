@@ -98,6 +98,11 @@ def check_compare(cfg: DictConfig) -> tuple[list[str], dict[str, str | None]]:
     if not methods:
         raise DsoError("compare.methods is empty")
     methods = list(dict.fromkeys(methods))
+    for label, source in (cfg.compare.get("runs") or {}).items():
+        if label in known or label in methods:
+            raise DsoError(f"compare.runs.{label}: a label must not be a method's name (e.g. {label}_seed1)")
+        if not (Path(str(source)) / TRAIN_CONFIG).is_file():
+            raise DsoError(f"compare.runs.{label}={source} is not a train run directory (no {TRAIN_CONFIG})")
     grids = {m: cfg.compare.grids.get(m) for m in methods}
     for grid in grids.values():
         if grid is not None:
@@ -153,6 +158,11 @@ def run_compare(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
 
     artifacts = fit_all(cfg, run_dir, objects, FitJob(loaded, scorer, train_items, norm_modules=setup.norm_modules),
                         splits)  # fmt: skip
+    for label, source in (cfg.compare.get("runs") or {}).items():
+        artifacts[label] = trained_artifact(cfg, loaded, Path(str(source)), f"compare.runs.{label}")
+        methods.append(label)
+        grids[label] = cfg.compare.grids.get(label, cfg.compare.grids.get(artifacts[label].method))
+        print(f"dso compare: {label} loaded from {source}", flush=True)
     strengths = {
         m: parse_strengths(grids[m] if grids[m] is not None else artifacts[m].manifest["strength"]["default_grid"])
         for m in methods
@@ -214,18 +224,24 @@ def fit_all(
 
 def reuse_trained(cfg: DictConfig, loaded, method: SteeringMethod) -> Artifact:
     """The artifact of ``compare.dso_run``, which must be a run of ``method`` on this model and benchmark."""
-    source = Path(cfg.compare.dso_run)
+    artifact = trained_artifact(cfg, loaded, Path(cfg.compare.dso_run), "compare.dso_run")
+    if artifact.method != method.name:
+        raise DsoError(f"compare.dso_run={cfg.compare.dso_run} holds a {artifact.method} artifact, not {method.name}")
+    return artifact
+
+
+def trained_artifact(cfg: DictConfig, loaded, source: Path, key: str) -> Artifact:
+    """The artifact of the train run ``source`` (named by the config ``key`` in errors), which must have
+    been trained on this benchmark and fit this model."""
     if not (source / TRAIN_CONFIG).is_file():
-        raise DsoError(f"compare.dso_run={source} is not a train run directory (no {TRAIN_CONFIG})")
+        raise DsoError(f"{key}={source} is not a train run directory (no {TRAIN_CONFIG})")
     trained = load_train_config(source)
     if OmegaConf.select(trained, "bias_benchmark.name") != cfg.bias_benchmark.name:
         raise DsoError(
-            f"compare.dso_run={source} was trained on bias={OmegaConf.select(trained, 'bias_benchmark.name')}, "
+            f"{key}={source} was trained on bias={OmegaConf.select(trained, 'bias_benchmark.name')}, "
             f"not bias={cfg.bias_benchmark.name}"
         )
     artifact = Artifact.load(source / ARTIFACT_DIR, loaded.describe())
-    if artifact.method != method.name:
-        raise DsoError(f"compare.dso_run={source} holds a {artifact.method} artifact, not {method.name}")
     artifact.manifest["train_metrics"]["reused_from"] = str(source)
     return artifact
 

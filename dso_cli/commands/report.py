@@ -49,7 +49,11 @@ def run_report(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
             "per counterbalanced pair, |P(X | X listed first) - P(X | X listed second)|, averaged; "
             "fair_by_position: POB fell while item_bias or order_dep rose by more than 2 standard errors "
             '(a position rule, not a fair decision); refusal_rate: mass on a "can\'t tell" option; '
-            "unamb_acc: expected accuracy on unambiguous items (unamb_acc_hard: argmax); kl: "
+            "unamb_acc: expected accuracy on unambiguous items (unamb_acc_hard: argmax), and split by whether "
+            "the correct person is the stereotyped one (unamb_acc_pro / unamb_acc_anti) and listed first or "
+            "second (unamb_acc_first / unamb_acc_second): a model that reads the evidence has all four close "
+            "together; not_reading: unambiguous accuracy at the largest strength within 2 standard errors "
+            "of a coin between the people (50/50 everywhere ignores the evidence); kl: "
             "KL(steered || base) over the two options of unambiguous items (not a capability measure); "
             "text_kl, text_ppl: full-vocabulary per-token KL to the base model and perplexity on held-out "
             "neutral text never used in training; prompt_kl: the same KL on the split's own prompts; "

@@ -37,6 +37,11 @@ class OccupationOptions(Counts):
     val_pairs_per_occupation: int = setting(4, "pairs of each kind per training occupation in val")
     test_pairs_per_occupation: int = setting(4, "... and in test (and heldout_occupations)")
     heldout_template_pairs_per_occupation: int | None = setting(12, "null: test_pairs_per_occupation")
+    pairs_per_comparison: int = setting(
+        4,
+        "attributes with more than two groups: an occupation's evaluation pairs come in runs of this many "
+        "that compare the same two groups through different name pairs (so a comparison is not one name pair)",
+    )
     heldout_occupations: list[str] = setting(
         ["construction worker", "developer", "lawyer", "manager", "accountant", "cashier", "librarian", "receptionist"],
         "occupations kept out of train/val/test",
@@ -142,6 +147,24 @@ class MixtureOptions(Counts):
 @dataclass
 class DSOOptions:
     stock_export: bool = setting(False, "keep b = 0 on the norms whose shift a stock checkpoint cannot hold")
+    depth: list[float] = setting(
+        [0.0, 0.5],
+        "the decoder layers whose norms are steered, as fractions [start, end) of the backbone's depth "
+        "([0, 1]: every norm, the final one included, as in the paper); model.norm_modules, when set, names "
+        "the norms instead",
+    )
+
+    def __post_init__(self) -> None:
+        depth = self.depth
+        if isinstance(depth, (str, bytes)) or not hasattr(depth, "__len__") or len(depth) != 2:
+            raise DsoError(f"steering_method.depth={depth!r} must be two fractions [start, end]")
+        try:
+            start, end = (float(x) for x in depth)
+        except (TypeError, ValueError):
+            raise DsoError(f"steering_method.depth={list(depth)!r} must be two numbers") from None
+        if not 0.0 <= start < end <= 1.0:
+            raise DsoError(f"steering_method.depth={[start, end]} must satisfy 0 <= start < end <= 1")
+        self.depth = [start, end]
 
 
 @dataclass
@@ -184,10 +207,16 @@ class DecisionBalanceOptions(RewardOptions):
     pair_weight: float = setting(3.0, "weight of the counterbalanced pairs' gender gap")
     position_weight: float = setting(10.0, "weight of the batch's mean lean to the first-listed person")
     occupation_weight: float = setting(0.0, "weight of the paper's per-occupation gap")
+    occupation_divergence: str = setting(
+        "gap",
+        "gap (|P(pro|o) - P(anti|o)|: a pull of constant size) | kl (KL(uniform || the occupation's mean "
+        "decision): a pull that grows with the lean, so it does not overshoot)",
+    )
 
     def __post_init__(self) -> None:
-        if self.item_divergence not in ("kl", "gap"):
-            raise DsoError(f"reward.item_divergence must be kl or gap, not {self.item_divergence!r}")
+        for name in ("item_divergence", "occupation_divergence"):
+            if getattr(self, name) not in ("kl", "gap"):
+                raise DsoError(f"reward.{name} must be kl or gap, not {getattr(self, name)!r}")
         for name in ("order_weight", "pair_weight", "position_weight", "occupation_weight"):
             if not getattr(self, name) >= 0:
                 raise DsoError(f"reward.{name} must be at least 0, not {getattr(self, name)}")

@@ -60,6 +60,12 @@ class OptimizerOptions:
     kl_text_coef: float | None = setting(20.0, "text KL weight (null: kl_coef)")
     kl_prompt_items: int = setting(4, "training prompts per step in the text KL")
     accuracy_weight: float = setting(1.0, "reward weight of the unambiguous items' correct option")
+    accuracy_target: float | None = setting(
+        None,
+        "constraint: the unambiguous accuracy to hold (its weight then learnt by dual ascent from "
+        "accuracy_weight); null: the fixed weight",
+    )
+    accuracy_dual_lr: float = setting(10.0, "constraint: the accuracy weight's dual ascent step")
     l1: float = setting(0.0, "L1 sparsity on a and b")
     strength_mode: str = setting("fixed", "fixed: train at strength 1 only (the paper) | path: also along (0, 1)")
     path_weight: float = setting(1.0, "weight of the monotone-path term")
@@ -90,6 +96,8 @@ class OptimizerOptions:
         for name in POSITIVE:
             if not getattr(self, name) > 0:
                 raise DsoError(f"optimizer.{name} must be greater than 0, not {getattr(self, name)}")
+        if self.accuracy_target is not None and not 0 < self.accuracy_target <= 1:
+            raise DsoError(f"optimizer.accuracy_target must be in (0, 1], not {self.accuracy_target}")
         for name in numbers:  # every other number: a weight, a count or a switch-off 0
             value = getattr(self, name)
             if value is not None and value < 0:

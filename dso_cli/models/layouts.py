@@ -8,7 +8,7 @@ expressions over ``named_modules()``; a user can override it with a list of name
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from torch import nn
 
@@ -84,6 +84,26 @@ def find_norm_modules(model: nn.Module, override: str | Sequence[str] | None = N
     if not names:
         raise DsoError(f"{source} matches no normalisation module of this {family} model; set model.norm_modules")
     return {name: _hidden_size(model, name, modules[name]) for name in names}
+
+
+def within_depth(model: nn.Module, modules: Mapping[str, int], depth: Sequence[float]) -> dict[str, int]:
+    """The entries of ``modules`` (norm name -> size) that sit in the part ``[start, end)`` of the
+    backbone's decoder layers, as fractions of its depth: layer ``i`` of ``L`` is in when
+    ``start <= i / L < end``; a norm after the last layer (the final norm) counts as depth 1 and is in
+    only when ``end >= 1``. The same setting means the same share of depth in every family."""
+    start, end = (float(x) for x in depth)
+    if not 0.0 <= start < end <= 1.0:
+        raise DsoError(f"a depth range must be two fractions 0 <= start < end <= 1, not {list(depth)}")
+    layers = find_decoder_layers(model)
+    chosen = {}
+    for name, size in modules.items():
+        index = next((i for i, layer in enumerate(layers) if name.startswith(layer + ".")), None)
+        at = 1.0 if index is None else index / len(layers)
+        if start <= at < end or (index is None and end >= 1.0):
+            chosen[name] = size
+    if not chosen:
+        raise DsoError(f"the depth range {[start, end]} holds none of the {len(modules)} norms of this model")
+    return chosen
 
 
 def _hidden_size(model: nn.Module, name: str, module: nn.Module) -> int:

@@ -12,8 +12,8 @@ from dso_cli.metrics import hypervolume, is_monotone, pareto_mask
 
 POINT_COLUMNS = [
     "curve", "run", "method", "alpha", "pob", "pob_se", "item_bias", "item_bias_se", "first_option_rate",
-    "order_dep", "stereotype_gap", "unamb_acc", "unamb_acc_hard", "refusal_rate", "kl", "text_kl", "text_ppl",
-    "prompt_kl", "on_front",
+    "order_dep", "stereotype_gap", "unamb_acc", "unamb_acc_hard", "unamb_acc_pro", "unamb_acc_anti",
+    "unamb_acc_first", "unamb_acc_second", "refusal_rate", "kl", "text_kl", "text_ppl", "prompt_kl", "on_front",
 ]  # fmt: skip
 
 
@@ -78,6 +78,7 @@ def curve_summary(data: pd.DataFrame) -> pd.DataFrame:
                 "text_kl_at_max": float(top.get("text_kl", float("nan"))),
                 "monotone": is_monotone(group["pob"].tolist(), group["pob_se"].fillna(0).tolist()),
                 "fair_by_position": fair_by_position(group),
+                "not_reading": not_reading(group),
                 "hypervolume": hypervolume(group["pob"].tolist(), group["unamb_acc"].tolist(), base[0])
                 if base
                 else float("nan"),
@@ -127,6 +128,21 @@ def fair_by_position(group: pd.DataFrame) -> bool:
     return falls and (rose(group, "item_bias") or rose(group, "order_dep"))
 
 
+def not_reading(group: pd.DataFrame) -> bool:
+    """At a curve's largest strength, unambiguous accuracy is no better than a coin between the people
+    (``unamb_acc_chance``, .5 with two) within 2 standard errors: a policy that is 50/50 where the
+    prompt is silent *and* where it says who is not fair, it ignores the evidence."""
+    top = group.sort_values("alpha").iloc[-1]
+    acc = float(top.get("unamb_acc", float("nan")))
+    if acc != acc:
+        return False
+    chance = top.get("unamb_acc_chance", 0.5)
+    chance = 0.5 if pd.isna(chance) else float(chance)
+    se = top.get("unamb_acc_se", 0.0)
+    se = 0.0 if pd.isna(se) else float(se)
+    return acc <= chance + 2 * se
+
+
 def verdicts(summary: pd.DataFrame) -> list[str]:
     """One line per curve for the printed summary: POB, item_bias and order_dep at the largest strength,
     and the warning a curve that is fair by position must carry."""
@@ -142,6 +158,8 @@ def verdicts(summary: pd.DataFrame) -> list[str]:
                 " -- FAIR BY POSITION: POB fell while item_bias or order_dep rose; the decisions follow the "
                 "option order, not 50/50"
             )
+        if row.get("not_reading"):
+            line += " -- NOT READING: unambiguous accuracy at chance; the decisions ignore who the prompt says it is"
         lines.append(line)
     return lines
 
@@ -153,11 +171,16 @@ def ppl_ratio(group: pd.DataFrame) -> float:
 
 OPERATING_COLUMNS = [
     "method", "alpha", "pob", "pob_se", "item_bias", "item_bias_se", "first_option_rate", "order_dep", "unamb_acc",
-    "unamb_acc_se", "kl", "text_kl", "text_ppl", "pob_change", "select_pob", "select_unamb_acc",
+    "unamb_acc_se", "unamb_acc_pro", "unamb_acc_anti", "unamb_acc_first", "unamb_acc_second", "kl", "text_kl",
+    "text_ppl", "pob_change", "select_pob", "select_unamb_acc",
 ]  # fmt: skip
 
 
 PER_DECISION = ("item_bias", "item_bias_se", "first_option_rate", "order_dep")
+
+
+EVIDENCE = ("unamb_acc_pro", "unamb_acc_anti", "unamb_acc_first", "unamb_acc_second")
+"""Unambiguous accuracy by whether the correct person is stereotyped and where it is listed."""
 
 
 def operating_points(
@@ -194,6 +217,7 @@ def operating_points(
                 **{k: float(at.get(k, float("nan"))) for k in PER_DECISION},
                 "unamb_acc": float(at["unamb_acc"]),
                 "unamb_acc_se": float(at.get("unamb_acc_se", float("nan"))),
+                **{k: float(at.get(k, float("nan"))) for k in EVIDENCE},
                 "kl": float(at["kl"]),
                 "text_kl": float(at.get("text_kl", float("nan"))),
                 "text_ppl": float(at.get("text_ppl", float("nan"))),

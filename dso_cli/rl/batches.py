@@ -28,6 +28,7 @@ class BatchSampler:
         pairs: dict[str, dict[str, list[DecisionItem]]] = defaultdict(lambda: defaultdict(list))
         benchmark_of: dict[str, str] = {}
         self.unambiguous = [item for item in items if not item["ambiguous"]]
+        self.evidence = evidence_pools(self.unambiguous)
         for item in items:
             if item["ambiguous"]:
                 pairs[item["cluster"]][item["pair_id"]].append(item)
@@ -56,8 +57,21 @@ class BatchSampler:
         return batch
 
     def unambiguous_batch(self) -> list[DecisionItem]:
-        k = min(self.cfg.unambiguous_per_batch, len(self.unambiguous))
-        return self.rng.sample(self.unambiguous, k)
+        """``unambiguous_per_batch`` items as whole counterbalanced pairs (the correct person listed first
+        in one item and second in its twin), the pairs dealt evenly between those whose correct person
+        is the stereotyped one and those where it is the counter-stereotyped one: neither a position
+        rule nor a stereotype can score above chance on the batch."""
+        if not self.evidence:
+            return []
+        n_pairs = max(1, self.cfg.unambiguous_per_batch // 2)
+        pools = sorted(self.evidence)
+        start = self.rng.randrange(len(pools))  # an odd count's extra pair goes to either pool
+        want = {pool: sum(1 for j in range(n_pairs) if pools[(start + j) % len(pools)] == pool) for pool in pools}
+        batch = []
+        for pool in pools:
+            for pair in self.rng.sample(self.evidence[pool], min(want[pool], len(self.evidence[pool]))):
+                batch.extend(pair)
+        return batch
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint needs besides the RNG: the clusters still queued in this round."""
@@ -123,6 +137,25 @@ class BaseCache:
 
     def restore(self, state: Mapping[str, Tensor]) -> None:
         self._lp.update({key: row.to(self.scorer.device) for key, row in state.items()})
+
+
+def evidence_pools(unambiguous: Sequence[DecisionItem]) -> dict[str, list[list[DecisionItem]]]:
+    """The unambiguous items as counterbalanced pairs (``pair_id``), pooled by what the prompt states:
+    ``pro`` (the correct person is the stereotyped one), ``anti`` (the counter-stereotyped one), or
+    ``undirected`` (no stereotype direction). Empty pools are left out."""
+    pairs: dict[str, list[DecisionItem]] = defaultdict(list)
+    for item in unambiguous:
+        pairs[item["pair_id"]].append(item)
+    pools: dict[str, list[list[DecisionItem]]] = defaultdict(list)
+    for pair in pairs.values():
+        first = pair[0]
+        if first["correct"] >= 0 and first["correct"] == first["pro_option"]:
+            pools["pro"].append(pair)
+        elif first["correct"] >= 0 and first["correct"] == first["anti_option"]:
+            pools["anti"].append(pair)
+        else:
+            pools["undirected"].append(pair)
+    return dict(pools)
 
 
 def member_labels(items: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], str]:

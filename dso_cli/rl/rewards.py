@@ -84,6 +84,28 @@ def cluster_pob(items: Sequence[Mapping[str, Any]], probs: Tensor) -> Tensor:
     return gaps.mean() if gaps.numel() else probs.new_zeros(())
 
 
+def cluster_divergence(items: Sequence[Mapping[str, Any]], probs: Tensor, kind: str = "gap") -> Tensor:
+    """The mean over the batch's clusters of how far each cluster's mean decision is from 50/50:
+    ``gap`` is :func:`cluster_pob` (POB itself); ``kl`` is ``KL(uniform ‖ (P̄(pro|o), P̄(anti|o))
+    renormalised)`` (≈ 2·gap² near 50/50, so its pull shrinks with the lean instead of keeping its size
+    until the sign flips). Without a stereotype direction each cluster's largest head-to-head lean."""
+    if kind == "gap":
+        return cluster_pob(items, probs)
+    if directed(items):
+        _, occ = occupation_index(items)
+        p_pro, p_anti = pro_anti_probs(items, probs)
+        occ = occ.to(probs.device)
+        n = int(occ.max()) + 1
+        counts = probs.new_zeros(n).index_add(0, occ, torch.ones_like(p_pro))
+        pro = probs.new_zeros(n).index_add(0, occ, p_pro) / counts
+        anti = probs.new_zeros(n).index_add(0, occ, p_anti) / counts
+        return _divergence_from_even(pro, anti, kind).mean()
+    leans = worst_lean_per_cluster(items, probs)  # |P̄(g) − P̄(h)| of two groups that split one unit
+    if not leans.numel():
+        return probs.new_zeros(())
+    return _divergence_from_even((1 + leans) / 2, (1 - leans) / 2, kind).mean()
+
+
 def flip_rewards(items: Sequence[Mapping[str, Any]], probs: Tensor) -> Tensor:
     """The stereotype-flip reward without a direction: in each head-to-head of a cluster the group
     chosen more often earns −1 and the other +1 (an item with more than two people averages its
@@ -272,11 +294,12 @@ class DecisionBalanceReward(DecisionBalanceOptions):
 
     The objective, maximised, is ``J = −mean_i D(π_i) − order_weight · mean_pairs order_gap
     − pair_weight · mean_pairs pair_gap − position_weight · D(batch mean)
-    − occupation_weight · mean_o |P(pro|o) − P(anti|o)|``, with
+    − occupation_weight · mean_o D_o``, with
     ``D`` the per-item divergence from 50/50 (:func:`item_divergence`), the order gap (position
     preference, :func:`dso_cli.metrics.pair_order_gaps`) and the gender gap (:func:`pair_gaps`) of
     each counterbalanced pair, the batch's mean preference for the first-listed person
-    (:func:`position_divergence`), and the paper's per-occupation gap. The two pair terms split an item's
+    (:func:`position_divergence`), and each occupation's distance from 50/50 ``D_o``
+    (:func:`cluster_divergence`: the paper's per-occupation gap, or its KL). The two pair terms split an item's
     departure from 50/50 into what follows the listing order and what follows gender, and push on each
     without saturating.
     Unlike the per-occupation gap alone, none of the per-decision terms is met by a rule that answers
@@ -302,7 +325,8 @@ class DecisionBalanceReward(DecisionBalanceOptions):
         if self.position_weight > 0:
             objective = objective - self.position_weight * position_divergence(items, probs, self.item_divergence)
         if self.occupation_weight > 0:
-            objective = objective - self.occupation_weight * cluster_pob(items, probs)
+            gap = cluster_divergence(items, probs, self.occupation_divergence)
+            objective = objective - self.occupation_weight * gap
         return objective
 
     def __call__(self, items: Sequence[Mapping[str, Any]], probs: Tensor) -> Tensor:

@@ -89,7 +89,9 @@ def _one_step(
                 steer.strength = 1.0
                 backward((gap - target).pow(2).mean(), cfg.path_weight, "path_loss")
                 sums["path_strength"] += strength
-            if base_unamb is not None or (cfg.accuracy_weight > 0 and batch["unamb"]):
+            accuracy_weight = duals.get("accuracy", cfg.accuracy_weight)
+            use_accuracy = bool(batch["unamb"]) and (cfg.accuracy_weight > 0 or cfg.accuracy_target is not None)
+            if base_unamb is not None or use_accuracy:
                 with phase("unambiguous_forward"):
                     unamb_lp = scorer.logprobs(batch["unamb"], grad=True)
                 terms = []
@@ -97,10 +99,10 @@ def _one_step(
                     kl = kl_divergence(unamb_lp, base_unamb).mean()
                     sums["kl"] += float(kl.detach())
                     terms.append(duals["unambiguous"] * kl)
-                if cfg.accuracy_weight > 0:
+                if use_accuracy:
                     accuracy = expected_accuracy(batch["unamb"], unamb_lp)
                     sums["unamb_acc"] += float(accuracy.detach())
-                    terms.append(-cfg.accuracy_weight * accuracy)
+                    terms.append(-accuracy_weight * accuracy)
                 backward(sum(terms), 1.0, "unambiguous_loss")
             if base_text is not None:
                 with phase("text_forward"):
@@ -124,6 +126,10 @@ def _one_step(
             if key in metrics:
                 duals[source] = max(0.0, duals[source] + cfg.kl_dual_lr * (metrics[key] - cfg.kl_budget))
         metrics |= {"dual_kl": duals["unambiguous"], "dual_kl_text": duals["neutral_text"]}
+    if cfg.accuracy_target is not None and "unamb_acc" in metrics:  # dual ascent on the accuracy weight
+        weight = duals.get("accuracy", cfg.accuracy_weight)
+        duals["accuracy"] = max(0.0, weight + cfg.accuracy_dual_lr * (cfg.accuracy_target - metrics["unamb_acc"]))
+        metrics["dual_accuracy"] = duals["accuracy"]
     return metrics
 
 

@@ -105,7 +105,8 @@ def train_dso(
     leaves = [params[n] for n in names if params[n].requires_grad]  # a frozen b (stock_export) stays 0
     optimizer = torch.optim.Adam(leaves, lr=cfg.lr, betas=cfg.betas)
     text_coef = cfg.kl_coef if cfg.kl_text_coef is None else cfg.kl_text_coef
-    state: dict[str, Any] = {"step": 0, "duals": {"unambiguous": cfg.kl_coef, "neutral_text": text_coef},
+    duals = {"unambiguous": cfg.kl_coef, "neutral_text": text_coef, "accuracy": cfg.accuracy_weight}
+    state: dict[str, Any] = {"step": 0, "duals": duals,
                              "best": {"pob": math.inf, "step": 0, "params": None}, "bad_evals": 0}  # fmt: skip
 
     streams = {"sampler": rng, "strength": strength_rng, "text": text_rng, "prompt": prompt_rng}

@@ -9,7 +9,7 @@ from typing import Any
 
 from dso_cli.config.group_schemas import DSOOptions
 from dso_cli.errors import DsoError
-from dso_cli.models.layouts import find_norm_modules
+from dso_cli.models.layouts import find_norm_modules, within_depth
 from dso_cli.models.loading import LoadedModel
 from dso_cli.rl.config import TrainConfig
 from dso_cli.rl.rewards import Reward
@@ -35,6 +35,7 @@ def fit_dso(
     cfg: TrainConfig,
     *,
     norm_modules: Any = None,
+    depth: Sequence[float] = (0.0, 1.0),
     log: Callable[[dict[str, float]], None] = lambda row: None,
     extra_hyperparameters: Mapping[str, Any] | None = None,
     val_items: Sequence[Mapping[str, Any]] | None = None,
@@ -44,9 +45,13 @@ def fit_dso(
     resume: bool = False,
     stock_export: bool = False,
 ) -> Artifact:
-    """Train ``a``, ``b`` on every backbone norm of ``loaded`` and package them as an artifact; with
-    ``stock_export``, ``b`` stays 0 on the norms whose shift a stock checkpoint cannot hold."""
+    """Train ``a``, ``b`` on the backbone norms of ``loaded`` (``norm_modules`` where given, else the
+    family's norms within ``depth``, see :func:`~dso_cli.models.layouts.within_depth`) and package them
+    as an artifact; with ``stock_export``, ``b`` stays 0 on the norms whose shift a stock checkpoint
+    cannot hold."""
     modules = find_norm_modules(loaded.model, norm_modules)
+    if not norm_modules:
+        modules = within_depth(loaded.model, modules, depth)
     params = init_affine_params(modules, device=loaded.device)
     frozen = stock_only_scales(loaded.model, modules) if stock_export else []
     for name in frozen:
@@ -73,6 +78,7 @@ def fit_dso(
             **asdict(cfg),
             "reward": type(reward).__name__,
             "stock_export": stock_export,
+            "depth": None if norm_modules else [float(x) for x in depth],
             "shift_frozen": frozen,
             **(extra_hyperparameters or {}),
         },
@@ -109,6 +115,7 @@ class DSO(AffineMethod):
             run.reward,
             run.config,
             norm_modules=job.norm_modules,
+            depth=self.options.depth,
             log=run.log,
             extra_hyperparameters=run.extra_hyperparameters,
             val_items=job.val_items,
