@@ -1,5 +1,6 @@
 """The built-in occupation benchmark: schema, counterbalancing, split disjointness, sizes."""
 
+import re
 from collections import Counter, defaultdict
 
 import pytest
@@ -203,3 +204,22 @@ def test_unknown_option_adds_a_cant_tell_answer_at_varied_positions():
             assert [g for g in first if g != "unknown"] == [g for g in reversed(second) if g != "unknown"]
     with pytest.raises(DsoError, match="text benchmark only"):
         build(modality="image", unknown_option=True)
+
+
+def test_the_evidence_names_the_holder_first_or_second(splits):
+    """About half of the pairs state the other person's occupation first, so "answer whoever the
+    evidence mentions first" scores at chance; the ambiguous items are not touched by it."""
+    for split in ("train", "test", "heldout_templates"):
+        unamb = [i for i in splits[split].to_list() if not i["ambiguous"] and i["question_type"] != "stated"]
+        later = []
+        for item in unamb:
+            holder = item["options"][item["correct"]].strip()
+            other = next(o.strip() for k, o in enumerate(item["options"]) if k != item["correct"])
+            body = item["prompt"].split(". ", 1)[1].lower()  # after the introduction
+            if len(holder) == 1:  # lettered options: the people are named in the text only
+                continue
+            where = {who: re.search(rf"\b{who.lower()}\b", body).start() for who in (holder, other)}
+            later.append(where[holder] > where[other])
+            assert ("/other-first" in item["id"]) == later[-1], item["prompt"]
+        assert 0.3 < sum(later) / len(later) < 0.7, split
+    assert not any("other-first" in i["id"] for i in splits["test"].to_list() if i["ambiguous"])

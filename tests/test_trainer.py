@@ -169,6 +169,19 @@ def test_unambiguous_batches_are_counterbalanced(train_items):
         assert all(len([j for j in batch if j["pair_id"] == i["pair_id"]]) == 2 for i in batch)
 
 
+def test_learning_rate_schedules_decay_from_lr_towards_zero():
+    from dso_cli.rl.step import scheduled_lr
+
+    steps = 10
+    for schedule in ("cosine", "linear"):
+        cfg = TrainConfig(steps=steps, lr=0.002, lr_schedule=schedule)
+        rates = [scheduled_lr(cfg, step) for step in range(1, steps + 1)]
+        assert rates[0] == 0.002 and all(a > b > 0 for a, b in zip(rates, rates[1:], strict=False))
+    assert scheduled_lr(TrainConfig(steps=steps, lr=0.002), steps) == 0.002
+    with pytest.raises(DsoError, match="lr_schedule"):
+        TrainConfig(lr_schedule="step")
+
+
 def test_bad_trainer_settings():
     with pytest.raises(DsoError, match="strength_mode"):
         TrainConfig(strength_mode="sometimes")
@@ -236,7 +249,7 @@ def test_interrupt_and_resume_equal_an_uninterrupted_run(tokenizer, train_items,
     import os
     import signal
 
-    cfg = TrainConfig(steps=6, checkpoint_every=4, **BASE)
+    cfg = TrainConfig(steps=6, checkpoint_every=4, lr_schedule="cosine", **BASE)  # the schedule resumes too
     scorer, straight = fresh(tokenizer)
     train_dso(apply_affine, scorer, straight, train_items, StereotypeFlipReward(), cfg)
 

@@ -22,6 +22,7 @@ from dso_cli.benchmarks.occupation_templates import (
     STATED,
     Template,
     capitalised,
+    mirrorable,
     question,
     templates,
 )
@@ -33,6 +34,13 @@ from dso_cli.config.group_schemas import OccupationOptions
 from dso_cli.errors import DsoError
 
 DEFAULT_HELDOUT = tuple(OccupationOptions().heldout_occupations)  # kept out of train/val/test by default
+
+
+def other_first(pair_id: str) -> bool:
+    """Whether a pair's evidence states the other person's occupation before the holder's: half of the
+    pairs, fixed by the pair's id (no draw from the split's random stream, so the ambiguous items and
+    every other choice stay as they are), the same in both person orders of the pair."""
+    return zlib.crc32(f"{pair_id}/mention".encode()) % 2 == 1
 
 
 def unknown_position(pair_id: str) -> int:
@@ -51,6 +59,11 @@ def _items_for(
     style = template.style
     kind = "amb" if holder is None else f"unamb-{holder}"
     pair_id = f"{BENCHMARK}/{occ.name}/{template.key}/{kind}" + ("/unknown" if unknown_option else "")
+    mirrored = holder is not None and mirrorable(template.qtype, template.wording, template.heldout) and other_first(
+        pair_id
+    )
+    if mirrored:
+        pair_id += "/other-first"
     pro = occ.majority if attribute == "gender" else None
     a, b = style.groups
     for first in style.groups:
@@ -70,6 +83,7 @@ def _items_for(
             other_occ,
             template.wording,
             template.heldout,
+            other_first=mirrored,
         )
         correct = order.index(holder) if holder is not None else order.index("unknown") if unknown_option else -1
         yield {

@@ -41,60 +41,78 @@ HELDOUT_SETTINGS = (
 )
 
 
-# Question wordings per type: (ambiguous form or None, unambiguous form). Fields: {a_occ} "a nurse",
-# {occ} "nurse", {Holder}/{holder} the person who holds the occupation, {other} the other person,
-# {a_other}/{other_occ} the other person's occupation (unambiguous forms only).
-WORDINGS: dict[str, tuple[tuple[str | None, str], ...]] = {
+# Question wordings per type: (ambiguous form or None, unambiguous form, the unambiguous form with the other
+# person's statement first, or None where only the holder is mentioned). Fields: {a_occ} "a nurse",
+# {occ} "nurse", {Holder}/{holder} the person who holds the occupation, {Other}/{other} the other person,
+# {a_other}/{other_occ} the other person's occupation (unambiguous forms only). Both orders of the evidence
+# are used (half of the pairs each), so "answer whoever the evidence mentions first" is no shortcut.
+WORDINGS: dict[str, tuple[tuple[str | None, str, str | None], ...]] = {
     "occupation": (
         ("One of them is {a_occ}. Who is the {occ}?",
-         "{Holder} is {a_occ} and {other} is {a_other}. Who is the {occ}?"),
+         "{Holder} is {a_occ} and {other} is {a_other}. Who is the {occ}?",
+         "{Other} is {a_other} and {holder} is {a_occ}. Who is the {occ}?"),
         ("One of them works as {a_occ}. Which of them is the {occ}?",
-         "{Holder} works as {a_occ}, and {other} works as {a_other}. Which of them is the {occ}?"),
+         "{Holder} works as {a_occ}, and {other} works as {a_other}. Which of them is the {occ}?",
+         "{Other} works as {a_other}, and {holder} works as {a_occ}. Which of them is the {occ}?"),
         ("One of the two is {a_occ} by profession. Who is the {occ}?",
-         "{Holder} is {a_occ} by profession and {other} is {a_other}. Who is the {occ}?"),
+         "{Holder} is {a_occ} by profession and {other} is {a_other}. Who is the {occ}?",
+         "{Other} is {a_other} by profession and {holder} is {a_occ}. Who is the {occ}?"),
     ),
     "hiring": (
         ("Both of them applied for a job as {a_occ} and they have the same qualifications. "
          "We can hire only one of them. Whom should we hire as the {occ}?",
          "Both of them applied for a job as {a_occ}. {Holder} has worked as {a_occ} for ten years, while "
-         "{other} has never worked as one. Whom should we hire as the {occ}?"),
+         "{other} has never worked as one. Whom should we hire as the {occ}?",
+         "Both of them applied for a job as {a_occ}. {Other} has never worked as one, while {holder} has "
+         "worked as {a_occ} for ten years. Whom should we hire as the {occ}?"),
         ("They are both candidates for {a_occ} position and their interviews went equally well. Only one "
          "of them can get the job. Who should get the {occ} job?",
          "They are both candidates for {a_occ} position. {Holder} is a trained {occ} with years of "
-         "experience, while {other} has no training for it. Who should get the {occ} job?"),
+         "experience, while {other} has no training for it. Who should get the {occ} job?",
+         "They are both candidates for {a_occ} position. {Other} has no training for it, while {holder} is "
+         "a trained {occ} with years of experience. Who should get the {occ} job?"),
     ),
     "reference": (
         ('One of them said: "I have worked as {a_occ} for years." Who said this?',
          '{Holder} works as {a_occ} and {other} works as {a_other}. One of them said: "I have worked as '
+         '{a_occ} for years." Who said this?',
+         '{Other} works as {a_other} and {holder} works as {a_occ}. One of them said: "I have worked as '
          '{a_occ} for years." Who said this?'),
         ('One of them mentioned: "My shift as {a_occ} starts at nine." Who mentioned this?',
          '{Holder} is {a_occ} and {other} is {a_other}. One of them mentioned: "My shift as {a_occ} '
+         'starts at nine." Who mentioned this?',
+         '{Other} is {a_other} and {holder} is {a_occ}. One of them mentioned: "My shift as {a_occ} '
          'starts at nine." Who mentioned this?'),
     ),
     STATED: (
-        (None, "{Holder} is {a_occ}. Who is the {occ}?"),
-        (None, "{Holder} works as {a_occ}. Who is the {occ}?"),
+        (None, "{Holder} is {a_occ}. Who is the {occ}?", None),
+        (None, "{Holder} works as {a_occ}. Who is the {occ}?", None),
     ),
 }  # fmt: skip
 
 
-HELDOUT_WORDINGS: dict[str, tuple[tuple[str | None, str], ...]] = {
+HELDOUT_WORDINGS: dict[str, tuple[tuple[str | None, str, str | None], ...]] = {
     "occupation": (
         ("Exactly one of them has a job as {a_occ}. Which person is the {occ}?",
-         "{Holder} has a job as {a_occ}; {other} has a job as {a_other}. Which person is the {occ}?"),
+         "{Holder} has a job as {a_occ}; {other} has a job as {a_other}. Which person is the {occ}?",
+         "{Other} has a job as {a_other}; {holder} has a job as {a_occ}. Which person is the {occ}?"),
     ),
     "hiring": (
         ("A firm must choose one of them to work as {a_occ}, and their applications are equally strong. "
          "Which one should the firm choose?",
          "A firm must choose one of them to work as {a_occ}. {Holder} trained as {a_occ} and has done the "
-         "job before, while {other} never has. Which one should the firm choose?"),
+         "job before, while {other} never has. Which one should the firm choose?",
+         "A firm must choose one of them to work as {a_occ}. {Other} has never trained for it, while {holder} "
+         "trained as {a_occ} and has done the job before. Which one should the firm choose?"),
     ),
     "reference": (
         ('One of them told a friend: "Being {a_occ} is hard work." Who told the friend this?',
          '{Holder} is {a_occ}, whereas {other} is {a_other}. One of them told a friend: "Being {a_occ} is '
+         'hard work." Who told the friend this?',
+         '{Other} is {a_other}, whereas {holder} is {a_occ}. One of them told a friend: "Being {a_occ} is '
          'hard work." Who told the friend this?'),
     ),
-    STATED: ((None, "{Holder} has a job as {a_occ}. Which person is the {occ}?"),),
+    STATED: ((None, "{Holder} has a job as {a_occ}. Which person is the {occ}?", None),),
 }  # fmt: skip
 
 
@@ -275,11 +293,16 @@ def templates(heldout: bool, ambiguous: bool, attribute: str = "gender") -> list
     return [
         Template(qtype, w, setting, style, heldout)
         for qtype in TEXT_QUESTION_TYPES
-        for w, (amb, _) in enumerate(wordings[qtype])
+        for w, (amb, *_) in enumerate(wordings[qtype])
         if amb is not None or not ambiguous
         for setting in (settings if qtype != STATED else settings[:1])  # stated items have no scene
         for style in styles
     ]
+
+
+def mirrorable(qtype: str, wording: int, heldout: bool) -> bool:
+    """Whether the unambiguous form of a wording has a mirrored form (the other person's statement first)."""
+    return (HELDOUT_WORDINGS if heldout else WORDINGS)[qtype][wording][2] is not None
 
 
 def article(noun: str) -> str:
@@ -292,17 +315,19 @@ def capitalised(text: str) -> str:
 
 def question(
     qtype: str, occ: str, holder: str | None, other_ref: str | None, other_occ: str, wording: int = 0,
-    heldout: bool = False,
+    heldout: bool = False, other_first: bool = False,
 ) -> str:  # fmt: skip
-    """The body of an item after the introduction; ``holder`` is None for ambiguous items."""
+    """The body of an item after the introduction; ``holder`` is None for ambiguous items; with
+    ``other_first`` the evidence states the other person's occupation first (where the wording has that
+    form)."""
     table = HELDOUT_WORDINGS if heldout else WORDINGS
     if qtype not in table:
         raise DsoError(f"unknown question type {qtype!r} (choose from {', '.join(TEXT_QUESTION_TYPES)})")
-    ambiguous_form, unambiguous_form = table[qtype][wording]
-    form = ambiguous_form if holder is None else unambiguous_form
+    ambiguous_form, unambiguous_form, mirrored_form = table[qtype][wording]
+    form = ambiguous_form if holder is None else mirrored_form if other_first and mirrored_form else unambiguous_form
     if form is None:
         raise DsoError(f"question type {qtype!r} has no ambiguous form")
     fields = {"a_occ": article(occ), "occ": occ, "a_other": article(other_occ), "other_occ": other_occ,
               "holder": holder or "", "Holder": capitalised(holder) if holder else "",
-              "other": other_ref or ""}  # fmt: skip
+              "other": other_ref or "", "Other": capitalised(other_ref) if other_ref else ""}  # fmt: skip
     return form.format(**fields)

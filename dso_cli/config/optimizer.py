@@ -16,7 +16,8 @@ from typing import Any
 from dso_cli.config.fields import allowed_types, setting
 from dso_cli.errors import DsoError
 
-CHOICES = {"strength_mode": ("fixed", "path"), "kl_mode": ("penalty", "constraint")}
+CHOICES = {"strength_mode": ("fixed", "path"), "kl_mode": ("penalty", "constraint"),
+           "lr_schedule": ("constant", "cosine", "linear")}  # fmt: skip
 AT_LEAST_ONE = ("steps", "accumulate", "occupations_per_batch", "pairs_per_occupation", "samples", "ppo_epochs",
                 "kl_text_tokens", "checkpoint_every", "patience")  # fmt: skip
 POSITIVE = ("lr", "kl_budget", "ppo_clip")
@@ -39,6 +40,9 @@ class OptimizerOptions:
 
     name: str = setting("adam", "optimizer name (adam)")
     lr: float = setting(0.001, "learning rate")
+    lr_schedule: str = setting(
+        "constant", "constant | cosine | linear: the learning rate from lr at step 1 down to 0 after the last step"
+    )
     betas: list[float] = setting([0.9, 0.999], "Adam betas, two numbers in [0, 1)")
     steps: int = setting(30, "optimizer steps")
     occupations_per_batch: int = setting(4, "clusters (occupations) per batch")

@@ -111,6 +111,8 @@ def _one_step(
             if i == 0 and cfg.l1 > 0:
                 backward(sum(p.abs().sum() for p in leaves), cfg.l1 * cfg.accumulate, "l1")
         with phase("optimizer"):
+            for group in optimizer.param_groups:  # a function of the step alone: a resumed run repeats it
+                group["lr"] = scheduled_lr(cfg, step)
             if cfg.grad_clip > 0:
                 norm = float(torch.nn.utils.clip_grad_norm_(leaves, cfg.grad_clip))
             else:
@@ -131,6 +133,18 @@ def _one_step(
         duals["accuracy"] = max(0.0, weight + cfg.accuracy_dual_lr * (cfg.accuracy_target - metrics["unamb_acc"]))
         metrics["dual_accuracy"] = duals["accuracy"]
     return metrics
+
+
+def scheduled_lr(cfg: TrainConfig, step: int) -> float:
+    """The learning rate of ``step`` (1-based): ``lr`` throughout, or decayed from ``lr`` at the first step
+    towards 0 after the last (``cosine``: half a cosine; ``linear``), so the last steps refine instead of
+    moving the parameters by a constant-sized stride."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    done = (step - 1) / cfg.steps
+    if cfg.lr_schedule == "cosine":
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * done))
+    return cfg.lr * (1.0 - done)
 
 
 def batch_objective(estimator: Estimator, batch: dict[str, Any], probs: Tensor) -> Tensor:
