@@ -1,5 +1,7 @@
 """The DSO trainer on a tiny random model: it learns, it is seeded, and the path term runs."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -176,7 +178,7 @@ def test_learning_rate_schedules_decay_from_lr_towards_zero():
     for schedule in ("cosine", "linear"):
         cfg = TrainConfig(steps=steps, lr=0.002, lr_schedule=schedule)
         rates = [scheduled_lr(cfg, step) for step in range(1, steps + 1)]
-        assert rates[0] == 0.002 and all(a > b > 0 for a, b in zip(rates, rates[1:], strict=False))
+        assert rates[0] == 0.002 and all(a > b > 0 for a, b in itertools.pairwise(rates))
     assert scheduled_lr(TrainConfig(steps=steps, lr=0.002), steps) == 0.002
     with pytest.raises(DsoError, match="lr_schedule"):
         TrainConfig(lr_schedule="step")

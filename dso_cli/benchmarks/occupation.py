@@ -59,8 +59,8 @@ def _items_for(
     style = template.style
     kind = "amb" if holder is None else f"unamb-{holder}"
     pair_id = f"{BENCHMARK}/{occ.name}/{template.key}/{kind}" + ("/unknown" if unknown_option else "")
-    mirrored = holder is not None and mirrorable(template.qtype, template.wording, template.heldout) and other_first(
-        pair_id
+    mirrored = (
+        holder is not None and mirrorable(template.qtype, template.wording, template.heldout) and other_first(pair_id)
     )
     if mirrored:
         pair_id += "/other-first"

@@ -177,8 +177,9 @@ class CompareSection(Counts):
     hypervolume_bootstrap_reps: int = setting(500, "paired resamples for the hypervolumes' SEs")
     dso_run: str | None = setting(None, "a dso train run to reuse")
     runs: dict[str, str] = setting(
-        {}, "more trained runs, each a curve of its own: label -> run directory (e.g. {dso_paper: DIR}); "
-        "evaluated over compare.grids.<label>, else its method's grid"
+        {},
+        "more trained runs, each a curve of its own: label -> run directory (e.g. {dso_paper: DIR}); "
+        "evaluated over compare.grids.<label>, else its method's grid",
     )
     options: dict[str, Any] = setting({}, "per-method options on top of conf/steering_method/<method>.yaml")
     extra_metrics: list[str] = setting([], "dotted paths of dso_cli.Metric classes (trusted via allow_targets)")
