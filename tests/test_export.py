@@ -269,8 +269,9 @@ def test_vision_language_model_export_round_trip(tmp_path):
 @pytest.fixture(scope="module")
 def trained_run(tiny_llama_dir, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "dso"
+    # every norm, the last included: a shift after the final layer is what needs the exported modeling file
     result = dso("train", "model=hf", f"model.name_or_path={tiny_llama_dir}", f"run_dir={run_dir}",
-                 "train.eval_val=false", *SMALL)  # fmt: skip
+                 "train.eval_val=false", "steering_method.depth=[0,1]", *SMALL)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
 
@@ -321,7 +322,8 @@ def test_cli_exports_a_trained_run_and_refuses_bad_input(trained_run, tiny_llama
 def test_stock_export_option_trains_no_shift_where_none_fits_and_exports_stock(tiny_llama_dir, tmp_path):
     run_dir = tmp_path / "stock"
     trained = dso("train", "model=hf", f"model.name_or_path={tiny_llama_dir}", f"run_dir={run_dir}",
-                  "train.eval_val=false", "steering_method.stock_export=true", *SMALL)  # fmt: skip
+                  "train.eval_val=false", "steering_method.stock_export=true",
+                  "steering_method.depth=[0,1]", *SMALL)  # fmt: skip
     assert trained.returncode == 0, trained.stderr[-3000:]
     artifact = Artifact.load(run_dir / "artifact")
     assert artifact.manifest["hyperparameters"]["shift_frozen"] == ["model.norm"]
