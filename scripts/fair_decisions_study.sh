@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reproduction recipe: what each ingredient of a per-decision fair objective buys and costs.
-# Objectives (one run each, embedded default model, occupation benchmark, the default optimizer with
-# optimizer.steps=$STEPS, 60 unless set):
+# Objectives (one run each, embedded default model, occupation benchmark, optimizer.steps=$STEPS, 60
+# unless set). The first nine ran before the default became per-decision: they keep that optimizer
+# (8 unambiguous items per step at accuracy weight 1, constant learning rate, every norm steered):
 #   flip            the paper's stereotype-flip reward (per-occupation gap only; the earlier default)
 #   item_gap        per-item |P(pro) - P(anti)|
 #   item_kl         per-item KL(uniform || the two people's probabilities)
@@ -12,6 +13,12 @@
 #                   reward=decision_balance as configured
 #   unknown         balance with a "can't tell" option on every item (bias.unknown_option=true), reward 0
 #   unknown_reward  the same with reward 0.5 for "can't tell"
+# The study that chose today's default (16 counterbalanced unambiguous items per step, cosine learning
+# rate, the per-occupation gap at weight 3, the first half of the layers; each row changes one thing):
+#   default         `dso train` as shipped (accuracy weight 10)
+#   acc3, acc30     accuracy weight 3 / 30
+#   all_layers      every norm (steering_method.depth=[0,1]); all_layers_acc3 at accuracy weight 3
+#   default_flip    the paper's reward with today's optimizer (reward=stereotype_flip)
 # Each run is swept at w in {0, 0.5, 1} on occupation test, heldout_occupations and heldout_templates
 # (POB, item_bias, first_option_rate, order_dep, refusal rates, unambiguous accuracy, held-out text KL
 # and perplexity) and evaluated on SynthBias test (dso eval). SEEDS="0 1" trains a second seed of each.
@@ -22,24 +29,32 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 csv=$(realpath "${1:?usage: scripts/fair_decisions_study.sh /path/to/synthbias_data.csv [OUT_DIR] [OBJECTIVES] [SEEDS]}")
 out=${2:-outputs/fair_decisions}
-objectives=${3:-"flip item_gap item_kl item_kl_order item_kl_order_occ item_kl_order_pair balance unknown unknown_reward"}
+objectives=${3:-"default acc3 acc30 all_layers all_layers_acc3 default_flip flip item_gap item_kl item_kl_order item_kl_order_occ item_kl_order_pair balance unknown unknown_reward"}
 seeds=${4:-${SEEDS:-0}}
 steps=${STEPS:-60}
 make setup >/dev/null
 export PATH="$PWD/.venv/bin:$PATH"
 grid="alpha=[0,0.5,1]"
+earlier=(optimizer.unambiguous_per_batch=8 optimizer.accuracy_weight=1 optimizer.lr_schedule=constant
+         reward.occupation_weight=0 "steering_method.depth=[0,1]")
 none=(reward.order_weight=0 reward.pair_weight=0 reward.position_weight=0 reward.occupation_weight=0)
 for objective in $objectives; do
   case $objective in
-    flip) opt=(reward=stereotype_flip) ;;
-    item_gap) opt=(reward=decision_balance reward.item_divergence=gap "${none[@]}") ;;
-    item_kl) opt=(reward=decision_balance "${none[@]}") ;;
-    item_kl_order) opt=(reward=decision_balance "${none[@]}" reward.order_weight=1) ;;
-    item_kl_order_occ) opt=(reward=decision_balance "${none[@]}" reward.order_weight=1 reward.occupation_weight=1) ;;
-    item_kl_order_pair) opt=(reward=decision_balance "${none[@]}" reward.order_weight=1 reward.pair_weight=3) ;;
-    balance) opt=(reward=decision_balance) ;;
-    unknown) opt=(reward=decision_balance bias.unknown_option=true) ;;
-    unknown_reward) opt=(reward=decision_balance bias.unknown_option=true reward.unknown_reward=0.5) ;;
+    default) opt=() ;;
+    acc3) opt=(optimizer.accuracy_weight=3) ;;
+    acc30) opt=(optimizer.accuracy_weight=30) ;;
+    all_layers) opt=("steering_method.depth=[0,1]") ;;
+    all_layers_acc3) opt=("steering_method.depth=[0,1]" optimizer.accuracy_weight=3) ;;
+    default_flip) opt=(reward=stereotype_flip) ;;
+    flip) opt=("${earlier[@]}" reward=stereotype_flip) ;;
+    item_gap) opt=("${earlier[@]}" reward=decision_balance reward.item_divergence=gap "${none[@]}") ;;
+    item_kl) opt=("${earlier[@]}" reward=decision_balance "${none[@]}") ;;
+    item_kl_order) opt=("${earlier[@]}" reward=decision_balance "${none[@]}" reward.order_weight=1) ;;
+    item_kl_order_occ) opt=("${earlier[@]}" reward=decision_balance "${none[@]}" reward.order_weight=1 reward.occupation_weight=1) ;;
+    item_kl_order_pair) opt=("${earlier[@]}" reward=decision_balance "${none[@]}" reward.order_weight=1 reward.pair_weight=3) ;;
+    balance) opt=("${earlier[@]}" reward=decision_balance) ;;
+    unknown) opt=("${earlier[@]}" reward=decision_balance bias.unknown_option=true) ;;
+    unknown_reward) opt=("${earlier[@]}" reward=decision_balance bias.unknown_option=true reward.unknown_reward=0.5) ;;
     *) echo "unknown objective $objective" >&2; exit 2 ;;
   esac
   for seed in $seeds; do

@@ -259,7 +259,8 @@ def test_compare_runs_every_method_once_resumes_and_reports(tiny_llama_dir, tmp_
 
 def test_train_resumes_to_the_same_parameters_and_takes_estimators_and_rewards(tiny_llama_dir, tmp_path):
     model = ["model=hf", f"model.name_or_path={tiny_llama_dir}", "train.eval_val=false"]
-    small = [a for a in SMALL if not a.startswith("optimizer.steps")]
+    # constant learning rate: a cosine schedule depends on the total steps, which the resume changes here
+    small = [a for a in SMALL if not a.startswith("optimizer.steps")] + ["optimizer.lr_schedule=constant"]
     straight, part = tmp_path / "straight", tmp_path / "part"
     for run_dir, steps in ((straight, 4), (part, 2)):
         result = dso("train", *model, f"run_dir={run_dir}", f"optimizer.steps={steps}", "optimizer.checkpoint_every=1",

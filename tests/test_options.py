@@ -94,13 +94,15 @@ def test_the_trainer_the_api_and_the_cli_train_the_same_settings():
     from dso_cli.api import _training
     from dso_cli.pipeline.fitting import train_config
     from dso_cli.rl.config import TrainConfig
-    from dso_cli.rl.rewards import StereotypeFlipReward
+    from dso_cli.rl.rewards import DecisionBalanceReward
 
     cli = train_config(OmegaConf.create(composed("train")))
     assert cli == TrainConfig()
     api = _training({})
-    assert api.config == TrainConfig() and api.reward == StereotypeFlipReward()
-    assert TrainConfig().kl_text_passages == 4 and TrainConfig().accuracy_weight == 1.0  # the shipped objective
+    assert api.config == TrainConfig() and api.reward == DecisionBalanceReward()  # fair per decision by default
+    shipped = TrainConfig()
+    assert shipped.unambiguous_per_batch == 16 and shipped.accuracy_weight == 3.0 and shipped.lr_schedule == "cosine"
+    assert DecisionBalanceReward().occupation_weight == 3.0
 
 
 def test_the_shipped_reward_presets_are_the_reward_classes_defaults():

@@ -179,7 +179,7 @@ def test_learning_rate_schedules_decay_from_lr_towards_zero():
         cfg = TrainConfig(steps=steps, lr=0.002, lr_schedule=schedule)
         rates = [scheduled_lr(cfg, step) for step in range(1, steps + 1)]
         assert rates[0] == 0.002 and all(a > b > 0 for a, b in itertools.pairwise(rates))
-    assert scheduled_lr(TrainConfig(steps=steps, lr=0.002), steps) == 0.002
+    assert scheduled_lr(TrainConfig(steps=steps, lr=0.002, lr_schedule="constant"), steps) == 0.002
     with pytest.raises(DsoError, match="lr_schedule"):
         TrainConfig(lr_schedule="step")
 
@@ -212,7 +212,18 @@ def test_every_estimator_trains_through_the_loop(tokenizer, train_items, estimat
 def test_kl_constraint_is_met_by_dual_ascent(tokenizer, train_items):
     """A large step size pushes KL far above the budget with a fixed small penalty; the constraint's
     multiplier grows until the KL on the anchor items is back within the budget."""
-    settings = {**BASE, "steps": 80, "lr": 1.0, "unambiguous_per_batch": 16, "kl_budget": 0.002, "kl_coef": 0.0}
+    # the accuracy term also moves the unambiguous items the KL is measured on: at weight 1 the budget is
+    # reachable; at the default's weight the two constraints trade off
+    settings = {
+        **BASE,
+        "steps": 80,
+        "lr": 1.0,
+        "unambiguous_per_batch": 16,
+        "kl_budget": 0.002,
+        "kl_coef": 0.0,
+        "accuracy_weight": 1.0,
+        "lr_schedule": "constant",
+    }  # the earlier defaults
     unamb = [i for i in train_items if not i["ambiguous"]]
     kls = {}
     for mode in ("penalty", "constraint"):

@@ -148,10 +148,10 @@ class MixtureOptions(Counts):
 class DSOOptions:
     stock_export: bool = setting(False, "keep b = 0 on the norms whose shift a stock checkpoint cannot hold")
     depth: list[float] = setting(
-        [0.0, 0.5],
+        [0.0, 1.0],
         "the decoder layers whose norms are steered, as fractions [start, end) of the backbone's depth "
-        "([0, 1]: every norm, the final one included, as in the paper); model.norm_modules, when set, names "
-        "the norms instead",
+        "([0, 1]: every norm, the final one included, as in the paper; [0, 0.5]: the first half); "
+        "model.norm_modules, when set, names the norms instead",
     )
 
     def __post_init__(self) -> None:
@@ -206,7 +206,7 @@ class DecisionBalanceOptions(RewardOptions):
     order_weight: float = setting(1.0, "weight of the counterbalanced pairs' order gap")
     pair_weight: float = setting(3.0, "weight of the counterbalanced pairs' gender gap")
     position_weight: float = setting(10.0, "weight of the batch's mean lean to the first-listed person")
-    occupation_weight: float = setting(0.0, "weight of the paper's per-occupation gap")
+    occupation_weight: float = setting(3.0, "weight of the paper's per-occupation gap")
     occupation_divergence: str = setting(
         "gap",
         "gap (|P(pro|o) - P(anti|o)|: a pull of constant size) | kl (KL(uniform || the occupation's mean "

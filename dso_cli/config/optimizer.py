@@ -41,13 +41,13 @@ class OptimizerOptions:
     name: str = setting("adam", "optimizer name (adam)")
     lr: float = setting(0.001, "learning rate")
     lr_schedule: str = setting(
-        "constant", "constant | cosine | linear: the learning rate from lr at step 1 down to 0 after the last step"
+        "cosine", "constant | cosine | linear: the learning rate from lr at step 1 down to 0 after the last step"
     )
     betas: list[float] = setting([0.9, 0.999], "Adam betas, two numbers in [0, 1)")
-    steps: int = setting(30, "optimizer steps")
+    steps: int = setting(60, "optimizer steps")
     occupations_per_batch: int = setting(4, "clusters (occupations) per batch")
     pairs_per_occupation: int = setting(2, "counterbalanced pairs per cluster and batch")
-    unambiguous_per_batch: int = setting(8, "unambiguous items per step")
+    unambiguous_per_batch: int = setting(16, "unambiguous items per step")
     accumulate: int = setting(1, "micro-batches per optimizer step")
     grad_clip: float = setting(1.0, "gradient norm clip")
     estimator: str = setting("exact", "exact | reinforce | rloo | ppo")
@@ -63,7 +63,7 @@ class OptimizerOptions:
     kl_text_path: str | None = setting(None, "training text, one passage per line (null: the Lee background articles)")
     kl_text_coef: float | None = setting(20.0, "text KL weight (null: kl_coef)")
     kl_prompt_items: int = setting(4, "training prompts per step in the text KL")
-    accuracy_weight: float = setting(1.0, "reward weight of the unambiguous items' correct option")
+    accuracy_weight: float = setting(3.0, "reward weight of the unambiguous items' correct option")
     accuracy_target: float | None = setting(
         None,
         "constraint: the unambiguous accuracy to hold (its weight then learnt by dual ascent from "
