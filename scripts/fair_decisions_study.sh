@@ -14,11 +14,13 @@
 #   unknown         balance with a "can't tell" option on every item (bias.unknown_option=true), reward 0
 #   unknown_reward  the same with reward 0.5 for "can't tell"
 # The study that chose today's default (16 counterbalanced unambiguous items per step, cosine learning
-# rate, the per-occupation gap at weight 3, the first half of the layers; each row changes one thing):
-#   default         `dso train` as shipped (accuracy weight 10)
-#   acc3, acc30     accuracy weight 3 / 30
-#   all_layers      every norm (steering_method.depth=[0,1]); all_layers_acc3 at accuracy weight 3
-#   default_flip    the paper's reward with today's optimizer (reward=stereotype_flip)
+# rate, the per-occupation gap at weight 3; docs/results/fair-decisions.md, "Reading the evidence"):
+#   default         `dso train` as shipped (every norm, accuracy weight 3)
+#   acc10           accuracy weight 10
+#   half_acc10      the first half of the layers (steering_method.depth=[0,0.5]), accuracy weight 10
+#   half_acc30      the same at accuracy weight 30
+#   half_flip       the paper's reward (reward=stereotype_flip), first half, accuracy weight 10
+#   default_flip    the paper's reward with today's optimizer
 # Each run is swept at w in {0, 0.5, 1} on occupation test, heldout_occupations and heldout_templates
 # (POB, item_bias, first_option_rate, order_dep, refusal rates, unambiguous accuracy, held-out text KL
 # and perplexity) and evaluated on SynthBias test (dso eval). SEEDS="0 1" trains a second seed of each.
@@ -29,7 +31,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 csv=$(realpath "${1:?usage: scripts/fair_decisions_study.sh /path/to/synthbias_data.csv [OUT_DIR] [OBJECTIVES] [SEEDS]}")
 out=${2:-outputs/fair_decisions}
-objectives=${3:-"default acc3 acc30 all_layers all_layers_acc3 default_flip flip item_gap item_kl item_kl_order item_kl_order_occ item_kl_order_pair balance unknown unknown_reward"}
+objectives=${3:-"default acc10 half_acc10 half_acc30 half_flip default_flip flip item_gap item_kl item_kl_order item_kl_order_occ item_kl_order_pair balance unknown unknown_reward"}
 seeds=${4:-${SEEDS:-0}}
 steps=${STEPS:-60}
 make setup >/dev/null
@@ -41,10 +43,10 @@ none=(reward.order_weight=0 reward.pair_weight=0 reward.position_weight=0 reward
 for objective in $objectives; do
   case $objective in
     default) opt=() ;;
-    acc3) opt=(optimizer.accuracy_weight=3) ;;
-    acc30) opt=(optimizer.accuracy_weight=30) ;;
-    all_layers) opt=("steering_method.depth=[0,1]") ;;
-    all_layers_acc3) opt=("steering_method.depth=[0,1]" optimizer.accuracy_weight=3) ;;
+    acc10) opt=(optimizer.accuracy_weight=10) ;;
+    half_acc10) opt=("steering_method.depth=[0,0.5]" optimizer.accuracy_weight=10) ;;
+    half_acc30) opt=("steering_method.depth=[0,0.5]" optimizer.accuracy_weight=30) ;;
+    half_flip) opt=("steering_method.depth=[0,0.5]" optimizer.accuracy_weight=10 reward=stereotype_flip) ;;
     default_flip) opt=(reward=stereotype_flip) ;;
     flip) opt=("${earlier[@]}" reward=stereotype_flip) ;;
     item_gap) opt=("${earlier[@]}" reward=decision_balance reward.item_divergence=gap "${none[@]}") ;;
