@@ -38,7 +38,8 @@ make setup >/dev/null
 export PATH="$PWD/.venv/bin:$PATH"
 grid="alpha=[0,0.5,1]"
 earlier=(optimizer.unambiguous_per_batch=8 optimizer.accuracy_weight=1 optimizer.lr_schedule=constant
-         reward.occupation_weight=0 "steering_method.depth=[0,1]")
+         "steering_method.depth=[0,1]")
+balance_then=(reward=decision_balance reward.occupation_weight=0)  # stereotype_flip has no occupation_weight
 none=(reward.order_weight=0 reward.pair_weight=0 reward.position_weight=0 reward.occupation_weight=0)
 for objective in $objectives; do
   case $objective in
@@ -54,9 +55,9 @@ for objective in $objectives; do
     item_kl_order) opt=("${earlier[@]}" reward=decision_balance "${none[@]}" reward.order_weight=1) ;;
     item_kl_order_occ) opt=("${earlier[@]}" reward=decision_balance "${none[@]}" reward.order_weight=1 reward.occupation_weight=1) ;;
     item_kl_order_pair) opt=("${earlier[@]}" reward=decision_balance "${none[@]}" reward.order_weight=1 reward.pair_weight=3) ;;
-    balance) opt=("${earlier[@]}" reward=decision_balance) ;;
-    unknown) opt=("${earlier[@]}" reward=decision_balance bias.unknown_option=true) ;;
-    unknown_reward) opt=("${earlier[@]}" reward=decision_balance bias.unknown_option=true reward.unknown_reward=0.5) ;;
+    balance) opt=("${earlier[@]}" "${balance_then[@]}") ;;
+    unknown) opt=("${earlier[@]}" "${balance_then[@]}" bias.unknown_option=true) ;;
+    unknown_reward) opt=("${earlier[@]}" "${balance_then[@]}" bias.unknown_option=true reward.unknown_reward=0.5) ;;
     *) echo "unknown objective $objective" >&2; exit 2 ;;
   esac
   for seed in $seeds; do
