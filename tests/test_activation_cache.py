@@ -19,7 +19,8 @@ from tests.test_baselines import Loaded
 def train_items():
     from dso_cli.benchmarks.occupation import build
 
-    return usable_items(build(n_train=24, n_train_unambiguous=0, test_pairs_per_occupation=1)["train"].to_list())
+    items = build(n_train=80, n_train_unambiguous=0, test_pairs_per_occupation=1)["train"].to_list()
+    return usable_items(items)[:24]  # 24 items whose options name the people
 
 
 @pytest.fixture(scope="module")

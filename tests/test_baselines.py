@@ -9,7 +9,7 @@ from dso_cli.config.group_schemas import CAAOptions, ITIOptions
 from dso_cli.errors import DsoError
 from dso_cli.models.layouts import find_decoder_layers, find_norm_modules
 from dso_cli.scoring import OptionScorer
-from dso_cli.steering.activations import ActivationStore, completion_activations
+from dso_cli.steering.activations import ActivationStore, completion_activations, usable_items
 from dso_cli.steering.artifact import Artifact
 from dso_cli.steering.caa import fit_caa, mean_difference
 from dso_cli.steering.iti import fit_iti
@@ -82,7 +82,7 @@ def test_caa_vector_is_the_mean_difference_at_the_answer_position(setup, items):
         lambda m, i, o: captured.__setitem__("h", (o[0] if isinstance(o, tuple) else o)[0, -1])
     )
     diffs = {"pro": [], "anti": []}
-    for item in items:
+    for item in usable_items(items):
         enc = scorer.encode(item)
         for kind in diffs:
             ids = list(enc.prompt_ids) + list(enc.option_ids[item[f"{kind}_option"]])

@@ -170,7 +170,8 @@ def test_race_comparisons_span_several_name_pairs():
     for it in splits["test"].to_list():
         if it["ambiguous"]:
             key = (it["cluster"], tuple(sorted(it["option_groups"])))
-            by_comparison.setdefault(key, set()).add(tuple(sorted(it["options"])))
+            words = it["prompt"].split()  # "Latasha and Queenie are ...": the two people's names
+            by_comparison.setdefault(key, set()).add(tuple(sorted((words[0], words[2]))))
     occupations = {cluster for cluster, _ in by_comparison}
     assert len(by_comparison) == len(occupations), "one comparison per occupation at the default sizes"
     assert np.mean([len(names) for names in by_comparison.values()]) >= 3.5
@@ -188,9 +189,9 @@ def test_the_name_shuffle_floor_separates_groups_from_names():
         name_lean: dict = {}
         by_name = []
         for it in items:
-            names = tuple(sorted(it["options"]))
+            names = tuple(sorted(it["option_people"]))  # who the options stand for (also " A", " Yes")
             lean = name_lean.setdefault(names, rng.uniform(0.1, 0.9))  # P(the alphabetically first name)
-            p_first_name = lean if it["options"][0] == names[0] else 1 - lean
+            p_first_name = lean if it["option_people"][0] == names[0] else 1 - lean
             by_name.append([p_first_name, 1 - p_first_name])
         names_only = decision_metrics(items, torch.tensor(by_name), bootstrap_reps=0)
         pobs.append(names_only["pob"])

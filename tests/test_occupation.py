@@ -7,14 +7,18 @@ import pytest
 
 from dso_cli.benchmarks.occupation import DEFAULT_HELDOUT, build, load_occupations
 from dso_cli.benchmarks.occupation_templates import (
+    DEFAULT_HELDOUT_FORMATS,
+    FORMATS,
     HELDOUT_NAMES,
     HELDOUT_SETTINGS,
     NAMES,
     SETTINGS,
     TEXT_QUESTION_TYPES,
 )
-from dso_cli.benchmarks.schema import FEATURES, validate_item
+from dso_cli.benchmarks.schema import FEATURES, POSITIONAL_FORMATS, validate_item
 from dso_cli.errors import DsoError
+
+POSITIONAL = {key for key, fmt in FORMATS.items() if fmt.labels or fmt.yes_no}
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +55,9 @@ def test_counterbalanced_pairs(splits):
             assert len(members) == 2
             a, b = members
             assert a["option_groups"] == b["option_groups"][::-1]
-            if a["options"] != [" A", " B"]:  # letters name positions; other options name the people
+            if a["answer_format"] in POSITIONAL:  # the options name positions (letters, yes/no)
+                assert a["options"] == b["options"]
+            else:  # the options name the people
                 assert a["options"] == b["options"][::-1]
                 assert a["options"][a["pro_option"]] == b["options"][b["pro_option"]]
             assert a["option_groups"][a["pro_option"]] == b["option_groups"][b["pro_option"]]
@@ -122,8 +128,9 @@ def test_heldout_templates_share_no_wording_setting_or_name_with_other_splits(sp
     for item in others:
         assert not any(s in item["prompt"] for s in HELDOUT_SETTINGS)
         assert not any(f" {name} " in f" {item['prompt']} " for pair in HELDOUT_NAMES for name in pair)
-        assert item["answer_prefix"] in ("The", "Answer:") and item["options"] != [" A", " B"]
+        assert item["answer_format"] not in DEFAULT_HELDOUT_FORMATS and item["options"] != [" A", " B"]
     # ... asked in answer formats never used in training: letters and "The answer is"
+    assert set(heldout["answer_format"]) == set(DEFAULT_HELDOUT_FORMATS)
     prefixes = Counter(item["answer_prefix"] for item in heldout)
     assert prefixes["The answer is"] > 0 and sum(item["options"] == [" A", " B"] for item in heldout) > 0
     assert not any(f" {name} " in f" {item['prompt']} " for item in heldout for pair in NAMES for name in pair)
@@ -149,7 +156,7 @@ def test_every_question_type_has_unambiguous_items_and_stated_is_unambiguous_onl
     unamb = Counter(item["question_type"] for item in splits["test"] if not item["ambiguous"])
     assert set(unamb) == set(TEXT_QUESTION_TYPES)
     assert not any(item["question_type"] == "stated" for item in splits["test"] if item["ambiguous"])
-    stated = next(i for i in splits["test"] if i["question_type"] == "stated" and i["options"] != [" A", " B"])
+    stated = next(i for i in splits["test"] if i["question_type"] == "stated" and i["answer_format"] not in POSITIONAL)
     holder = stated["options"][stated["correct"]].strip().lower()
     assert stated["prompt"].split(".")[0].split()[-3:-2] != [] and holder in stated["prompt"].split(".")[0].lower()
     assert not any(s in stated["prompt"] for s in SETTINGS)  # no scene: only the holder is mentioned
@@ -164,7 +171,10 @@ def test_evaluation_splits_cover_every_question_type_evenly(splits):
         for (_, qtype), n in counts.items():
             per_type[qtype].add(n // 2)
         assert set(per_type) == set(TEXT_QUESTION_TYPES), split
-        assert all(n in (per_occ // 4, per_occ // 4 + 1) for ns in per_type.values() for n in ns), (split, per_type)
+        # held out, ``stated`` has two templates (one wording, one scene, two person kinds): all of them
+        stated_pool = 2 if split == "heldout_templates" else per_occ
+        assert all(n in (per_occ // 4, per_occ // 4 + 1) or (q == "stated" and n == stated_pool)
+                   for q, ns in per_type.items() for n in ns), (split, per_type)  # fmt: skip
     # training keeps the pool's proportions: stated stays rare there
     train = Counter(it["question_type"] for it in splits["train"] if not it["ambiguous"])
     assert train["stated"] < min(train[q] for q in TEXT_QUESTION_TYPES if q != "stated")
@@ -190,8 +200,9 @@ def test_unknown_option_adds_a_cant_tell_answer_at_varied_positions():
             validate_item(item)
             k = item["option_groups"].index("unknown")
             assert len(item["options"]) == 3 and sorted(item["option_groups"]) == ["female", "male", "unknown"]
-            assert item["options"][k] in (" unknown", " B", " A", " C")  # a letter when the format is lettered
-            assert "unknown" in item["prompt"] or "cannot be determined" in item["prompt"]
+            cant_tell = ("unknown", "Unknown", "impossible to tell", "A", "B", "C", "1", "2", "3")  # or its label
+            assert item["options"][k].strip() in cant_tell
+            assert any(text in item["prompt"] for text in ("unknown", "cannot be determined", "impossible to tell"))
             # the correct answer: "can't tell" where nothing is known, the stated holder otherwise
             assert (item["correct"] == k) == item["ambiguous"]
             assert item["option_groups"][item["pro_option"]] != "unknown" != item["option_groups"][item["anti_option"]]
@@ -216,10 +227,58 @@ def test_the_evidence_names_the_holder_first_or_second(splits):
             holder = item["options"][item["correct"]].strip()
             other = next(o.strip() for k, o in enumerate(item["options"]) if k != item["correct"])
             body = item["prompt"].split(". ", 1)[1].lower()  # after the introduction
-            if len(holder) == 1:  # lettered options: the people are named in the text only
+            if item["answer_format"] in POSITIONAL:  # the people are named in the text only
                 continue
             where = {who: re.search(rf"\b{who.lower()}\b", body).start() for who in (holder, other)}
             later.append(where[holder] > where[other])
             assert ("/other-first" in item["id"]) == later[-1], item["prompt"]
         assert 0.3 < sum(later) / len(later) < 0.7, split
     assert not any("other-first" in i["id"] for i in splits["test"].to_list() if i["ambiguous"])
+
+
+def test_every_family_but_the_heldout_ones_is_asked_in_test_in_equal_shares(splits):
+    assert len(FORMATS) >= 8
+    for split in ("train", "val", "test", "heldout_occupations"):
+        assert set(splits[split]["answer_format"]) == set(FORMATS) - set(DEFAULT_HELDOUT_FORMATS), split
+    shares = Counter(splits["test"]["answer_format"])
+    assert min(shares.values()) > 0.6 * max(shares.values()), shares  # the word fits gender words only, yet
+    # is drawn as often as a family that fits words and names
+
+
+def test_the_schema_knows_which_families_name_positions():
+    assert POSITIONAL == POSITIONAL_FORMATS
+
+
+def test_each_family_asks_and_scores_its_own_way(splits):
+    first = {}
+    for item in splits["test"].to_list():
+        first.setdefault(item["answer_format"], item)
+    yes_no = first["yes_no"]
+    asked = yes_no["option_groups"][0]
+    assert yes_no["options"] == [" Yes", " No"] and yes_no["prompt"].endswith("Answer yes or no.")
+    assert {"male": ("man", *[m for m, _ in NAMES]), "female": ("woman", *[f for _, f in NAMES])}[asked]
+    reversed_ = first["letters_reversed"]
+    assert reversed_["options"] == [" B", " A"] and "(B) " in reversed_["prompt"].split("(A) ")[0]
+    assert first["json"]["answer_prefix"] == '{"person": "' and not first["json"]["options"][0].startswith(" ")
+    assert first["cloze"]["answer_prefix"] == f"So the {first['cloze']['cluster']} is"
+    assert first["numbers"]["options"] == [" 1", " 2"]
+    assert first["word"]["options"] in ([" man", " woman"], [" woman", " man"])
+
+
+def test_formats_pick_the_families_and_heldout_formats_the_heldout_split():
+    small = dict(n_train=40, n_train_unambiguous=20, test_pairs_per_occupation=2, val_pairs_per_occupation=1)
+    only = build(**small, formats=["yes_no", "cloze"], heldout_formats=["json"])
+    for split in ("train", "val", "test", "heldout_occupations"):
+        assert set(only[split]["answer_format"]) == {"yes_no", "cloze"}, split
+    assert set(only["heldout_templates"]["answer_format"]) == {"json"}
+    words_only = build(**small, formats=["word"])  # the people of a family it cannot ask about are left out
+    assert set(words_only["test"]["answer_format"]) == {"word"}
+    assert all(item["options"] in ([" man", " woman"], [" woman", " man"]) for item in words_only["test"])
+    none_held = build(**small, heldout_formats=[])  # held-out wordings and names, in the training families
+    assert set(none_held["heldout_templates"]["answer_format"]) == set(FORMATS)
+    with pytest.raises(DsoError, match=r"unknown answer format 'no_such' .*known: word, name"):
+        build(formats=["no_such"])
+    with pytest.raises(DsoError, match="both hold 'letters'"):
+        build(formats=["word", "letters"])
+    with pytest.raises(DsoError, match="at least one"):
+        build(formats=[])

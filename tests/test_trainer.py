@@ -237,7 +237,7 @@ def test_kl_constraint_is_met_by_dual_ascent(tokenizer, train_items):
                 steered = scorer.logprobs(unamb)
         kls[mode] = float(kl_divergence(steered, base).mean())
         if mode == "constraint":
-            assert max(r["dual_kl"] for r in rows) > 1.0  # the multiplier had to grow
+            assert max(r["dual_kl"] for r in rows) > 0.5  # the multiplier had to grow (from kl_coef = 0)
     assert kls["penalty"] > 2 * 0.002  # unconstrained, the transform drifts far from the base model
     assert kls["constraint"] <= 0.002 * 1.5  # within tolerance of the budget
 

@@ -95,7 +95,7 @@ def test_signal_by_layer_reads_a_dso_extract_entry(tokenizer, tmp_path):
     from tests.conftest import build_tiny_model
 
     model = build_tiny_model("llama", tokenizer)
-    items = usable_items(build(n_train=40, n_train_unambiguous=0)["train"].to_list())
+    items = usable_items(build(n_train=40, n_train_unambiguous=0, formats=["word"])["train"].to_list())
     scorer = OptionScorer(model, tokenizer)
     keys = resolve_modules(model, ["residual"])
     cache = ActivationCache(tmp_path)
@@ -109,7 +109,7 @@ def test_signal_by_layer_reads_a_dso_extract_entry(tokenizer, tmp_path):
     assert frame["layer"].tolist() == [0, 1] and frame["module"].tolist() == [n for _, n in keys]
     assert frame["stereotype_chance"].eq(0.5).all() and frame["caa_norm"].gt(0).all()
     assert frame[["group_probe", "stereotype_probe"]].apply(lambda c: c.between(0, 1)).all().all()
-    # the option names differ by gender token by token, so the group probe reads them off
+    # the options (man, woman) differ by gender token by token, so the group probe reads them off
     assert frame["group_probe"].max() > 0.9
 
 

@@ -24,6 +24,7 @@ from dso_cli.benchmarks.occupation_templates import (
     capitalised,
     mirrorable,
     question,
+    resolve_formats,
     templates,
 )
 from dso_cli.benchmarks.occupations import BENCHMARK, TEXT_SPLITS, Occupation, load_occupations
@@ -34,6 +35,7 @@ from dso_cli.config.group_schemas import OccupationOptions
 from dso_cli.errors import DsoError
 
 DEFAULT_HELDOUT = tuple(OccupationOptions().heldout_occupations)  # kept out of train/val/test by default
+DEFAULT_FORMATS = resolve_formats(OccupationOptions().formats, OccupationOptions().heldout_formats)[0]
 
 
 def other_first(pair_id: str) -> bool:
@@ -91,7 +93,7 @@ def _items_for(
             "benchmark": BENCHMARK,
             "split": "",
             "prompt": f"{intro}{body} {style.instruction(order)}",
-            "answer_prefix": style.prefix(order),
+            "answer_prefix": style.prefix(order, occ.name),
             "options": style.options(order),
             "option_groups": order,
             "pro_option": -1 if pro is None else order.index(pro),
@@ -102,6 +104,8 @@ def _items_for(
             "attribute": attribute,
             "question_type": template.qtype,
             "pair_id": pair_id,
+            "answer_format": style.fmt.key,
+            "option_people": [g if g == "unknown" else style.word[g] for g in order],
         }
 
 
@@ -136,17 +140,19 @@ def in_comparisons(chosen: Sequence[Template], per_comparison: int) -> list[Temp
 def _pairs(
     occ: Occupation, pool: Sequence[Template], n: int | None, contrast: Sequence[Occupation], ambiguous: bool,
     rng: random.Random, unknown_option: bool = False, attribute: str = "gender", per_comparison: int = 1,
+    formats: Sequence[str] = DEFAULT_FORMATS,
 ) -> list[list[dict]]:  # fmt: skip
     """``n`` counterbalanced pairs (all when None) of one occupation from distinct templates of ``pool``,
     in random order but dealt round-robin over question types, so that any first ``k`` pairs cover the
     types evenly (a type with few templates, like ``stated``, is not left to chance), and in blocks of
     ``per_comparison`` pairs that compare the same two groups (:func:`in_comparisons`); unambiguous
-    templates give one pair per holder gender."""
+    templates give one pair per holder gender. Each pair's answer format is drawn among ``formats``."""
     chosen = interleave_question_types(rng.sample(list(pool), len(pool)), rng)
     chosen = in_comparisons(chosen, per_comparison)[: len(pool) if n is None else n]
+    kinds = sorted({template.style.people for template in pool})
     pairs = []
     for template in chosen:
-        template = replace(template, style=template.style.drawn(rng))
+        template = replace(template, style=template.style.drawn(rng, formats, kinds))
         other_occ = rng.choice(contrast).name
         for holder in (None,) if ambiguous else (rng.choice(template.style.groups),):
             pairs.append(list(_items_for(occ, template, holder, other_occ, unknown_option, attribute)))
@@ -231,12 +237,13 @@ def _build(opts: OccupationOptions) -> datasets.DatasetDict:
         """An RNG of its own for each draw, so that resizing one split never redraws another."""
         return random.Random(":".join(map(str, (opts.seed, *parts))))
 
+    formats, heldout_formats = resolve_formats(opts.formats, opts.heldout_formats)
     splits: dict[str, list[list[dict]]] = {s: [] for s in TEXT_SPLITS}
     pools: dict[bool, dict[str, list]] = {True: {}, False: {}}
     for occ in occupations:
         contrast = [o for o in occupations if o.majority != occ.majority]
         for ambiguous in (True, False):
-            pool = templates(heldout=False, ambiguous=ambiguous, attribute=opts.attribute)
+            pool = templates(heldout=False, ambiguous=ambiguous, attribute=opts.attribute, formats=formats)
             if occ.name in opts.heldout_occupations:
                 rng = stream("heldout_occupations", occ.name, ambiguous)
                 splits["heldout_occupations"] += _pairs(
@@ -249,16 +256,18 @@ def _build(opts: OccupationOptions) -> datasets.DatasetDict:
                     opts.unknown_option,
                     opts.attribute,
                     opts.pairs_per_comparison,
+                    formats,
                 )
                 continue
-            heldout_pool = templates(heldout=True, ambiguous=ambiguous, attribute=opts.attribute)
+            heldout_pool = templates(heldout=True, ambiguous=ambiguous, attribute=opts.attribute,
+                                     formats=heldout_formats)  # fmt: skip
             rng = stream("heldout_templates", occ.name, ambiguous)
             splits["heldout_templates"] += _pairs(occ, heldout_pool, n_heldout_tpl, contrast, ambiguous, rng,
                                                   opts.unknown_option, opts.attribute,
-                                                  opts.pairs_per_comparison)  # fmt: skip
+                                                  opts.pairs_per_comparison, heldout_formats)  # fmt: skip
             rng = stream("pool", occ.name, ambiguous)
             pairs = _pairs(occ, pool, None, contrast, ambiguous, rng, opts.unknown_option, opts.attribute,
-                           opts.pairs_per_comparison)  # fmt: skip
+                           opts.pairs_per_comparison, formats)  # fmt: skip
             n_test, n_val = opts.test_pairs_per_occupation, opts.val_pairs_per_occupation
             splits["test"] += pairs[:n_test]
             splits["val"] += pairs[n_test : n_test + n_val]

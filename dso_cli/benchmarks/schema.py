@@ -32,12 +32,22 @@ FEATURES = datasets.Features(
         "question_type": datasets.Value("string"),
         "pair_id": datasets.Value("string"),
         "images": datasets.Sequence(datasets.Value("string")),
+        "answer_format": datasets.Value("string"),
+        "option_people": datasets.Sequence(datasets.Value("string")),
     }
 )
 CLUSTER_SEPARATOR = ":"
 """Joins a mixture member's or an attribute's name to a cluster (``occupation:nurse``, ``race:nurse``)."""
-OPTIONAL = {"images": [], "question_type": "", "attribute": DEFAULT_ATTRIBUTE}
+OPTIONAL = {"images": [], "question_type": "", "attribute": DEFAULT_ATTRIBUTE, "answer_format": "", "option_people": []}
 """Columns a benchmark may leave out, with their default."""
+POSITIONAL_FORMATS = frozenset({"letters", "numbers", "letters_reversed", "yes_no"})
+"""Answer formats whose options name positions (" A", " Yes"), not people: the same option text means
+either person, so a completion's activations there say nothing about who was chosen."""
+
+
+def options_name_people(item: Mapping[str, Any]) -> bool:
+    """Whether an item's options are the people themselves (words, names, references)."""
+    return item.get("answer_format", "") not in POSITIONAL_FORMATS
 
 
 class DecisionItem(TypedDict, total=False):
@@ -49,6 +59,9 @@ class DecisionItem(TypedDict, total=False):
     :mod:`dso_cli.benchmarks.attributes`) and ``question_type`` the kind of question; ``pair_id``
     ties together the items that counterbalance one another (same template, persons swapped); ``images``
     are image files shown before the prompt, in order (vision-language benchmarks; else empty);
+    ``answer_format`` names the answer-format family the item asks in, where the benchmark has several;
+    ``option_people`` who each option stands for (a name, a gender word, ``unknown``) where options name
+    positions (" A", " Yes"), empty where the options are the people themselves;
     ``cluster`` is what Per-Occupation Bias averages over (the occupation; for BBQ, the question
     template; for MMLU, the subject; in a mixture, ``<benchmark>:<cluster>``). ``option_groups`` name
     the group of ``attribute`` each option denotes, ``unknown`` ("cannot be determined"), or ``other``;
@@ -73,6 +86,8 @@ class DecisionItem(TypedDict, total=False):
     question_type: str
     pair_id: str
     images: list[str]
+    answer_format: str
+    option_people: list[str]
 
 
 class ItemError(DsoError):
@@ -109,6 +124,9 @@ def validate_item(item: Mapping[str, Any]) -> None:
     if bad:
         expected = ", ".join((*VOCABULARIES[attribute], "unknown", "other"))
         raise ItemError(where, "option_groups", f"unknown {attribute} group {bad[0]!r} (expected one of {expected})")
+    people = item.get("option_people") or []
+    if people and len(people) != n:
+        raise ItemError(where, "option_people", f"option_people has {len(people)} entries for {n} options")
     if any(not str(g) for g in groups):
         raise ItemError(where, "option_groups", "an option group is empty")
     for key in ("pro_option", "anti_option", "correct"):

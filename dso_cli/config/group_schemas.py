@@ -46,6 +46,14 @@ class OccupationOptions(Counts):
         ["construction worker", "developer", "lawyer", "manager", "accountant", "cashier", "librarian", "receptionist"],
         "occupations kept out of train/val/test",
     )
+    formats: list[str] | None = setting(
+        None,
+        "answer-format families of train/val/test (null: every family not in heldout_formats): word, name, "
+        "answer_is, letters, numbers, letters_reversed, yes_no, json, cloze; each pair draws one",
+    )
+    heldout_formats: list[str] = setting(
+        ["letters", "answer_is"], "answer-format families only heldout_templates asks in ([]: the training ones)"
+    )
     seed: int = setting(0, "seed of every split's draw")
     modality: str = setting("auto", "auto | text | image")
     source: str = setting("auto", "auto (image_dir if given, else the hub) | image_dir | social_counterfactuals")

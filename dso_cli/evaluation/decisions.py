@@ -73,9 +73,9 @@ class NameShuffleFloor(Metric):
     lean that the same group shows across *different* name pairs. A policy that prefers particular
     names, whatever their group, has the same POB under every draw, so POB above the floor is what
     follows the groups, and a floor equal to POB says the split cannot tell groups from names (e.g.
-    an occupation compares its groups through one name pair). Options are names when each option
-    text belongs to one group over the split; items with other options (letters, which mean different
-    people in different items) are left out."""
+    an occupation compares its groups through one name pair). Options are names when each option's
+    person (:func:`option_people`) belongs to one group over the split; items with other options (e.g.
+    gender words) are left out."""
 
     name = "pob_name_floor"
     SHUFFLES = 20
@@ -87,7 +87,7 @@ class NameShuffleFloor(Metric):
         if not keep:
             return {"pob_name_floor": math.nan}
         items = [scores.items[i] for i in keep]
-        people = [[(option.strip(), group) for option, group in zip(item["options"], item["option_groups"],
+        people = [[(option.strip(), group) for option, group in zip(option_people(item), item["option_groups"],
                                                                      strict=True) if group not in SPECIAL]
                   for item in items]  # fmt: skip
         meetings = sorted({tuple(sorted(who)) for who in people})
@@ -104,13 +104,21 @@ class NameShuffleFloor(Metric):
             for item, who in zip(items, people, strict=True):
                 meeting = tuple(sorted(who))
                 new = {name: relabel[(meeting, name)] for name, _ in who}
-                groups = [new.get(option.strip(), group) if group not in SPECIAL else group
-                          for option, group in zip(item["options"], item["option_groups"], strict=True)]  # fmt: skip
+                groups = [
+                    new.get(person.strip(), group) if group not in SPECIAL else group
+                    for person, group in zip(option_people(item), item["option_groups"], strict=True)
+                ]
                 shuffled.append({**item, "option_groups": groups})
             keys = sorted({key for item in shuffled for key in group_pairs(item["option_groups"])})
             leans, _ = head_to_head(shuffled, probs, keys)
             floors.append(head_to_head_bias(leans, cluster))
         return {"pob_name_floor": float(np.mean(floors))}
+
+
+def option_people(item: DecisionItem) -> list[str]:
+    """Who each option stands for: the item's ``option_people`` where the benchmark records them (options
+    such as " A" or " Yes" name positions, the people are named in the prompt), else the option texts."""
+    return list(item.get("option_people") or item["options"])
 
 
 def named_items(items: Sequence[DecisionItem], ambiguous: np.ndarray) -> list[int]:
@@ -119,14 +127,14 @@ def named_items(items: Sequence[DecisionItem], ambiguous: np.ndarray) -> list[in
     seen: dict[str, set[str]] = {}
     for item, amb in zip(items, ambiguous, strict=True):
         if amb:
-            for option, group in zip(item["options"], item["option_groups"], strict=True):
+            for option, group in zip(option_people(item), item["option_groups"], strict=True):
                 if group not in SPECIAL:
                     seen.setdefault(option.strip(), set()).add(group)
     return [
         i for i, (item, amb) in enumerate(zip(items, ambiguous, strict=True))
         if amb and len(person_groups(item["option_groups"])) > 1
         and all(group in SPECIAL or len(seen[option.strip()]) == 1
-                for option, group in zip(item["options"], item["option_groups"], strict=True))
+                for option, group in zip(option_people(item), item["option_groups"], strict=True))
     ]  # fmt: skip
 
 

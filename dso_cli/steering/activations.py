@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from dso_cli.benchmarks.schema import DecisionItem
+from dso_cli.benchmarks.schema import DecisionItem, options_name_people
 from dso_cli.errors import DsoError
 from dso_cli.scoring import OptionScorer
 from dso_cli.scoring.prefix_tree import pack
@@ -51,8 +51,10 @@ def recording(
 
 
 def usable_items(items: Sequence[DecisionItem]) -> list[DecisionItem]:
-    """The ambiguous items with both a pro- and an anti-stereotypical option (the ones fits learn from)."""
-    return [it for it in items if it["ambiguous"] and it["pro_option"] >= 0 and it["anti_option"] >= 0]
+    """The ambiguous items with both a pro- and an anti-stereotypical option (the ones fits learn from)
+    whose options name the people: a completion " A" or " Yes" stands for either person."""
+    return [it for it in items if it["ambiguous"] and it["pro_option"] >= 0 and it["anti_option"] >= 0
+            and options_name_people(it)]  # fmt: skip
 
 
 class ActivationStore:
