@@ -68,6 +68,12 @@ def test_sweep_finds_the_newest_run_and_report_compares(trained, tmp_path):
         <= {"occupation", "hiring", "reference", "stated"}
     )
     assert types["n_unambiguous"].groupby(types["alpha"]).sum().tolist() == sweep["n_unambiguous"].tolist()
+    # the association outside the decision format, and the decision metrics per answer-format family
+    assert sweep["assoc_gap"].between(0, 0.5).all() and sweep["pronoun_control_acc"].between(0, 1).all()
+    assert sweep.loc[0, "assoc_gap"] != sweep.loc[2, "assoc_gap"]  # the probes are scored steered
+    families = pd.read_csv(run_dir / "sweep_formats.csv")
+    assert families["n_ambiguous"].groupby(families["alpha"]).sum().tolist() == sweep["n_ambiguous"].tolist()
+    assert len(set(families["answer_format"])) > 2 and families["pob"].between(0, 1).all()
     assert (run_dir / "sweep_config.yaml").is_file() and (run_dir / "sweep_env.json").is_file()
 
     # a second sweep of another split adds its rows and keeps the first split's

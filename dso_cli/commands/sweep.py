@@ -14,10 +14,12 @@ from dso_cli.evaluation import Evaluator, Scores, default_metrics, load_metrics
 from dso_cli.metrics import mean_se
 from dso_cli.pipeline.inputs import heldout_corpus
 from dso_cli.pipeline.results import (
+    FORMAT_COLUMNS,
     GROUP_COLUMNS,
     GROUP_KEY,
     RowWriter,
     by_member,
+    format_rows,
     group_rows,
     markdown_table,
     result_columns,
@@ -31,7 +33,7 @@ TYPE_COLUMNS = [
 ]  # fmt: skip
 TABLE_COLUMNS = [
     "benchmark", "attribute", "split", "alpha", "pob", "pob_se", "item_bias", "first_option_rate", "order_dep",
-    "unamb_acc", "text_kl", "text_ppl", "prompt_kl",
+    "unamb_acc", "assoc_gap", "assoc_r", "pronoun_control_acc", "text_kl", "text_ppl", "prompt_kl",
 ]  # fmt: skip
 
 
@@ -53,6 +55,7 @@ def run_sweep(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
                      on_first=lambda: save_provenance(run_dir, cfg, prefix="sweep_"))  # fmt: skip
     type_rows = RowWriter(run_dir / "sweep_types.csv", TYPE_COLUMNS, [*key, "question_type"], sort=True)
     groups = RowWriter(run_dir / "sweep_groups.csv", GROUP_COLUMNS, GROUP_KEY, sort=True)
+    formats = RowWriter(run_dir / "sweep_formats.csv", FORMAT_COLUMNS, [*key, "answer_format"], sort=True)
 
     def record(row: dict, scores: Scores, split: str, member: tuple[str, str]) -> None:
         head = {"method": artifact.method, "benchmark": member[0], "attribute": member[1], "split": split}
@@ -61,6 +64,8 @@ def run_sweep(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
             type_rows.add(head | {"alpha": row["alpha"], **qtype})
         for rate in group_rows(head | {"alpha": row["alpha"]}, scores):
             groups.add(rate)
+        for family in format_rows(head | {"alpha": row["alpha"]}, scores):
+            formats.add(family)
 
     evaluator = Evaluator(scorer, metrics, bootstrap_reps=int(cfg.sweep.bootstrap_reps), seed=int(cfg.seed),
                           prompt_items=text.prompt_items, text_batch_size=text.batch_size)  # fmt: skip
@@ -76,7 +81,7 @@ def run_sweep(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
     print(markdown_table(rows.rows, TABLE_COLUMNS))
     if type_rows:
         print(type_table(type_rows.rows))
-    written = ", ".join(w.path.name for w in (type_rows, groups) if w)
+    written = ", ".join(w.path.name for w in (type_rows, groups, formats) if w)
     print(f"dso sweep: wrote {rows.path}" + (f" and {written}" if written else ""), flush=True)
     return run_dir
 

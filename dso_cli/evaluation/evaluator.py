@@ -16,8 +16,9 @@ from tqdm.auto import tqdm
 
 from dso_cli.benchmarks.neutral_text import TextCorpus
 from dso_cli.benchmarks.schema import DecisionItem
+from dso_cli.evaluation.association import PronounAssociation
 from dso_cli.evaluation.decisions import DECISION_METRICS, ItemCounts
-from dso_cli.evaluation.metric import Metric, Scores, SequenceScores, compute_all
+from dso_cli.evaluation.metric import Metric, ProbeScores, Scores, SequenceScores, compute_all
 from dso_cli.evaluation.text import TEXT_METRICS, corpus_sequences, prompt_sequences, sequence_scores
 from dso_cli.scoring import OptionScorer, policy
 from dso_cli.steering.artifact import Artifact
@@ -26,9 +27,10 @@ OnRow = Callable[[dict[str, Any], Scores], None]
 
 
 def default_metrics(*, text: bool = True, extra: Sequence[Metric] = ()) -> list[Metric]:
-    """The built-in metrics of a result row (decision metrics, with ``text`` the text cost), then the item
-    counts, then ``extra`` (a user's own, after the built-in columns)."""
-    return [*DECISION_METRICS, *(TEXT_METRICS if text else ()), ItemCounts(), *extra]
+    """The built-in metrics of a result row (decision metrics, with ``text`` the text cost, the pronoun
+    association outside the decision format), then the item counts, then ``extra`` (a user's own, after
+    the built-in columns)."""
+    return [*DECISION_METRICS, *(TEXT_METRICS if text else ()), PronounAssociation(), ItemCounts(), *extra]
 
 
 class Evaluator:
@@ -85,6 +87,7 @@ class Evaluator:
         if base is None:
             base = self.base_policy(items, desc)
         prompts = self._prompt_scores(artifact, items, strengths, desc)
+        probes = {m.name: found for m in self.metrics if (found := m.probe_items(items))}
         rows = []
         for strength in tqdm(strengths, desc=desc, unit="strength"):
             if strength == 0.0 or artifact is None:
@@ -97,12 +100,21 @@ class Evaluator:
                 sequences["text"] = text[strength]
             if strength in prompts:
                 sequences["prompts"] = prompts[strength]
-            scores = Scores(items, probs, base, strength=strength, sequences=sequences,
+            probed = {name: ProbeScores(found, self._policy(artifact, found, strength, f"{desc} {name}"))
+                      for name, found in probes.items()}  # fmt: skip
+            scores = Scores(items, probs, base, strength=strength, sequences=sequences, probes=probed,
                             bootstrap_reps=self.bootstrap_reps, seed=self.seed)  # fmt: skip
             row = {"alpha": strength, **compute_all(self.metrics, scores)}
             rows.append(row)
             on_row(row, scores)
         return rows
+
+    def _policy(self, artifact: Artifact | None, items: Sequence[DecisionItem], strength: float, desc: str) -> Tensor:
+        """The option policy on ``items`` at ``strength`` (the base model at 0 or without an artifact)."""
+        if strength == 0.0 or artifact is None:
+            return policy(self.scorer.logprobs(items, progress=desc)).cpu()
+        with artifact.steer(self.scorer, strength):
+            return policy(self.scorer.logprobs(items, progress=f"{desc} w={strength:g}")).cpu()
 
     def _prompt_scores(
         self, artifact: Artifact | None, items: Sequence[DecisionItem], strengths: Sequence[float], desc: str

@@ -34,13 +34,22 @@ class SequenceScores:
 
 
 @dataclass(frozen=True)
+class ProbeScores:
+    """A metric's own probe items (:meth:`Metric.probe_items`) and the option policy on them."""
+
+    items: Sequence[DecisionItem]
+    probs: Tensor
+
+
+@dataclass(frozen=True)
 class Scores:
     """Everything a metric reads at one strength on one set of decision items.
 
     ``probs`` is the option policy ``[n, k]`` at ``strength`` (padded options have probability 0),
     ``base_probs`` the same at strength 0. ``sequences`` holds the token-level scores a text metric
     needs, by source: ``"text"`` (held-out neutral passages) and ``"prompts"`` (the items' own prompts),
-    where they were measured. ``bootstrap_reps`` and ``seed`` fix the standard errors' resampling.
+    where they were measured; ``probes`` the policy on each metric's own probe items, by metric name.
+    ``bootstrap_reps`` and ``seed`` fix the standard errors' resampling.
     """
 
     items: Sequence[DecisionItem]
@@ -48,6 +57,7 @@ class Scores:
     base_probs: Tensor | None = None
     strength: float = 0.0
     sequences: Mapping[str, SequenceScores] = field(default_factory=dict)
+    probes: Mapping[str, ProbeScores] = field(default_factory=dict)
     bootstrap_reps: int = 1000
     seed: int = 0
 
@@ -93,6 +103,11 @@ class Metric:
 
     def compute(self, scores: Scores) -> dict[str, float]:
         raise NotImplementedError
+
+    def probe_items(self, items: Sequence[DecisionItem]) -> list[DecisionItem]:
+        """Items of its own this metric reads beside ``items`` (e.g. pronoun probes of the items'
+        occupations): the evaluator scores them at every strength into ``Scores.probes[name]``."""
+        return []
 
     @classmethod
     def output_columns(cls) -> tuple[str, ...]:

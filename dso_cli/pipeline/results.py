@@ -10,6 +10,8 @@ import pandas as pd
 
 from dso_cli.benchmarks.schema import item_attribute, member_key
 from dso_cli.evaluation import Metric, Scores, default_metrics, metric_columns
+from dso_cli.evaluation.decisions import DECISION_COLUMNS, DECISION_METRICS, ItemCounts
+from dso_cli.evaluation.metric import compute_all
 from dso_cli.io import atomic_write, locked
 from dso_cli.metrics import group_selection_rates
 
@@ -101,6 +103,26 @@ def by_member(items: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], list[
     for item in items:
         groups.setdefault(member_key(item), []).append(item)
     return groups
+
+
+FORMAT_COLUMNS = ["method", "benchmark", "attribute", "split", "alpha", "answer_format", *DECISION_COLUMNS]
+"""The columns of ``<verb>_formats.csv``: the decision metrics per answer-format family."""
+
+
+def format_rows(head: Mapping[str, Any], scores: Scores) -> list[dict[str, Any]]:
+    """The ``<verb>_formats.csv`` rows of one result row: the decision metrics on each answer-format
+    family's items (none where the items are asked in fewer than two families)."""
+    families = sorted({item.get("answer_format", "") for item in scores.items})
+    if len(families) < 2:
+        return []
+    rows = []
+    for family in families:
+        keep = [i for i, item in enumerate(scores.items) if item.get("answer_format", "") == family]
+        part = Scores([scores.items[i] for i in keep], scores.probs[keep],
+                      None if scores.base_probs is None else scores.base_probs[keep], strength=scores.strength,
+                      bootstrap_reps=scores.bootstrap_reps, seed=scores.seed)  # fmt: skip
+        rows.append(dict(head, answer_format=family, **compute_all([*DECISION_METRICS, ItemCounts()], part)))
+    return rows
 
 
 def group_rows(head: Mapping[str, Any], scores: Scores) -> list[dict[str, Any]]:
