@@ -25,7 +25,8 @@ VERBS = {
     "sweep": 'evaluate a trained artifact at every strength: alpha=0:1:0.1 or "alpha=[0,0.5,1]"',
     "report": 'Pareto table + plot from a run\'s sweep (or several: "runs=[dirA,dirB]")',
     "eval": 'one table over bias + capability benchmarks at a few strengths: "eval.benchmarks=[...]" "alpha=[0,1]"',
-    "compare": "every steering method (none, prompting, caa, iti, mean_match, leace, dso): one table + plot",
+    "compare": "every steering method (none, prompting, caa, iti, mean_match, leace, projection, leace_association, "
+    "dso): one table + plot",
     "prune": "keep the top fraction of a DSO run's neurons by |a|+|b| and re-evaluate: keep=0.1:1:0.1",
     "export": "fold a DSO run's transform at one strength into a Hugging Face checkpoint: out=DIR alpha=1",
     "extract": "cache a split's activations once (norms, residual stream, heads) for the baseline fits",

@@ -38,7 +38,7 @@ def test_caa_vectors_agree_with_steering_vectors(tiny_llama_dir):
     # no --layer: the layer our default fit selects on val (of the two candidates of a 2-layer model)
     result = bench.measure(cfg, warmup_items=4, log=lambda _: None)
     assert result["layer_source"] == "selected on val" and result["layer"] in result["candidate_layers"] == [0, 1]
-    assert result["n_pairs"] == 34 and result["batch_size"] == 7 and result["n_token_mismatches"] == 0
+    assert result["n_pairs"] == 38 and result["batch_size"] == 7 and result["n_token_mismatches"] == 0
     assert result["ours_norm"] > 0 and result["steering_vectors_norm"] > 0
     assert result["cosine"] >= 0.99 and result["relative_norm_difference"] < 1e-3
     assert result["steering_vectors_guess_matches"]

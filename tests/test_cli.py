@@ -210,7 +210,7 @@ def test_compare_runs_every_method_once_resumes_and_reports(tiny_llama_dir, tmp_
     assert result.returncode == 0, result.stderr[-3000:]
     assert "one run over them for all baselines" in result.stdout
     data = pd.read_csv(run_dir / "compare.csv")
-    methods = ["none", "prompting", "caa", "iti", "mean_match", "leace", "dso"]
+    methods = ["none", "prompting", "caa", "iti", "mean_match", "leace", "projection", "leace_association", "dso"]
     assert set(data["method"]) == set(methods) and set(data["split"]) == {"val", "test"}
     test = data[data["split"] == "test"]
     assert test[test["method"] == "caa"]["alpha"].tolist() == [0.0, 1.0]

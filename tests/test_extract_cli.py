@@ -24,12 +24,12 @@ def test_extract_writes_shards_and_a_manifest_and_the_second_run_loads(extracted
     (entry,) = [p.parent for p in run_dir.glob("*/manifest.json")]
     assert "dso extract: wrote" in first.stdout
     manifest = json.loads((entry / "manifest.json").read_text())
-    assert manifest["n_items"] == 34 and manifest["positions"] == "answer" and manifest["split"] == "train"
+    assert manifest["n_items"] == 38 and manifest["positions"] == "answer" and manifest["split"] == "train"
     assert manifest["model"]["name_or_path"] == str(tiny_llama_dir) and manifest["model"]["fingerprint"]
     shards = sorted(p.name for p in entry.glob("*.safetensors"))
-    assert shards == [f"items-{a:07d}-{b:07d}.safetensors" for a, b in ((0, 10), (10, 20), (20, 30), (30, 34))]
+    assert shards == [f"items-{a:07d}-{b:07d}.safetensors" for a, b in ((0, 10), (10, 20), (20, 30), (30, 38))]
     assert {where for where, _ in manifest["modules"]} == {"output", "input"}  # norms + residual, and heads
-    assert len(manifest["labels"]["id"]) == 34 and (run_dir / "extract_config.yaml").is_file()
+    assert len(manifest["labels"]["id"]) == 38 and (run_dir / "extract_config.yaml").is_file()
     second = dso("extract", f"run_dir={run_dir}", f"model.name_or_path={tiny_llama_dir}", *TINY)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "cached, nothing to compute" in second.stdout

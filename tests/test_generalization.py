@@ -132,7 +132,10 @@ def test_mixture_batches_alternate_benchmarks_and_restore(tmp_path):
     sampler = BatchSampler(items, cfg, random.Random(0))
     assert sampler.benchmarks == ["occupation", "synthbias"]
     batch = sampler.ambiguous_batch()
-    assert Counter(it["benchmark"] for it in batch) == {"occupation": 4, "synthbias": 8}  # pairs of 2 and 4
+    assert Counter(it["benchmark"] for it in batch) == {
+        "occupation": 8,
+        "synthbias": 8,
+    }  # occupation: a scenario in two formats
     state = sampler.state()
     twin = BatchSampler(items, cfg, random.Random(0))
     twin.rng.setstate(sampler.rng.getstate())

@@ -8,6 +8,7 @@ from dso_cli.metrics import kl_divergence, pair_order_gaps
 from dso_cli.rl.rewards import (
     DecisionBalanceReward,
     StereotypeFlipReward,
+    format_gaps,
     item_divergence,
     over_people,
     pair_gaps,
@@ -169,3 +170,26 @@ def test_position_divergence_sees_a_small_lean_that_per_item_terms_miss():
     assert reward(twin_items(), lean)[:, 0].min() > 0  # the second-listed lean is pushed back to first
     with pytest.raises(DsoError, match="position_weight"):
         DecisionBalanceReward(position_weight=-1.0)
+
+
+def test_format_gaps_compare_one_scenarios_formats_not_its_fairness():
+    """Pairs a and b ask one scenario in two formats: the gap is how much the two formats' decisions over
+    the people differ, whatever each one's lean; pairs of other scenarios are not compared."""
+    items = [dict(i, scenario_id="s") for i in twin_items()]
+    same_lean = torch.tensor([[0.9, 0.1], [0.1, 0.9]] * 2)  # the man in both formats: biased but consistent
+    assert format_gaps(items, same_lean).tolist() == pytest.approx([0.0])
+    split = torch.tensor([[0.9, 0.1], [0.1, 0.9], [0.1, 0.9], [0.9, 0.1]])  # the man in one, the woman in the other
+    assert format_gaps(items, split).tolist() == pytest.approx([1.6])
+    assert len(format_gaps(twin_items(), split)) == 0  # no scenario_id: each pair its own scenario
+    reward = DecisionBalanceReward(format_weight=2.0, order_weight=0.0, pair_weight=0.0, position_weight=0.0,
+                                   occupation_weight=0.0)  # fmt: skip
+    plain = DecisionBalanceReward(order_weight=0.0, pair_weight=0.0, position_weight=0.0, occupation_weight=0.0,
+                                  format_weight=0.0)  # fmt: skip
+    assert float(reward.objective(items, split)) == pytest.approx(float(plain.objective(items, split)) - 2 * 1.6)
+    leaf = split.clone().requires_grad_(True)
+    reward.objective(items, leaf).backward()
+    surrogate = split.clone().requires_grad_(True)
+    (surrogate * reward(items, split)).sum(-1).mean().backward()
+    torch.testing.assert_close(surrogate.grad, leaf.grad)
+    with pytest.raises(DsoError, match="format_weight"):
+        DecisionBalanceReward(format_weight=-1.0)

@@ -22,10 +22,15 @@ from tests.conftest import build_tiny_model
 
 @pytest.fixture(scope="module")
 def train_items():
-    # one person style and one question type: a random model's preferences then differ by occupation
-    # (averaged over many wordings, its chance biases would wash out)
+    # one person style, answer format (the person's word) and question type: a random model's preferences
+    # then differ by occupation (averaged over many wordings and formats, its chance biases would wash out)
     splits = build(
-        n_train=4000, n_train_unambiguous=16, heldout_occupations=[], heldout_template_pairs_per_occupation=4
+        n_train=4000,
+        n_train_unambiguous=16,
+        heldout_occupations=[],
+        heldout_template_pairs_per_occupation=4,
+        formats=["word", "name"],
+        format_twins=1,
     )
     keep = {"nurse", "carpenter", "secretary", "mechanic"}
     words = [i for i in splits["train"].to_list() if "/words/" in i["id"] and i["question_type"] == "occupation"]
@@ -49,9 +54,9 @@ def pob(scorer, params, items, strength):
 
 
 def test_training_reduces_bias_on_the_training_items(tokenizer, train_items):
-    scorer, params, rows = run(tokenizer, train_items, strength_mode="fixed")
+    scorer, params, rows = run(tokenizer, train_items, strength_mode="fixed", steps=20)
     amb = [i for i in train_items if i["ambiguous"]]
-    assert len(rows) == 12 and {"reward", "batch_pob", "kl_text", "grad_norm"} <= set(rows[0])  # the shipped objective
+    assert len(rows) == 20 and {"reward", "batch_pob", "kl_text", "grad_norm"} <= set(rows[0])  # the shipped objective
     assert pob(scorer, params, amb, 1.0) < 0.5 * pob(scorer, params, amb, 0.0)
     assert any(p.abs().sum() > 0 for p in params.values())
 
@@ -154,6 +159,21 @@ def test_batches_are_stratified_counterbalanced_pairs(train_items):
         by_pair.setdefault(i["pair_id"], []).append(i["pro_option"])
     assert all(sorted(v) == [0, 1] for v in by_pair.values())
     assert all(not i["ambiguous"] for i in sampler.unambiguous_batch())
+
+
+def test_a_scenario_asked_in_several_formats_comes_whole():
+    import random
+
+    from dso_cli.benchmarks.occupation import build
+
+    items = build(n_train=48, n_train_unambiguous=8, format_twins=2, test_pairs_per_occupation=1)["train"].to_list()
+    sampler = BatchSampler(items, TrainConfig(occupations_per_batch=4, pairs_per_occupation=1), random.Random(0))
+    batch = sampler.ambiguous_batch()
+    scenarios = {i["scenario_id"] for i in batch}
+    assert len(batch) == 4 * len(scenarios) and len({i["answer_format"] for i in batch}) > 1
+    for scenario in scenarios:
+        whole = [i["id"] for i in items if i["scenario_id"] == scenario]
+        assert sorted(i["id"] for i in batch if i["scenario_id"] == scenario) == sorted(whole)
 
 
 def test_unambiguous_batches_are_counterbalanced(train_items):
@@ -345,7 +365,7 @@ def test_bfloat16_training_learns_what_float32_learns(tokenizer, train_items):
         model = build_tiny_model("llama", tokenizer, seed=3).to(dtype)
         scorer = OptionScorer(model, tokenizer, batch_size=32)
         params = init_affine_params(find_norm_modules(model))
-        cfg = TrainConfig(steps=12, lr=0.05, occupations_per_batch=4, pairs_per_occupation=2, strength_mode="fixed")
+        cfg = TrainConfig(steps=20, lr=0.05, occupations_per_batch=4, pairs_per_occupation=2, strength_mode="fixed")
         train_dso(apply_affine, scorer, params, train_items, StereotypeFlipReward(), cfg)
         base, steered = pob(scorer, params, amb, 0.0), pob(scorer, params, amb, 1.0)
         learnt[dtype] = (torch.cat([p.detach().flatten() for p in params.values()]), steered / base)

@@ -19,6 +19,7 @@ import datasets
 
 from dso_cli.benchmarks.attribute_mix import over_attributes
 from dso_cli.benchmarks.occupation_templates import (
+    FORMATS,
     STATED,
     Template,
     capitalised,
@@ -53,7 +54,7 @@ def unknown_position(pair_id: str) -> int:
 
 def _items_for(
     occ: Occupation, template: Template, holder: str | None, other_occ: str, unknown_option: bool = False,
-    attribute: str = "gender",
+    attribute: str = "gender", scenario: str = "",
 ) -> Iterator[dict]:  # fmt: skip
     """Both person orders of one template (one counterbalanced pair); with ``unknown_option`` a third,
     "can't tell" answer at a position of the pair's own (the correct one of its ambiguous items). Gender
@@ -106,6 +107,7 @@ def _items_for(
             "pair_id": pair_id,
             "answer_format": style.fmt.key,
             "option_people": [g if g == "unknown" else style.word[g] for g in order],
+            "scenario_id": scenario,
         }
 
 
@@ -140,23 +142,38 @@ def in_comparisons(chosen: Sequence[Template], per_comparison: int) -> list[Temp
 def _pairs(
     occ: Occupation, pool: Sequence[Template], n: int | None, contrast: Sequence[Occupation], ambiguous: bool,
     rng: random.Random, unknown_option: bool = False, attribute: str = "gender", per_comparison: int = 1,
-    formats: Sequence[str] = DEFAULT_FORMATS,
+    formats: Sequence[str] = DEFAULT_FORMATS, twins: int = 1, twins_from: int = 0,
 ) -> list[list[dict]]:  # fmt: skip
     """``n`` counterbalanced pairs (all when None) of one occupation from distinct templates of ``pool``,
     in random order but dealt round-robin over question types, so that any first ``k`` pairs cover the
     types evenly (a type with few templates, like ``stated``, is not left to chance), and in blocks of
     ``per_comparison`` pairs that compare the same two groups (:func:`in_comparisons`); unambiguous
-    templates give one pair per holder gender. Each pair's answer format is drawn among ``formats``."""
+    templates give one pair per holder gender. Each pair's answer format is drawn among ``formats``;
+    ambiguous templates from the ``twins_from``-th on are asked in ``twins`` formats (the drawn one and
+    others, as far as ``formats`` has them), their pairs consecutive and sharing a ``scenario_id``."""
     chosen = interleave_question_types(rng.sample(list(pool), len(pool)), rng)
     chosen = in_comparisons(chosen, per_comparison)[: len(pool) if n is None else n]
     kinds = sorted({template.style.people for template in pool})
     pairs = []
-    for template in chosen:
+    for index, template in enumerate(chosen):
         template = replace(template, style=template.style.drawn(rng, formats, kinds))
         other_occ = rng.choice(contrast).name
         for holder in (None,) if ambiguous else (rng.choice(template.style.groups),):
-            pairs.append(list(_items_for(occ, template, holder, other_occ, unknown_option, attribute)))
+            asked = [template]
+            scenario = ""
+            if ambiguous and twins > 1 and index >= twins_from:
+                asked += _twin_templates(template, formats, twins - 1, rng)
+                scenario = f"{BENCHMARK}/{occ.name}/{replace(template, style=replace(template.style, answer=None)).key}"
+            for form in asked:
+                pairs.append(list(_items_for(occ, form, holder, other_occ, unknown_option, attribute, scenario)))
     return pairs
+
+
+def _twin_templates(template: Template, formats: Sequence[str], n: int, rng: random.Random) -> list[Template]:
+    """``template`` asked in up to ``n`` other answer formats of ``formats`` (drawn without repeats)."""
+    style = template.style
+    others = [f for f in style.formats_among(formats) if f != style.fmt.key]
+    return [replace(template, style=replace(style, answer=FORMATS[f])) for f in rng.sample(others, min(n, len(others)))]
 
 
 def build(**options: Any) -> datasets.DatasetDict:
@@ -225,6 +242,8 @@ def _build(opts: OccupationOptions) -> datasets.DatasetDict:
         raise DsoError(f"bias.pairs_per_comparison must be at least 1, not {opts.pairs_per_comparison}")
     if opts.n_train % 2 or opts.n_train_unambiguous % 2:
         raise DsoError("occupation benchmark: n_train and n_train_unambiguous must be even (items come in pairs)")
+    if opts.format_twins < 1:
+        raise DsoError(f"bias.format_twins must be at least 1, not {opts.format_twins}")
     n_heldout_tpl = opts.test_pairs_per_occupation if opts.heldout_template_pairs_per_occupation is None else (
         opts.heldout_template_pairs_per_occupation)  # fmt: skip
     occupations = load_occupations()
@@ -266,17 +285,33 @@ def _build(opts: OccupationOptions) -> datasets.DatasetDict:
                                                   opts.unknown_option, opts.attribute,
                                                   opts.pairs_per_comparison, heldout_formats)  # fmt: skip
             rng = stream("pool", occ.name, ambiguous)
-            pairs = _pairs(occ, pool, None, contrast, ambiguous, rng, opts.unknown_option, opts.attribute,
-                           opts.pairs_per_comparison, formats)  # fmt: skip
             n_test, n_val = opts.test_pairs_per_occupation, opts.val_pairs_per_occupation
+            pairs = _pairs(occ, pool, None, contrast, ambiguous, rng, opts.unknown_option, opts.attribute,
+                           opts.pairs_per_comparison, formats, opts.format_twins, n_test + n_val)  # fmt: skip
             splits["test"] += pairs[:n_test]
             splits["val"] += pairs[n_test : n_test + n_val]
-            left = pairs[n_test + n_val :]
+            left = scenarios(pairs[n_test + n_val :])
             rng.shuffle(left)  # training draws in proportion to the pool's types, not round-robin
             pools[ambiguous][occ.name] = left
     rng = stream("train")
-    splits["train"] = take_stratified(pools[True], opts.n_train // 2, rng, what="occupation benchmark n_train")
-    splits["train"] += take_stratified(
-        pools[False], opts.n_train_unambiguous // 2, rng, what="occupation benchmark n_train_unambiguous"
-    )
+    per_scenario = max(1, min(opts.format_twins, len(formats)))
+    n_pairs = opts.n_train // 2
+    amb = take_stratified(pools[True], -(-n_pairs // per_scenario), rng, what="occupation benchmark n_train")
+    unamb = take_stratified(pools[False], opts.n_train_unambiguous // 2, rng,
+                            what="occupation benchmark n_train_unambiguous")  # fmt: skip
+    splits["train"] = [pair for scenario in amb for pair in scenario][:n_pairs]  # the last scenario may lose a twin
+    splits["train"] += [pair for scenario in unamb for pair in scenario]
     return splits_to_datasets({name: [item for pair in pairs for item in pair] for name, pairs in splits.items()})
+
+
+def scenarios(pairs: Sequence[list[dict]]) -> list[list[list[dict]]]:
+    """``pairs`` grouped into scenarios: the consecutive pairs that share a ``scenario_id`` (a scenario
+    asked in several formats) stay together, every other pair is a scenario of its own."""
+    out: list[list[list[dict]]] = []
+    for pair in pairs:
+        scenario = pair[0]["scenario_id"]
+        if scenario and out and out[-1][0][0]["scenario_id"] == scenario:
+            out[-1].append(pair)
+        else:
+            out.append([pair])
+    return out

@@ -34,11 +34,19 @@ FEATURES = datasets.Features(
         "images": datasets.Sequence(datasets.Value("string")),
         "answer_format": datasets.Value("string"),
         "option_people": datasets.Sequence(datasets.Value("string")),
+        "scenario_id": datasets.Value("string"),
     }
 )
 CLUSTER_SEPARATOR = ":"
 """Joins a mixture member's or an attribute's name to a cluster (``occupation:nurse``, ``race:nurse``)."""
-OPTIONAL = {"images": [], "question_type": "", "attribute": DEFAULT_ATTRIBUTE, "answer_format": "", "option_people": []}
+OPTIONAL = {
+    "images": [],
+    "question_type": "",
+    "attribute": DEFAULT_ATTRIBUTE,
+    "answer_format": "",
+    "option_people": [],
+    "scenario_id": "",
+}
 """Columns a benchmark may leave out, with their default."""
 POSITIONAL_FORMATS = frozenset({"letters", "numbers", "letters_reversed", "yes_no"})
 """Answer formats whose options name positions (" A", " Yes"), not people: the same option text means
@@ -61,7 +69,8 @@ class DecisionItem(TypedDict, total=False):
     are image files shown before the prompt, in order (vision-language benchmarks; else empty);
     ``answer_format`` names the answer-format family the item asks in, where the benchmark has several;
     ``option_people`` who each option stands for (a name, a gender word, ``unknown``) where options name
-    positions (" A", " Yes"), empty where the options are the people themselves;
+    positions (" A", " Yes"), empty where the options are the people themselves; ``scenario_id`` ties
+    together the pairs that ask one scenario in different answer formats (empty: asked in one);
     ``cluster`` is what Per-Occupation Bias averages over (the occupation; for BBQ, the question
     template; for MMLU, the subject; in a mixture, ``<benchmark>:<cluster>``). ``option_groups`` name
     the group of ``attribute`` each option denotes, ``unknown`` ("cannot be determined"), or ``other``;
@@ -88,6 +97,7 @@ class DecisionItem(TypedDict, total=False):
     images: list[str]
     answer_format: str
     option_people: list[str]
+    scenario_id: str
 
 
 class ItemError(DsoError):

@@ -51,6 +51,9 @@ class OccupationOptions(Counts):
         "answer-format families of train/val/test (null: every family not in heldout_formats): word, name, "
         "answer_is, letters, numbers, letters_reversed, yes_no, json, cloze; each pair draws one",
     )
+    format_twins: int = setting(
+        2, "train: each ambiguous scenario asked in this many answer formats (reward.format_weight compares them)"
+    )
     heldout_formats: list[str] = setting(
         ["letters", "answer_is"], "answer-format families only heldout_templates asks in ([]: the training ones)"
     )
@@ -196,6 +199,11 @@ class LeaceOptions:
 
 
 @dataclass
+class AssociationOptions:
+    layers: list[int] | None = setting(None, "decoder layers whose outputs are steered (null: the middle layer)")
+
+
+@dataclass
 class PromptingOptions:
     instruction: str | None = setting(None, "null: the built-in instruction")
 
@@ -213,6 +221,9 @@ class DecisionBalanceOptions(RewardOptions):
     item_divergence: str = setting("kl", "kl (KL(uniform || pi) of the two people) | gap (|P(pro) - P(anti)|)")
     order_weight: float = setting(1.0, "weight of the counterbalanced pairs' order gap")
     pair_weight: float = setting(3.0, "weight of the counterbalanced pairs' gender gap")
+    format_weight: float = setting(
+        3.0, "weight of the disagreement between answer formats of one scenario (needs bias.format_twins > 1)"
+    )
     position_weight: float = setting(10.0, "weight of the batch's mean lean to the first-listed person")
     occupation_weight: float = setting(3.0, "weight of the paper's per-occupation gap")
     occupation_divergence: str = setting(
@@ -225,7 +236,7 @@ class DecisionBalanceOptions(RewardOptions):
         for name in ("item_divergence", "occupation_divergence"):
             if getattr(self, name) not in ("kl", "gap"):
                 raise DsoError(f"reward.{name} must be kl or gap, not {getattr(self, name)!r}")
-        for name in ("order_weight", "pair_weight", "position_weight", "occupation_weight"):
+        for name in ("order_weight", "pair_weight", "format_weight", "position_weight", "occupation_weight"):
             if not getattr(self, name) >= 0:
                 raise DsoError(f"reward.{name} must be at least 0, not {getattr(self, name)}")
 
@@ -296,6 +307,8 @@ OPTIONS: dict[str, dict[str, type]] = {
         "iti": ITIOptions,
         "mean_match": NoOptions,
         "leace": LeaceOptions,
+        "projection": AssociationOptions,
+        "leace_association": AssociationOptions,
         "prompting": PromptingOptions,
         "none": NoOptions,
     },

@@ -155,7 +155,8 @@ class CompareSection(Counts):
     section: ClassVar[str] = "compare"
 
     methods: list[str] = setting(
-        ["none", "prompting", "caa", "iti", "mean_match", "leace", "dso"], "steering methods to compare"
+        ["none", "prompting", "caa", "iti", "mean_match", "leace", "projection", "leace_association", "dso"],
+        "steering methods to compare",
     )
     grids: dict[str, Any] = setting(
         {
@@ -165,6 +166,8 @@ class CompareSection(Counts):
             "iti": "[0,5,10,15]",
             "mean_match": "[0,0.25,0.5,1]",
             "leace": "[0,0.5,1]",
+            "projection": "[0,0.5,1]",
+            "leace_association": "[0,0.5,1]",
             "dso": "[0,0.25,0.5,1]",
         },
         "strengths per method (null: the method's default grid)",

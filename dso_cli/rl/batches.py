@@ -20,7 +20,8 @@ from dso_cli.scoring import OptionScorer
 
 class BatchSampler:
     """Stratified batches: ``occupations_per_batch`` clusters (occupations), whole counterbalanced pairs
-    of each; with several benchmarks (a mixture) the clusters are taken from each benchmark in turn."""
+    of each (a scenario asked in several answer formats comes whole: ``scenario_id``); with several
+    benchmarks (a mixture) the clusters are taken from each benchmark in turn."""
 
     def __init__(self, items: Sequence[DecisionItem], cfg: TrainConfig, rng: random.Random) -> None:
         self.rng = rng
@@ -31,7 +32,7 @@ class BatchSampler:
         self.evidence = evidence_pools(self.unambiguous)
         for item in items:
             if item["ambiguous"]:
-                pairs[item["cluster"]][item["pair_id"]].append(item)
+                pairs[item["cluster"]][item.get("scenario_id") or item["pair_id"]].append(item)
                 benchmark_of[item["cluster"]] = item["benchmark"]
         self.pairs = {occ: list(by_id.values()) for occ, by_id in pairs.items()}
         if not self.pairs:

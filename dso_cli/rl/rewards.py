@@ -249,6 +249,23 @@ def pair_gaps(items: Sequence[Mapping[str, Any]], probs: Tensor) -> Tensor:
     return (sums / counts).abs()
 
 
+def format_gaps(items: Sequence[Mapping[str, Any]], probs: Tensor) -> Tensor:
+    """Per scenario asked in several answer formats (items sharing ``scenario_id``, each format one
+    counterbalanced pair), ``|lean_f − lean_g|`` for every two of its formats, ``lean`` a pair's mean
+    ``P(pro) − P(anti)``: zero when the decision over the people is the same whichever way the answer is
+    asked, however far from 50/50 it is. Differentiable; empty without such scenarios."""
+    p_pro, p_anti, has = _person_pair_probs(items, probs)
+    leans: dict[str, dict[str, list[Tensor]]] = {}
+    for item, lean, ok in zip(items, p_pro - p_anti, has.tolist(), strict=True):
+        if ok and item.get("scenario_id"):
+            leans.setdefault(item["scenario_id"], {}).setdefault(item["pair_id"], []).append(lean)
+    gaps = []
+    for pairs in leans.values():
+        means = [torch.stack(v).mean() for v in pairs.values()]
+        gaps += [(means[a] - means[b]).abs() for a in range(len(means)) for b in range(a + 1, len(means))]
+    return torch.stack(gaps) if gaps else probs.new_zeros(0)
+
+
 def position_shares(items: Sequence[Mapping[str, Any]], probs: Tensor) -> tuple[Tensor, Tensor]:
     """The batch's mean probability of the first- and of the second-listed person, over the items that
     name two people (a "can't tell" option is skipped). Differentiable.
@@ -293,11 +310,12 @@ class DecisionBalanceReward(DecisionBalanceOptions):
     """Fair per decision: every ambiguous decision 50/50 between the two people (or "can't tell").
 
     The objective, maximised, is ``J = −mean_i D(π_i) − order_weight · mean_pairs order_gap
-    − pair_weight · mean_pairs pair_gap − position_weight · D(batch mean)
+    − pair_weight · mean_pairs pair_gap − format_weight · mean format_gap − position_weight · D(batch mean)
     − occupation_weight · mean_o D_o``, with
     ``D`` the per-item divergence from 50/50 (:func:`item_divergence`), the order gap (position
     preference, :func:`dso_cli.metrics.pair_order_gaps`) and the gender gap (:func:`pair_gaps`) of
-    each counterbalanced pair, the batch's mean preference for the first-listed person
+    each counterbalanced pair, the disagreement between the answer formats a scenario is asked in
+    (:func:`format_gaps`, with ``bias.format_twins`` > 1), the batch's mean preference for the first-listed person
     (:func:`position_divergence`), and each occupation's distance from 50/50 ``D_o``
     (:func:`cluster_divergence`: the paper's per-occupation gap, or its KL). The two pair terms split an item's
     departure from 50/50 into what follows the listing order and what follows gender, and push on each
@@ -322,6 +340,10 @@ class DecisionBalanceReward(DecisionBalanceOptions):
             gaps = pair_gaps(items, probs)
             if len(gaps):
                 objective = objective - self.pair_weight * gaps.mean()
+        if self.format_weight > 0:
+            gaps = format_gaps(items, probs)
+            if len(gaps):
+                objective = objective - self.format_weight * gaps.mean()
         if self.position_weight > 0:
             objective = objective - self.position_weight * position_divergence(items, probs, self.item_divergence)
         if self.occupation_weight > 0:
