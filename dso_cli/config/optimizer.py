@@ -46,7 +46,9 @@ class OptimizerOptions:
     betas: list[float] = setting([0.9, 0.999], "Adam betas, two numbers in [0, 1)")
     steps: int = setting(60, "optimizer steps")
     occupations_per_batch: int = setting(4, "clusters (occupations) per batch")
-    pairs_per_occupation: int = setting(2, "counterbalanced pairs per cluster and batch")
+    pairs_per_occupation: int = setting(
+        2, "counterbalanced pairs per cluster and batch (a scenario in several formats counts once)"
+    )
     unambiguous_per_batch: int = setting(16, "unambiguous items per step")
     accumulate: int = setting(1, "micro-batches per optimizer step")
     grad_clip: float = setting(1.0, "gradient norm clip")
