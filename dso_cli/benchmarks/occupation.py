@@ -163,7 +163,7 @@ def _pairs(
             scenario = ""
             if ambiguous and twins > 1 and index >= twins_from:
                 asked += _twin_templates(template, formats, twins - 1, rng)
-                scenario = f"{BENCHMARK}/{occ.name}/{replace(template, style=replace(template.style, answer=None)).key}"
+                scenario = f"{BENCHMARK}/{occ.name}/{template.scene_key}"
             for form in asked:
                 pairs.append(list(_items_for(occ, form, holder, other_occ, unknown_option, attribute, scenario)))
     return pairs

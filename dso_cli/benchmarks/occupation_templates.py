@@ -349,12 +349,16 @@ class Template:
     heldout: bool = False
 
     @property
+    def scene_key(self) -> str:
+        """What is asked, whatever the answer format: question type, wording, scenario and people."""
+        pool = SETTINGS if not self.heldout else HELDOUT_SETTINGS
+        where = f"w{self.wording}{'h' if self.heldout else ''}/s{pool.index(self.setting)}"
+        return f"{self.qtype}/{where}/{self.style.key}"
+
+    @property
     def key(self) -> str:
         """The template's identity; once its pair's answer format is drawn, the format's family ends it."""
-        pool = SETTINGS if not self.heldout else HELDOUT_SETTINGS
-        fmt = f"/{self.style.answer.key}" if self.style.answer is not None else ""
-        where = f"w{self.wording}{'h' if self.heldout else ''}/s{pool.index(self.setting)}"
-        return f"{self.qtype}/{where}/{self.style.key}{fmt}"
+        return self.scene_key + (f"/{self.style.answer.key}" if self.style.answer is not None else "")
 
 
 def templates(

@@ -57,7 +57,7 @@ class Evaluator:
 
     def base_policy(self, items: Sequence[DecisionItem], desc: str = "eval") -> Tensor:
         """The unsteered model's option probabilities on ``items`` (shared by every method's ω = 0)."""
-        return policy(self.scorer.logprobs(items, progress=f"{desc} base")).cpu()
+        return self._policy(None, items, 0.0, f"{desc} base")
 
     def text_scores(
         self, artifact: Artifact | None, corpus: TextCorpus | None, strengths: Sequence[float], desc: str = "text"
@@ -90,11 +90,7 @@ class Evaluator:
         probes = {m.name: found for m in self.metrics if (found := m.probe_items(items))}
         rows = []
         for strength in tqdm(strengths, desc=desc, unit="strength"):
-            if strength == 0.0 or artifact is None:
-                probs = base
-            else:
-                with artifact.steer(self.scorer, strength):
-                    probs = policy(self.scorer.logprobs(items, progress=f"{desc} w={strength:g}")).cpu()
+            probs = base if strength == 0.0 or artifact is None else self._policy(artifact, items, strength, desc)
             sequences = {}
             if text and strength in text:
                 sequences["text"] = text[strength]
@@ -112,7 +108,7 @@ class Evaluator:
     def _policy(self, artifact: Artifact | None, items: Sequence[DecisionItem], strength: float, desc: str) -> Tensor:
         """The option policy on ``items`` at ``strength`` (the base model at 0 or without an artifact)."""
         if strength == 0.0 or artifact is None:
-            return policy(self.scorer.logprobs(items, progress=desc)).cpu()
+            return policy(self.scorer.logprobs(items, progress=desc)).cpu()  # the base model's
         with artifact.steer(self.scorer, strength):
             return policy(self.scorer.logprobs(items, progress=f"{desc} w={strength:g}")).cpu()
 

@@ -237,16 +237,22 @@ def pair_gaps(items: Sequence[Mapping[str, Any]], probs: Tensor) -> Tensor:
     level of one decision asked in every order (a pair that always picks the man, whoever is listed
     first, has gap 1; one that picks whoever is listed first has gap 0). Differentiable; items without
     a pro or an anti option are left out."""
+    return pair_leans(items, probs)[1].abs()
+
+
+def pair_leans(items: Sequence[Mapping[str, Any]], probs: Tensor) -> tuple[list[str], Tensor]:
+    """``(pair ids, leans)``: per counterbalanced pair in the batch (sorted by id), the mean over its
+    items of ``P(pro) − P(anti)``; items without a pro or an anti option are left out. Differentiable."""
     p_pro, p_anti, has = _person_pair_probs(items, probs)
     pairs = sorted({item["pair_id"] for item, ok in zip(items, has.tolist(), strict=True) if ok})
     if not pairs:
-        return probs.new_zeros(0)
+        return [], probs.new_zeros(0)
     lookup = {pair: i for i, pair in enumerate(pairs)}
     index = torch.tensor([lookup.get(item["pair_id"], 0) for item in items], device=probs.device)
     weight = has.to(probs.dtype)
     sums = probs.new_zeros(len(pairs)).index_add(0, index, (p_pro - p_anti) * weight)
     counts = probs.new_zeros(len(pairs)).index_add(0, index, weight)
-    return (sums / counts).abs()
+    return pairs, sums / counts
 
 
 def format_gaps(items: Sequence[Mapping[str, Any]], probs: Tensor) -> Tensor:
@@ -254,15 +260,14 @@ def format_gaps(items: Sequence[Mapping[str, Any]], probs: Tensor) -> Tensor:
     counterbalanced pair), ``|lean_f − lean_g|`` for every two of its formats, ``lean`` a pair's mean
     ``P(pro) − P(anti)``: zero when the decision over the people is the same whichever way the answer is
     asked, however far from 50/50 it is. Differentiable; empty without such scenarios."""
-    p_pro, p_anti, has = _person_pair_probs(items, probs)
-    leans: dict[str, dict[str, list[Tensor]]] = {}
-    for item, lean, ok in zip(items, p_pro - p_anti, has.tolist(), strict=True):
-        if ok and item.get("scenario_id"):
-            leans.setdefault(item["scenario_id"], {}).setdefault(item["pair_id"], []).append(lean)
-    gaps = []
-    for pairs in leans.values():
-        means = [torch.stack(v).mean() for v in pairs.values()]
-        gaps += [(means[a] - means[b]).abs() for a in range(len(means)) for b in range(a + 1, len(means))]
+    pairs, leans = pair_leans(items, probs)
+    scenario_of = {item["pair_id"]: item.get("scenario_id") for item in items}
+    by_scenario: dict[str, list[int]] = {}
+    for i, pair in enumerate(pairs):
+        if scenario_of[pair]:
+            by_scenario.setdefault(scenario_of[pair], []).append(i)
+    gaps = [(leans[a] - leans[b]).abs() for members in by_scenario.values()
+            for k, a in enumerate(members) for b in members[k + 1 :]]  # fmt: skip
     return torch.stack(gaps) if gaps else probs.new_zeros(0)
 
 
