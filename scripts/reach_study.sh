@@ -11,8 +11,10 @@
 #   lofo_<family>  the default with <family> held out instead (e.g. lofo_yes_no, lofo_json)
 #   first_half / second_half  the default steering only the first / the second half of the layers
 #                  (steering_method.depth=[0,0.5] / [0.5,1]; the default steers every norm)
+#   association    the default plus the pronoun-association term (optimizer.association_weight=10)
 #   projection     the occupation-gender direction of pronoun contexts removed at the middle layer
 #   leace_association  LEACE fitted on those contexts, middle layer
+#   projection_many / leace_association_many  the same at every third layer from 6 to 27
 # Resumable (finished runs are skipped). About 12 minutes per trained row on 2 CPU cores.
 #   scripts/reach_study.sh [OUT_DIR] [ROWS] [SEED]
 set -euo pipefail
@@ -30,7 +32,10 @@ for row in $rows; do
     lofo_*) args=("bias.heldout_formats=[${row#lofo_}]") ;;
     first_half) args=("$heldout" "steering_method.depth=[0,0.5]") ;;
     second_half) args=("$heldout" "steering_method.depth=[0.5,1]") ;;
+    association) args=("$heldout" optimizer.association_weight=10) ;;
     projection | leace_association) args=("$heldout" "steering_method=$row") ;;
+    projection_many | leace_association_many)
+      args=("$heldout" "steering_method=${row%_many}" "steering_method.layers=[6,9,12,15,18,21,24,27]") ;;
     *) echo "unknown row $row" >&2; exit 2 ;;
   esac
   run="$out/$row-s$seed"

@@ -1,11 +1,13 @@
 """The DSO trainer on a tiny random model: it learns, it is seeded, and the path term runs."""
 
 import itertools
+import math
 
 import pytest
 import torch
 
 from dso_cli.benchmarks.occupation import build
+from dso_cli.benchmarks.pronoun_probes import ASSOCIATION, CONTROL, association_probes
 from dso_cli.errors import DsoError
 from dso_cli.evaluation import decision_metrics
 from dso_cli.metrics import kl_divergence
@@ -130,19 +132,54 @@ def test_seeded_runs_are_identical(tokenizer, train_items):
 
 
 def test_path_term_alone_moves_the_parameters(tokenizer, train_items):
-    """With a zero reward, no accuracy reward and no KL, only the path term can produce a gradient."""
+    """With a zero reward, no accuracy reward, no association term and no KL, only the path term can produce a
+    gradient."""
     zero = lambda items, probs: torch.zeros_like(probs)  # noqa: E731
     for mode, moves in (("fixed", False), ("path", True)):
         model = build_tiny_model("llama", tokenizer, seed=3)
         params = init_affine_params(find_norm_modules(model))
         rows = []
         cfg = TrainConfig(steps=3, lr=0.05, strength_mode=mode, kl_coef=0.0, path_weight=10.0, l1=0.0,
-                          accuracy_weight=0.0, kl_prompt_items=0, kl_text_passages=0)  # fmt: skip
+                          accuracy_weight=0.0, association_weight=0.0, kl_prompt_items=0,
+                          kl_text_passages=0)  # fmt: skip
         train_dso(
             apply_affine, OptionScorer(model, tokenizer, batch_size=32), params, train_items, zero, cfg, log=rows.append
         )
         assert any(p.abs().sum() > 0 for p in params.values()) == moves
         assert ("path_loss" in rows[0]) == moves
+
+
+def test_association_term_flattens_the_training_occupations_pronouns_and_keeps_the_controls(tokenizer, train_items):
+    """With a zero reward and no accuracy term, the association term alone moves the transform: the
+    training occupations' pronouns go towards 50/50 (KL(uniform || pi) falls, though this random model
+    is near-certain on half the probes) while the name-determined controls stay near the base model;
+    off (weight 0), nothing moves."""
+    zero = lambda items, probs: torch.zeros_like(probs)  # noqa: E731
+    probes = association_probes(train_items)
+    assoc = [p for p in probes if p["question_type"] == ASSOCIATION]
+    controls = [p for p in probes if p["question_type"] == CONTROL]
+
+    def from_uniform(logprobs):
+        return (-torch.log_softmax(logprobs, -1).mean(-1) - math.log(2)).mean()
+
+    for weight in (0.0, 10.0):
+        model = build_tiny_model("llama", tokenizer, seed=3)
+        scorer = OptionScorer(model, tokenizer, batch_size=32)
+        params = init_affine_params(find_norm_modules(model))
+        rows = []
+        cfg = TrainConfig(steps=10, lr=0.2, association_weight=weight, association_probes=8, accuracy_weight=0.0,
+                          kl_prompt_items=0, kl_text_passages=0)  # fmt: skip
+        train_dso(apply_affine, scorer, params, train_items, zero, cfg, log=rows.append)
+        assert ("association_gap" in rows[0]) == (weight > 0)
+        if not weight:
+            assert all(p.abs().sum() == 0 for p in params.values())
+            continue
+        with apply_affine(model, params, 0.0):
+            before, base_controls = from_uniform(scorer.logprobs(assoc)), scorer.logprobs(controls)
+        with apply_affine(model, params, 1.0):
+            after, steered_controls = from_uniform(scorer.logprobs(assoc)), scorer.logprobs(controls)
+        assert after < 0.8 * before
+        assert kl_divergence(steered_controls, base_controls).mean() < 0.5 * (before - after)
 
 
 def test_batches_are_stratified_counterbalanced_pairs(train_items):
@@ -242,6 +279,7 @@ def test_kl_constraint_is_met_by_dual_ascent(tokenizer, train_items):
         "kl_budget": 0.002,
         "kl_coef": 0.0,
         "accuracy_weight": 1.0,
+        "association_weight": 0.0,  # another force on the anchor items that no budget governs
         "lr_schedule": "constant",
     }  # the earlier defaults
     unamb = [i for i in train_items if not i["ambiguous"]]

@@ -19,7 +19,7 @@ from dso_cli.errors import DsoError
 CHOICES = {"strength_mode": ("fixed", "path"), "kl_mode": ("penalty", "constraint"),
            "lr_schedule": ("constant", "cosine", "linear")}  # fmt: skip
 AT_LEAST_ONE = ("steps", "accumulate", "occupations_per_batch", "pairs_per_occupation", "samples", "ppo_epochs",
-                "kl_text_tokens", "checkpoint_every", "patience")  # fmt: skip
+                "kl_text_tokens", "checkpoint_every", "patience", "association_probes")  # fmt: skip
 POSITIVE = ("lr", "kl_budget", "ppo_clip")
 
 
@@ -32,7 +32,8 @@ class OptimizerOptions:
     full-vocabulary KL(steered || base) per token on ``kl_text_passages`` neutral training passages
     (cut to ``kl_text_tokens``) and on the prompts of ``kl_prompt_items`` training items per step,
     weight ``kl_text_coef``; the expected accuracy on unambiguous items (``accuracy_weight``);
-    optionally the two-option KL on unambiguous items (``kl_coef``). ``kl_mode``: ``penalty`` (fixed
+    optionally the two-option KL on unambiguous items (``kl_coef``) and the pronoun association of the
+    training occupations (``association_weight``, :mod:`dso_cli.rl.association`). ``kl_mode``: ``penalty`` (fixed
     weights) or ``constraint`` (each KL source ≤ ``kl_budget``, its multiplier learnt by dual ascent
     from its weight with step ``kl_dual_lr``). Every tenth passage of the training text is kept out for
     early stopping; the held-out articles that ``text_kl`` measures are never used.
@@ -72,6 +73,12 @@ class OptimizerOptions:
         "accuracy_weight); null: the fixed weight",
     )
     accuracy_dual_lr: float = setting(10.0, "constraint: the accuracy weight's dual ascent step")
+    association_weight: float = setting(
+        5.0,
+        "weight of the pronoun-association term: KL(uniform || P(he), P(she)) after training occupations' "
+        "pronoun probes, plus the KL to base on their name-determined controls (0: off; occupation items only)",
+    )
+    association_probes: int = setting(8, "association probes (and as many controls) per step")
     l1: float = setting(0.0, "L1 sparsity on a and b")
     strength_mode: str = setting("fixed", "fixed: train at strength 1 only (the paper) | path: also along (0, 1)")
     path_weight: float = setting(1.0, "weight of the monotone-path term")

@@ -17,6 +17,7 @@ from torch import Tensor
 from dso_cli.benchmarks.schema import DecisionItem, member_key
 from dso_cli.errors import DsoError
 from dso_cli.metrics import kl_divergence
+from dso_cli.rl.association import AssociationProbes, association_loss
 from dso_cli.rl.batches import BaseCache, BatchSampler
 from dso_cli.rl.config import TrainConfig
 from dso_cli.rl.estimators import Estimator
@@ -46,16 +47,18 @@ def _one_step(
     strength_rng: random.Random,
     phase: Callable[[str], AbstractContextManager[None]] = untimed,
     packed_text: bool = True,
+    probes: AssociationProbes | None = None,
 ) -> dict[str, float]:
     """One optimizer step (``ppo_epochs`` of them for PPO) over ``accumulate`` micro-batches; ``phase``
     names the parts of the step for a :class:`~dso_cli.rl.phases.PhaseTimer`; ``packed_text``: the text
-    KL over prefix trees (else right-padded rows)."""
+    KL over prefix trees (else right-padded rows); ``probes``: the association term's pronoun probes."""
     micro = []
     for _ in range(cfg.accumulate):
         amb, unamb = sampler.ambiguous_batch(), sampler.unambiguous_batch()
         text = _draw(*texts, cfg.kl_text_passages) + _draw(*prompts, cfg.kl_prompt_items)
         strength = strength_rng.uniform(0.0, 1.0) if cfg.strength_mode == "path" else None
-        micro.append({"amb": amb, "unamb": unamb, "text": text, "strength": strength, "plan": None})
+        drawn = probes.draw(step * cfg.accumulate + len(micro)) if probes and cfg.association_weight > 0 else None
+        micro.append({"amb": amb, "unamb": unamb, "text": text, "strength": strength, "plan": None, "probes": drawn})
     duals = state["duals"]
     metrics: dict[str, float] = {"step": step}
     constrained = cfg.kl_mode == "constraint"
@@ -71,6 +74,7 @@ def _one_step(
             with phase("base"):
                 base_unamb = base(batch["unamb"]) if batch["unamb"] and use_kl else None
                 base_text = base.text_hidden(batch["text"]) if batch["text"] and use_text_kl else None
+                base_controls = base(batch["probes"][1]) if batch["probes"] else None
             steer.strength = 1.0
             with phase("ambiguous_forward"):
                 probs = policy(scorer.logprobs(batch["amb"], grad=True))
@@ -108,6 +112,12 @@ def _one_step(
                 with phase("text_forward"):
                     loss = text_kl(scorer, batch["text"], base_text, packed=packed_text)
                 backward(loss, duals["neutral_text"], "kl_text")
+            if batch["probes"]:
+                with phase("association_forward"):
+                    gap, control_kl = association_loss(scorer, *batch["probes"], base_controls)
+                sums["association_gap"] += float(gap.detach())
+                sums["control_kl"] += float(control_kl.detach())
+                backward(gap + control_kl, cfg.association_weight, "association_loss")
             if i == 0 and cfg.l1 > 0:
                 backward(sum(p.abs().sum() for p in leaves), cfg.l1 * cfg.accumulate, "l1")
         with phase("optimizer"):

@@ -7,6 +7,7 @@ a batch of unambiguous items and a few neutral passages and training prompts, an
     − γ · E_unamb[π_ω=1(correct)]                      stay correct where the prompt gives evidence
     + β_text · KL_tok(p_ω=1 ‖ p_base) on text/prompts  full-vocabulary next-token KL, per token
     + β · KL(π_ω=1 ‖ π_base) on unambiguous items       the two options' KL (off by default)
+    + ν · (E_o[KL(u ‖ π_ω=1(he, she | o))] + KL_controls)  pronoun association of the training occupations
     + λ · (‖a‖₁ + ‖b‖₁)                                sparsity
     + μ · E_ω[(G_o(ω) − (1 − ω) G_o(0))²]             the ω path (``strength_mode=path`` only)
 
@@ -37,6 +38,7 @@ from tqdm.auto import tqdm
 
 from dso_cli.benchmarks.schema import DecisionItem
 from dso_cli.errors import DsoError
+from dso_cli.rl.association import AssociationProbes
 from dso_cli.rl.batches import BaseCache, BatchSampler
 from dso_cli.rl.checkpoint import load_checkpoint, save_checkpoint
 from dso_cli.rl.config import TrainConfig
@@ -98,6 +100,7 @@ def train_dso(
     texts = _tokenized(scorer, text_passages, cfg.kl_text_tokens) if cfg.kl_text_passages > 0 else []
     prompts = _prompts(scorer, items) if cfg.kl_prompt_items > 0 else []
     prompt_rng = random.Random(cfg.seed + 3)
+    probes = AssociationProbes(items, cfg.association_probes, cfg.seed) if cfg.association_weight > 0 else None
     val_ambiguous = [it for it in val_items or [] if it["ambiguous"]] if cfg.eval_every > 0 else []
     val_texts = _tokenized(scorer, val_text_passages, cfg.kl_text_tokens) if val_ambiguous else []
     base = BaseCache(scorer, text=fast_step)
@@ -125,7 +128,8 @@ def train_dso(
             started = time.perf_counter()
             metrics = _one_step(scorer, steer, estimator, sampler, base, cfg, state, optimizer, leaves, step,
                                 (texts, text_rng), (prompts, prompt_rng), strength_rng,
-                                timer if timer is not None else untimed, packed_text=fast_step)  # fmt: skip
+                                timer if timer is not None else untimed, packed_text=fast_step,
+                                probes=probes)  # fmt: skip
             metrics["step_seconds"] = time.perf_counter() - started  # the optimisation alone, no evaluation
             state["step"] = step
             stop = False
