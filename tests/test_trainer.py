@@ -443,3 +443,31 @@ def test_a_mixture_logs_each_members_batch_pob_named_by_what_differs():
                    "race": pytest.approx(float(cluster_pob(race, probs[8:])))}  # fmt: skip
     assert per_member_pob(race, probs[8:], members).keys() == {"race"}  # a member missing from the batch
     assert per_member_pob(batch, probs, {}) == {}
+
+
+def test_association_divergences_are_zero_at_fifty_fifty_and_the_kl_keeps_its_gradient_when_certain():
+    from dso_cli.rl.association import association_loss
+
+    class Fixed:  # a scorer whose association probes have P(she) = p and whose controls match the base
+        def __init__(self, p):
+            self.z = torch.tensor(math.log(p / (1 - p)), requires_grad=True)
+
+        def logprobs(self, items, grad=False):
+            if items == ["control"]:
+                return torch.tensor([[0.0, -2.0]])
+            return torch.stack([torch.zeros(()), self.z])[None, :]
+
+    base = torch.tensor([[0.0, -2.0]])
+    for divergence in ("kl", "square"):
+        gap, control_kl = association_loss(Fixed(0.5), ["probe"], ["control"], base, divergence)
+        assert float(gap.detach()) == pytest.approx(0.0, abs=1e-7) and float(control_kl) == pytest.approx(0.0, abs=1e-7)
+    certain = {}
+    for divergence in ("kl", "square"):
+        scorer = Fixed(0.99)
+        gap, _ = association_loss(scorer, ["probe"], ["control"], base, divergence)
+        gap.backward()
+        certain[divergence] = float(scorer.z.grad)
+    assert certain["kl"] == pytest.approx(0.99 - 0.5, rel=1e-4)  # d KL(u || pi) / d log-odds = P(she) - 1/2
+    assert certain["square"] == pytest.approx(2 * 0.49 * 0.99 * 0.01, rel=1e-4)  # vanishes with P(1 - P)
+    gap, _ = association_loss(Fixed(0.8), ["probe"], ["control"], base, "square")
+    assert float(gap.detach()) == pytest.approx(0.09, rel=1e-5)

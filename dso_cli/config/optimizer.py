@@ -17,7 +17,7 @@ from dso_cli.config.fields import allowed_types, setting
 from dso_cli.errors import DsoError
 
 CHOICES = {"strength_mode": ("fixed", "path"), "kl_mode": ("penalty", "constraint"),
-           "lr_schedule": ("constant", "cosine", "linear")}  # fmt: skip
+           "lr_schedule": ("constant", "cosine", "linear"), "association_divergence": ("kl", "square")}  # fmt: skip
 AT_LEAST_ONE = ("steps", "accumulate", "occupations_per_batch", "pairs_per_occupation", "samples", "ppo_epochs",
                 "kl_text_tokens", "checkpoint_every", "patience", "association_probes")  # fmt: skip
 POSITIVE = ("lr", "kl_budget", "ppo_clip")
@@ -77,6 +77,9 @@ class OptimizerOptions:
         5.0,
         "weight of the pronoun-association term: KL(uniform || P(he), P(she)) after training occupations' "
         "pronoun probes, plus the KL to base on their name-determined controls (0: off; occupation items only)",
+    )
+    association_divergence: str = setting(
+        "kl", "kl (KL(uniform || pi) of the pronoun pair) | square ((P(she) - .5)^2, vanishing where P is near 0 or 1)"
     )
     association_probes: int = setting(8, "association probes (and as many controls) per step")
     l1: float = setting(0.0, "L1 sparsity on a and b")

@@ -45,11 +45,19 @@ class AssociationProbes:
 
 
 def association_loss(
-    scorer: OptionScorer, association: Sequence[DecisionItem], controls: Sequence[DecisionItem], base_controls: Tensor
+    scorer: OptionScorer,
+    association: Sequence[DecisionItem],
+    controls: Sequence[DecisionItem],
+    base_controls: Tensor,
+    divergence: str = "kl",
 ) -> tuple[Tensor, Tensor]:
-    """The mean KL(uniform ‖ π) over ``association`` probes (steered, with gradients; 0 at 50/50) and the
-    mean two-option KL(steered ‖ base) over ``controls`` given their base log-probabilities."""
+    """The mean divergence from 50/50 over ``association`` probes (steered, with gradients): KL(uniform ‖ π)
+    (``kl``) or ``(P(she) − ½)²`` (``square``); and the mean two-option KL(steered ‖ base) over
+    ``controls`` given their base log-probabilities."""
     logp = torch.log_softmax(scorer.logprobs(association, grad=True), dim=-1)
-    gap = (-logp.mean(-1) - math.log(logp.shape[-1])).mean()
+    if divergence == "square":
+        gap = (logp[:, 1].exp() - 0.5).pow(2).mean()
+    else:
+        gap = (-logp.mean(-1) - math.log(logp.shape[-1])).mean()
     control_kl = kl_divergence(scorer.logprobs(controls, grad=True), base_controls).mean()
     return gap, control_kl

@@ -114,7 +114,9 @@ def _one_step(
                 backward(loss, duals["neutral_text"], "kl_text")
             if batch["probes"]:
                 with phase("association_forward"):
-                    gap, control_kl = association_loss(scorer, *batch["probes"], base_controls)
+                    gap, control_kl = association_loss(
+                        scorer, *batch["probes"], base_controls, cfg.association_divergence
+                    )
                 sums["association_gap"] += float(gap.detach())
                 sums["control_kl"] += float(control_kl.detach())
                 backward(gap + control_kl, cfg.association_weight, "association_loss")
