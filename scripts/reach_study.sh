@@ -12,6 +12,7 @@
 #   decisions_only without the association and without the consistency term (bias.format_twins=1
 #                  reward.format_weight=0): the per-decision terms alone
 #   association_sq the association term as (P(she) - .5)^2 at weight 10 instead of KL(uniform || pi) at 5
+#   association_strong  the association term at weight 20
 #   lofo_<family>  the default with <family> held out instead (e.g. lofo_yes_no, lofo_json)
 #   first_half / second_half  the default steering only the first / the second half of the layers
 #                  (steering_method.depth=[0,0.5] / [0.5,1]; the default steers every norm)
@@ -34,6 +35,7 @@ for row in $rows; do
     no_association) args=("$heldout" optimizer.association_weight=0) ;;
     decisions_only) args=("$heldout" bias.format_twins=1 reward.format_weight=0 optimizer.association_weight=0) ;;
     association_sq) args=("$heldout" optimizer.association_weight=10 optimizer.association_divergence=square) ;;
+    association_strong) args=("$heldout" optimizer.association_weight=20) ;;
     lofo_*) args=("bias.heldout_formats=[${row#lofo_}]") ;;
     first_half) args=("$heldout" "steering_method.depth=[0,0.5]") ;;
     second_half) args=("$heldout" "steering_method.depth=[0.5,1]") ;;

@@ -24,6 +24,9 @@ def collect(out: Path, rows: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     runs, families = [], []
     for row in rows:
         for run in sorted(out.glob(f"{row}-s*")):
+            if not (run / "sweep_formats.csv").is_file():
+                print(f"skipped {run}: not swept yet", file=sys.stderr)
+                continue
             seed = int(run.name.rsplit("-s", 1)[1])
             sweep = pd.read_csv(run / "sweep.csv")
             runs.append(sweep.assign(objective=row, seed=seed)[["objective", "seed", "split", "alpha", *COLUMNS]])

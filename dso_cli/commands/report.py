@@ -7,10 +7,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from dso_cli.errors import DsoError
 from dso_cli.io import atomic_write, write_text
 from dso_cli.pipeline.results import markdown_table
-from dso_cli.pipeline.runs import save_provenance
+from dso_cli.pipeline.runs import runs_under, save_provenance
 from dso_cli.pipeline.specs import RunLocation
 from dso_cli.pipeline.trained_run import resolve_run_dir
 from dso_cli.report.groups import group_rates_plot, group_rates_table, load_group_rates
@@ -26,11 +25,9 @@ GROUPS_NOTE = (
 
 
 def run_report(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
-    runs = [Path(r) for r in cfg.runs] if cfg.runs else [resolve_run_dir(RunLocation.from_config(cfg))]
-    missing = [r for r in runs if not r.is_dir()]
-    if missing:
-        raise DsoError(f"run directory {missing[0]} does not exist")
-    out_dir = Path(cfg.report.out_dir) if cfg.report.out_dir else runs[0] / "report"
+    entries = [Path(r) for r in cfg.runs] if cfg.runs else [resolve_run_dir(RunLocation.from_config(cfg))]
+    runs = [run for entry in entries for run in runs_under(entry)]  # a multirun folder: each of its runs
+    out_dir = Path(cfg.report.out_dir) if cfg.report.out_dir else entries[0] / "report"
     split = cfg.report.split
     data = load_sweeps(runs, split)
     points, summary = pareto_points(data), curve_summary(data)
@@ -40,7 +37,7 @@ def run_report(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
     text = "\n\n".join(
         [
             f"# Fairness vs capability: {benchmark}, split {split}",
-            markdown_table(points.to_dict("records"), list(points.columns)),
+            markdown_table(points.to_dict("records"), shown_columns(points)),
             "## Per curve",
             markdown_table(summary.to_dict("records"), list(summary.columns)),
             "POB: Per-Occupation Bias (soft, lower is fairer), pob_se its bootstrap standard error; "
@@ -60,7 +57,9 @@ def run_report(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
             "ppl_ratio_at_max: text_ppl at the largest strength over the base model's. on_front: "
             "Pareto-optimal over (POB, accuracy) among all points. hypervolume: area of (POB, accuracy) "
             "dominated by a curve up to the base model's POB and accuracy 0. monotone: POB never rises "
-            "from one strength to the next by more than 2 standard errors.",
+            "from one strength to the next by more than 2 standard errors. n_seeds: the runs behind a point "
+            "(runs that differ only in their seed are one curve, their mean); <metric>_seed_sd: the metric's "
+            "standard deviation over those seeds, beside the bootstrap SE (the mean of the runs' SEs).",
         ]
     )
     text += "\n\n## Summary\n\n" + "\n".join(f"- {line}" for line in verdicts(summary))
@@ -79,3 +78,9 @@ def run_report(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
     print(text)
     print(f"\ndso report: wrote {', '.join(str(out_dir / name) for name in written)}", flush=True)
     return out_dir
+
+
+def shown_columns(points) -> list[str]:
+    """The printed table's columns: the seed columns only where some curve averages several seeds."""
+    seeds = "n_seeds" in points and points["n_seeds"].max() > 1
+    return [c for c in points.columns if seeds or not (c == "n_seeds" or c.endswith("_seed_sd"))]

@@ -24,7 +24,7 @@ from dso_cli.pipeline.results import (
     markdown_table,
     result_columns,
 )
-from dso_cli.pipeline.runs import parse_strengths, save_provenance
+from dso_cli.pipeline.runs import is_run_dir, parse_strengths, runs_under, save_provenance
 from dso_cli.pipeline.specs import HeldoutText, ModelSetup
 from dso_cli.pipeline.trained_run import open_trained_run, run_config
 
@@ -38,6 +38,14 @@ TABLE_COLUMNS = [
 
 
 def run_sweep(cfg: DictConfig, overrides: Sequence[str] = ()) -> Path:
+    """Sweep one run, or each run of a folder of runs (``run_dir=<multirun folder>``) in turn."""
+    if cfg.get("run_dir") and Path(cfg.run_dir).is_dir() and not is_run_dir(Path(cfg.run_dir)):
+        folder = Path(cfg.run_dir)
+        for run in runs_under(folder):
+            one = cfg.copy()
+            one.run_dir = str(run)
+            run_sweep(one, overrides)
+        return folder
     strengths = parse_strengths(cfg.alpha)
     run_dir, cfg = run_config(cfg, overrides)
     metrics = default_metrics(extra=load_metrics(cfg.sweep.extra_metrics, "sweep.extra_metrics"))

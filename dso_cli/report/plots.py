@@ -1,4 +1,5 @@
-"""The Pareto plot: POB (lower is fairer) against unambiguous accuracy, one curve per method, strength labels."""
+"""The Pareto plot: POB (lower is fairer) against unambiguous accuracy, one curve per method, strength labels;
+a curve averaged over seeds carries its POB seed spread as a band."""
 
 from __future__ import annotations
 
@@ -30,7 +31,12 @@ def pareto_plot(data: pd.DataFrame, path: Path, title: str) -> Path:
         for curve, group in data.groupby("curve", sort=True):
             group = group.sort_values("alpha")
             name = f"{curve} (fair by position)" if fair_by_position(group) else curve
-            ax.errorbar(group["pob"], group[column], xerr=group["pob_se"], marker="o", capsize=2, label=name)
+            line = ax.errorbar(group["pob"], group[column], xerr=group["pob_se"], marker="o", capsize=2, label=name)
+            spread = group["pob_seed_sd"] if "pob_seed_sd" in group else None
+            if spread is not None and spread.notna().any():  # several seeds: their POB spread as a band
+                sd = spread.fillna(0.0)
+                ax.fill_betweenx(group[column], group["pob"] - sd, group["pob"] + sd, alpha=0.2,
+                                 color=line.lines[0].get_color())  # fmt: skip
             for _, row in group[group["alpha"] > 0].iterrows():  # strength 0 is the base model's star
                 knob = knob_of(row["method"])
                 ax.annotate(f"{knob}={row['alpha']:g}", (row["pob"], row[column]), textcoords="offset points",

@@ -9,26 +9,26 @@ import pandas as pd
 
 from dso_cli.errors import DsoError
 from dso_cli.metrics import hypervolume, is_monotone, pareto_mask
+from dso_cli.report.seeds import group_label, mean_over_seeds, seed_groups
 
 POINT_COLUMNS = [
     "curve", "run", "method", "alpha", "pob", "pob_se", "item_bias", "item_bias_se", "first_option_rate",
     "order_dep", "stereotype_gap", "unamb_acc", "unamb_acc_hard", "unamb_acc_pro", "unamb_acc_anti",
     "unamb_acc_first", "unamb_acc_second", "refusal_rate", "kl", "text_kl", "text_ppl", "prompt_kl", "on_front",
+    "n_seeds", "pob_seed_sd", "item_bias_seed_sd", "first_option_rate_seed_sd", "order_dep_seed_sd",
+    "unamb_acc_seed_sd", "text_kl_seed_sd",
 ]  # fmt: skip
 
 
 def load_sweeps(run_dirs: Sequence[Path], split: str) -> pd.DataFrame:
-    """All runs' ``sweep.csv`` rows of one split, with ``run`` and ``curve`` (one curve per run × method)."""
+    """All runs' ``sweep.csv`` rows of one split, with ``run`` and ``curve`` (one curve per run × method).
+    Runs that differ only in their seed are one curve: the mean over seeds, with ``n_seeds`` and each
+    metric's ``<metric>_seed_sd`` (:mod:`dso_cli.report.seeds`); ``run`` then names its runs joined by
+    ``+``."""
     frames = []
-    for run_dir in run_dirs:
-        path = Path(run_dir) / "sweep.csv"
-        if not path.is_file():
-            raise DsoError(f"{run_dir} has no sweep.csv; run `dso sweep run_dir={run_dir}` first")
-        frame = pd.read_csv(path)
-        frame = frame[frame["split"] == split]
-        if frame.empty:
-            raise DsoError(f"{path} has no rows for split {split!r}")
-        frames.append(frame.assign(run=Path(run_dir).name))
+    for group in seed_groups(run_dirs):
+        runs = [_split_rows(run_dir, split) for run_dir in group]
+        frames.append(mean_over_seeds(runs).assign(run=group_label(group)))
     data = pd.concat(frames, ignore_index=True)
     several = data["run"].nunique() > 1
     data["curve"] = data["method"] + (" (" + data["run"] + ")" if several else "")
@@ -38,6 +38,17 @@ def load_sweeps(run_dirs: Sequence[Path], split: str) -> pd.DataFrame:
     if member.nunique() > 1:  # a mixture's members: one curve each
         data["curve"] = data["curve"] + " [" + member + "]"
     return data.sort_values(["curve", "alpha"]).reset_index(drop=True)
+
+
+def _split_rows(run_dir: Path, split: str) -> pd.DataFrame:
+    path = Path(run_dir) / "sweep.csv"
+    if not path.is_file():
+        raise DsoError(f"{run_dir} has no sweep.csv; run `dso sweep run_dir={run_dir}` first")
+    frame = pd.read_csv(path)
+    frame = frame[frame["split"] == split]
+    if frame.empty:
+        raise DsoError(f"{path} has no rows for split {split!r}")
+    return frame
 
 
 def base_point(data: pd.DataFrame) -> tuple[float, float] | None:
