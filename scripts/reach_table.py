@@ -14,6 +14,7 @@ from functools import partial
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 COLUMNS = ["pob", "pob_se", "item_bias", "item_bias_se", "first_option_rate", "order_dep", "unamb_acc",
            "unamb_acc_first", "unamb_acc_second", "assoc_gap", "assoc_gap_se", "assoc_r", "assoc_r_se",
@@ -29,7 +30,11 @@ def collect(out: Path, rows: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
                 continue
             seed = int(run.name.rsplit("-s", 1)[1])
             sweep = pd.read_csv(run / "sweep.csv")
-            runs.append(sweep.assign(objective=row, seed=seed)[["objective", "seed", "split", "alpha", *COLUMNS]])
+            held = " ".join(
+                sorted(yaml.safe_load((run / "config.yaml").read_text())["bias_benchmark"]["heldout_formats"])
+            )
+            sweep = sweep.assign(objective=row, seed=seed, heldout_families=held)
+            runs.append(sweep[["objective", "seed", "heldout_families", "split", "alpha", *COLUMNS]])
             per = pd.read_csv(run / "sweep_formats.csv")
             per = per.assign(objective=row, seed=seed, p_pro=(per["stereotype_gap"] + 1) / 2)
             families.append(per[["objective", "seed", "split", "alpha", "answer_format", "pob", "item_bias",
@@ -41,7 +46,7 @@ def _ratio(at: dict, split: str, column: str) -> float:
     return getattr(at[(split, 1.0)], column) / getattr(at[(split, 0.0)], column)
 
 
-def summarise(table: pd.DataFrame, families: pd.DataFrame) -> pd.DataFrame:
+def summarise(table: pd.DataFrame) -> pd.DataFrame:
     """Per run: the held-out families (``heldout_templates``), test and held-out occupations at ω = 1
     against ω = 0 (``_x``: the ratio), in the acceptance check's terms."""
     rows = []
@@ -49,12 +54,10 @@ def summarise(table: pd.DataFrame, families: pd.DataFrame) -> pd.DataFrame:
         at = {(r.split, r.alpha): r for r in run.itertuples()}
         ratio = partial(_ratio, at)
 
-        held = families[(families.objective == objective) & (families.seed == seed)
-                        & (families.split == "heldout_templates")]  # fmt: skip
         ht, t, ho = (at[(s, 1.0)] for s in ("heldout_templates", "test", "heldout_occupations"))
         rows.append({
             "objective": objective, "seed": seed,
-            "heldout_families": " ".join(sorted(held.answer_format.unique())),
+            "heldout_families": run["heldout_families"].iloc[0],
             "ht_pob_x": ratio("heldout_templates", "pob"), "ht_item_bias_x": ratio("heldout_templates", "item_bias"),
             "ht_order_dep_0": at[("heldout_templates", 0.0)].order_dep, "ht_order_dep": ht.order_dep,
             "test_pob_x": ratio("test", "pob"), "test_item_bias_x": ratio("test", "item_bias"),
@@ -72,7 +75,7 @@ def main(argv: list[str]) -> None:
     table, families = collect(out, rows)
     table.to_csv(out / "reach.csv", index=False)
     families.to_csv(out / "reach_families.csv", index=False)
-    summary = summarise(table, families)
+    summary = summarise(table)
     summary.to_csv(out / "reach_summary.csv", index=False)
     print(summary.to_markdown(index=False, floatfmt=".3f"))
     show = ["objective", "seed", "split", "alpha", "pob", "item_bias", "first_option_rate", "order_dep", "unamb_acc",
