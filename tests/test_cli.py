@@ -305,6 +305,24 @@ def test_eval_bad_input(trained, tmp_path):
     assert_bad_input(typo, "capability.max_item is not a setting")
 
 
+def test_sweep_of_a_folder_sweeps_each_of_its_runs_and_report_averages_the_seeds(trained, tmp_path):
+    run_dir, _ = trained
+    folder = tmp_path / "multirun"
+    for job in ("0", "1"):
+        shutil.copytree(run_dir / "artifact", folder / job / "artifact")
+        shutil.copy(run_dir / "config.yaml", folder / job / "config.yaml")
+    result = dso("sweep", f"run_dir={folder}", "alpha=[0,1]", "heldout_text.max_passages=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweeps = [pd.read_csv(folder / job / "sweep.csv") for job in ("0", "1")]
+    assert all(s["alpha"].tolist() == [0.0, 1.0] for s in sweeps)
+    pd.testing.assert_frame_equal(sweeps[0], sweeps[1])  # the same artifact swept twice
+    result = dso("report", f"runs=[{folder}]")
+    assert result.returncode == 0, result.stderr[-3000:]
+    points = pd.read_csv(folder / "report" / "pareto.csv")
+    assert points["curve"].tolist() == ["dso", "dso"] and (points["n_seeds"] == 2).all()  # same settings: one curve
+    assert (points["pob_seed_sd"] == 0).all()
+
+
 def run_dir_model(run_dir: Path) -> str:
     from omegaconf import OmegaConf
 
