@@ -106,9 +106,10 @@ def runs_under(path: str | Path, depth: int = 2) -> list[Path]:
     found: list[Path] = []
     level = [root]
     for _ in range(depth):
-        level = sorted((d for parent in level for d in parent.iterdir() if d.is_dir()), key=_natural)
-        found += [d for d in level if is_run_dir(d)]
-        level = [d for d in level if not is_run_dir(d)]
+        below = [d for parent in level for d in parent.iterdir() if d.is_dir()]
+        runs = {d for d in below if is_run_dir(d)}
+        found += runs
+        level = [d for d in below if d not in runs]
     if not found:
         raise DsoError(f"{root} is neither a run directory nor a folder of runs (no {TRAIN_CONFIG} or sweep.csv)")
     return sorted(found, key=_natural)

@@ -75,6 +75,6 @@ def mean_over_seeds(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
     if other:
         out = out.join(grouped[other].first())
     out = out.reset_index()
-    if "attribute" in out and "attribute" in frames[0]:
+    if "attribute" in out:  # back to missing where it was
         out["attribute"] = out["attribute"].replace("", float("nan"))
     return out

@@ -57,7 +57,7 @@ def _one_step(
         amb, unamb = sampler.ambiguous_batch(), sampler.unambiguous_batch()
         text = _draw(*texts, cfg.kl_text_passages) + _draw(*prompts, cfg.kl_prompt_items)
         strength = strength_rng.uniform(0.0, 1.0) if cfg.strength_mode == "path" else None
-        drawn = probes.draw(step * cfg.accumulate + len(micro)) if probes and cfg.association_weight > 0 else None
+        drawn = probes.draw(step * cfg.accumulate + len(micro)) if probes else None
         micro.append({"amb": amb, "unamb": unamb, "text": text, "strength": strength, "plan": None, "probes": drawn})
     duals = state["duals"]
     metrics: dict[str, float] = {"step": step}

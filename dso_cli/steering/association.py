@@ -14,7 +14,7 @@ occupations, at the last prompt token, labelled by the occupation's stereotyped 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -56,19 +56,26 @@ def association_activations(
     return {n: recorded.values["prompt"][("output", n)] for n in names}, z
 
 
-def fit_projection(job: FitJob, layers: Sequence[int] | None) -> Artifact:
-    names = layer_modules(job.loaded.model, layers, "projection")
+def fit_on_association(
+    job: FitJob, method: str, layers: Sequence[int] | None, strength: Mapping[str, Any],
+    fit_module: Callable[[Tensor, Tensor], dict[str, Tensor]],
+) -> Artifact:  # fmt: skip
+    """An artifact of ``fit_module(activations, z)``'s tensors per chosen layer, fitted on the pronoun
+    probes' activations (:func:`association_activations`); each tensor is stored as ``<module>.<part>``."""
+    names = layer_modules(job.loaded.model, layers, method)
     acts, z = association_activations(job.scorer, job.train_items, names)
-    tensors = {}
-    for name in names:
-        x = acts[name]
-        direction = x[z == 1].mean(0) - x[z == 0].mean(0)
-        tensors[f"{name}.u"] = (direction / direction.norm().clamp_min(1e-12)).contiguous()
+    tensors = {f"{name}.{part}": value for name in names for part, value in fit_module(acts[name], z).items()}
     return Artifact.create(
-        "projection", tensors, model=job.loaded.describe(),
+        method, tensors, model=job.loaded.describe(),
         hyperparameters={"layers": list(layers) if layers else None, "modules": names, "n_probes": len(z)},
-        strength=PROJECTION_STRENGTH,
+        strength=strength,
     )  # fmt: skip
+
+
+def projection_direction(x: Tensor, z: Tensor) -> dict[str, Tensor]:
+    """``u``: the unit difference of the two classes' mean activations (the occupation-gender direction)."""
+    direction = x[z == 1].mean(0) - x[z == 0].mean(0)
+    return {"u": (direction / direction.norm().clamp_min(1e-12)).contiguous()}
 
 
 @contextmanager
@@ -105,7 +112,7 @@ class Projection(SteeringMethod):
     strength = PROJECTION_STRENGTH
 
     def fit(self, job: FitJob) -> Artifact:  # reads its own probes, so it records no decision completions
-        return fit_projection(job, self.options.layers)
+        return fit_on_association(job, self.name, self.options.layers, self.strength, projection_direction)
 
     @classmethod
     def apply(cls, model: nn.Module, tensors: Mapping[str, Tensor], strength: float):
@@ -123,11 +130,4 @@ class LEACEAssociation(LEACE):
         return [], []  # reads its own probes, not the decision completions
 
     def fit(self, job: FitJob) -> Artifact:
-        names = layer_modules(job.loaded.model, self.options.layers, self.name)
-        acts, z = association_activations(job.scorer, job.train_items, names)
-        tensors = {f"{name}.{part}": value for name in names for part, value in fit_eraser(acts[name], z).items()}
-        return Artifact.create(
-            self.name, tensors, model=job.loaded.describe(),
-            hyperparameters={"layers": list(self.options.layers or []) or None, "modules": names, "n_probes": len(z)},
-            strength=self.strength,
-        )  # fmt: skip
+        return fit_on_association(job, self.name, self.options.layers, self.strength, fit_eraser)
